@@ -14,7 +14,7 @@
 # Nothing here changes shell options of the caller.
 
 apt_install() {
-  local sudo=() policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+  local sudo=() policy=/usr/sbin/policy-rc.d made_policy=0 rc=0 log
   if ! command -v apt-get >/dev/null 2>&1; then
     echo "apt: apt-get not found; install $* by hand" >&2
     return 1
@@ -43,8 +43,13 @@ apt_install() {
   fi
   if [[ $rc -eq 0 ]]; then
     echo "apt: apt-get install $*" >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-      apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
+    log=$(mktemp)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=l \
+      apt-get install -y -q --no-install-recommends "$@" >"$log" 2>&1 || rc=$?
+    if [[ $rc -ne 0 ]]; then
+      tail -n 30 "$log" >&2
+    fi
+    rm -f "$log"
   fi
   if [[ $made_policy -eq 1 ]]; then
     "${sudo[@]}" rm -f "$policy"
