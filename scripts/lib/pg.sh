@@ -127,7 +127,7 @@ pg__discard_dir() {
       pg__as_owner pg_ctl -D "$data" -s -w -t 10 -m immediate stop >/dev/null 2>&1 || true
     if [[ -f $data/postmaster.pid ]]; then
       pid=$(head -n 1 "$data/postmaster.pid")
-      if [[ $pid =~ ^[0-9]+$ ]] && [[ $(ps -o comm= -p "$pid" 2>/dev/null) == postgres ]]; then
+      if [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == postgres ]]; then
         pg__log "killing postmaster $pid that would not stop"
         kill -KILL "$pid" 2>/dev/null || true
       fi
