@@ -43,6 +43,7 @@ pub fn init_logging(level: log::LevelFilter) {
         .set_time_format_rfc3339()
         .set_thread_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
+        .add_filter_allow_str("target_service")
         .build();
     let _ = simplelog::TermLogger::init(
         level,
@@ -147,7 +148,10 @@ impl Running {
                 );
             }
         }
-        self.server.unblock();
+        // Each unblock wakes one thread waiting in recv().
+        for _ in &self.http_threads {
+            self.server.unblock();
+        }
         for handle in self.http_threads.drain(..) {
             let _ = handle.join();
         }
@@ -159,7 +163,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stopping.store(true, Ordering::Release);
         self.wake_sync.take();
-        self.server.unblock();
+        for _ in &self.http_threads {
+            self.server.unblock();
+        }
     }
 }
 

@@ -1,0 +1,348 @@
+//! Shared test helpers: a fresh PostgreSQL database per test, a scripted
+//! source on an ephemeral port, and a target started against both.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+use serde_json::{json, Value};
+use target_service::config::Config;
+use target_service::{App, Running};
+
+/// The admin URL tests create their databases through.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        let name = format!("profile_sync_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = Client::connect(&admin_url(), NoTls).expect("TEST_DATABASE_URL must reach PostgreSQL");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create test database");
+        let mut config = postgres::Config::from_str(&admin_url()).expect("admin URL parses");
+        config.dbname(&name);
+        TestDb {
+            url: url_for(&admin_url(), &name),
+            name,
+        }
+    }
+
+    /// A URL for a database that does not exist yet (created later by `create`).
+    pub fn not_yet_created() -> TestDb {
+        let name = format!("profile_sync_test_{}", uuid::Uuid::new_v4().simple());
+        TestDb {
+            url: url_for(&admin_url(), &name),
+            name,
+        }
+    }
+
+    pub fn create(&self) {
+        let mut admin = Client::connect(&admin_url(), NoTls).expect("admin connection");
+        admin.batch_execute(&format!("CREATE DATABASE {}", self.name)).expect("create");
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.url, NoTls).expect("connect to test database")
+    }
+
+    /// Ends every other session on this database (a lost connection).
+    pub fn kill_connections(&self) -> u64 {
+        let mut admin = Client::connect(&admin_url(), NoTls).expect("admin connection");
+        let rows = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&self.name],
+            )
+            .expect("terminate");
+        rows.len() as u64
+    }
+
+    /// The single number `sql` selects; -1 while it cannot be read (no
+    /// table yet, no row yet), so polling can wait for it.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.client()
+            .query_one(sql, &[])
+            .and_then(|row| row.try_get(0))
+            .unwrap_or(-1)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+fn url_for(admin: &str, dbname: &str) -> String {
+    // Replace the path of postgres://user@host:port/db?params.
+    let (base, query) = match admin.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin, String::new()),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{base}/{dbname}{query}")
+}
+
+/// What the scripted source answers to one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &Value) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    pub fn raw(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+}
+
+type Handler = dyn Fn(&HashMap<String, String>) -> Reply + Send + Sync;
+
+/// An HTTP source on 127.0.0.1:0 whose answers a test decides.
+pub struct ScriptedSource {
+    pub url: String,
+    pub requests: Arc<AtomicUsize>,
+    server: Arc<tiny_http::Server>,
+    handler: Arc<Mutex<Arc<Handler>>>,
+}
+
+impl ScriptedSource {
+    pub fn new(handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static) -> ScriptedSource {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind scripted source"));
+        let port = server.server_addr().to_ip().expect("ip").port();
+        let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
+        let requests = Arc::new(AtomicUsize::new(0));
+        for _ in 0..4 {
+            let (server, handler, requests) = (Arc::clone(&server), Arc::clone(&handler), Arc::clone(&requests));
+            thread::spawn(move || {
+                while let Ok(request) = server.recv() {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let query = parse_query(request.url());
+                    let current = Arc::clone(&handler.lock().unwrap());
+                    let reply = current(&query);
+                    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+                    for (name, value) in reply.headers {
+                        response.add_header(tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap());
+                    }
+                    let _ = request.respond(response);
+                }
+            });
+        }
+        ScriptedSource {
+            url: format!("http://127.0.0.1:{port}/users/changes"),
+            requests,
+            server,
+            handler,
+        }
+    }
+
+    /// A source like the original: every request gets the same page, no headers.
+    pub fn fixed_page(page: Value) -> ScriptedSource {
+        ScriptedSource::new(move |_| Reply::json(200, &page))
+    }
+
+    pub fn set_handler(&self, handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static) {
+        *self.handler.lock().unwrap() = Arc::new(handler);
+    }
+}
+
+impl Drop for ScriptedSource {
+    fn drop(&mut self) {
+        for _ in 0..4 {
+            self.server.unblock();
+        }
+    }
+}
+
+fn parse_query(url: &str) -> HashMap<String, String> {
+    url.split_once('?')
+        .map(|(_, query)| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A change log served with cursors the way source_service does.
+#[derive(Clone)]
+pub struct CursorLog {
+    pub changes: Arc<Mutex<Vec<Value>>>,
+    pub epoch: Arc<Mutex<String>>,
+}
+
+impl CursorLog {
+    pub fn new(changes: Vec<Value>) -> CursorLog {
+        CursorLog {
+            changes: Arc::new(Mutex::new(changes)),
+            epoch: Arc::new(Mutex::new("epoch-1".to_owned())),
+        }
+    }
+
+    pub fn source(&self) -> ScriptedSource {
+        let log = self.clone();
+        ScriptedSource::new(move |query| log.answer(query))
+    }
+
+    pub fn answer(&self, query: &HashMap<String, String>) -> Reply {
+        let changes = self.changes.lock().unwrap();
+        let epoch = self.epoch.lock().unwrap().clone();
+        let head = changes.len() as u64;
+        let since: u64 = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(head);
+        let limit: u64 = query.get("limit").and_then(|s| s.parse().ok()).unwrap_or(1000);
+        if since > head {
+            return Reply::json(410, &json!({"error": "cursor beyond head"}));
+        }
+        let end = (since + limit).min(head);
+        let page: Vec<Value> = changes[since as usize..end as usize].to_vec();
+        let mut reply = Reply::json(200, &Value::Array(page));
+        reply.headers = vec![
+            ("X-Next-Cursor".to_owned(), end.to_string()),
+            ("X-Head-Cursor".to_owned(), head.to_string()),
+            ("X-Source-Epoch".to_owned(), epoch),
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+        ];
+        reply
+    }
+}
+
+/// Configuration for a target on a free port, syncing fast.
+pub fn target_config(db_url: &str, source_url: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: HashMap<String, String> = [
+        ("DATABASE_URL", db_url),
+        ("SOURCE_SERVICE_URL", source_url),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("SYNC_INTERVAL", "0.1"),
+        ("WRITER_THREADS", "4"),
+        ("SHUTDOWN_TIMEOUT_SECS", "5"),
+        ("HTTP_TIMEOUT_SECS", "2"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("test config is valid")
+}
+
+pub fn start_target(db: &TestDb, source_url: &str, extra: &[(&str, &str)]) -> Running {
+    if std::env::var_os("TEST_LOG").is_some() {
+        target_service::init_logging(log::LevelFilter::Debug);
+    }
+    App::start(target_config(&db.url, source_url, extra)).expect("target starts")
+}
+
+/// Polls until `check` holds, or panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// Waits for `rounds` more successful sync rounds.
+pub fn wait_rounds(target: &Running, rounds: u64) {
+    let start = target.metrics.batch_duration.get_sample_count();
+    wait_until("sync rounds", Duration::from_secs(30), || {
+        target.metrics.batch_duration.get_sample_count() >= start + rounds
+    });
+}
+
+/// Fetched = synced + skipped, once the target is idle.
+pub fn assert_invariant(target: &Running) {
+    let m = &target.metrics;
+    assert_eq!(
+        m.fetched.get(),
+        m.synced.get() + m.skipped.get(),
+        "profiles_fetched_total must equal synced + skipped"
+    );
+}
+
+pub fn rejected(target: &Running, reason: &str) -> u64 {
+    target.metrics.rejected.with_label_values(&[reason]).get()
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(response) => (response.status(), response.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap_or_default()),
+        Err(err) => panic!("GET {url}: {err}"),
+    }
+}
+
+/// A valid profile with a fixed id seed, timestamp and contact details.
+pub fn profile(n: u32, at: &str) -> Value {
+    json!({
+        "id": id(n),
+        "name": format!("User {n}"),
+        "email": format!("user{n}@example.com"),
+        "mobile": format!("+1555{n:07}"),
+        "status": "active",
+        "last_updated_at": at,
+    })
+}
+
+pub fn id(n: u32) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// A users row as `(name, email, mobile, status, sync_status, sync_message)`.
+pub fn user_row(db: &TestDb, n: u32) -> Option<(String, String, String, String, String, Option<String>)> {
+    let id = uuid::Uuid::parse_str(&id(n)).unwrap();
+    db.client()
+        .query_opt(
+            "SELECT name, email, mobile, status, sync_status, sync_message FROM users WHERE id = $1",
+            &[&id],
+        )
+        .ok()
+        .flatten()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+}
+
+pub fn rejection_reasons(db: &TestDb) -> Vec<String> {
+    db.client()
+        .query("SELECT reason FROM sync_rejections ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}

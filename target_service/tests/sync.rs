@@ -1,0 +1,403 @@
+//! The sync pipeline end to end: a scripted source over HTTP, the real
+//! target, a fresh PostgreSQL database per test.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[test]
+fn every_row_of_the_validation_table_ends_as_the_contract_says() {
+    let db = TestDb::new();
+    let mut wrong_type = profile(10, "2025-07-01T10:00:00Z");
+    wrong_type["mobile"] = json!(15550000010u64);
+    let mut nested = profile(11, "2025-07-01T10:00:00Z");
+    nested["name"] = json!({"first": "Ada"});
+    let mut missing = profile(12, "2025-07-01T10:00:00Z");
+    missing.as_object_mut().unwrap().remove("email");
+    let mut null_field = profile(13, "2025-07-01T10:00:00Z");
+    null_field["status"] = Value::Null;
+    let mut bad_id = profile(14, "2025-07-01T10:00:00Z");
+    bad_id["id"] = json!("not-a-uuid");
+    let mut bad_ts = profile(15, "2025-07-01T10:00:00Z");
+    bad_ts["last_updated_at"] = json!("2025-07-01 10:00:00");
+    let mut bad_email = profile(16, "2025-07-01T10:00:00Z");
+    bad_email["email"] = json!("a..b@example.com");
+    let mut nul_name = profile(17, "2025-07-01T10:00:00Z");
+    nul_name["name"] = json!("Ada\u{0}Lovelace");
+    let mut long_name = profile(18, "2025-07-01T10:00:00Z");
+    long_name["name"] = json!("n".repeat(10_000));
+    let mut bad_mobile = profile(19, "2025-07-01T10:00:00Z");
+    bad_mobile["mobile"] = json!("12");
+    let future = profile(20, "2999-01-01T00:00:00Z");
+    let mut inactive = profile(21, "2025-07-01T10:00:00Z");
+    inactive["status"] = json!("inactive");
+    let pending = {
+        let mut p = profile(22, "2025-07-01T10:00:00Z");
+        p["status"] = json!("pending");
+        p
+    };
+    let page = json!([
+        42,
+        "text",
+        wrong_type,
+        nested,
+        missing,
+        null_field,
+        bad_id,
+        bad_ts,
+        bad_email,
+        nul_name,
+        long_name,
+        bad_mobile,
+        future,
+        inactive,
+        profile(1, "2025-07-01T10:00:00Z"),
+        pending,
+    ]);
+    let source = ScriptedSource::fixed_page(page);
+    let target = start_target(&db, &source.url, &[]);
+    wait_rounds(&target, 1);
+
+    let mut reasons = rejection_reasons(&db);
+    reasons.sort();
+    let mut expected = vec![
+        "malformed",
+        "malformed",
+        "malformed",
+        "malformed",
+        "malformed",
+        "malformed",
+        "invalid_id",
+        "invalid_timestamp",
+        "invalid_email",
+        "invalid_name",
+        "invalid_name",
+        "invalid_mobile",
+        "future_timestamp",
+        "inactive_status",
+    ];
+    expected.sort();
+    assert_eq!(reasons, expected);
+    assert_eq!(db.count("SELECT count(*) FROM users"), 2);
+    assert_eq!(
+        user_row(&db, 1).unwrap(),
+        (
+            "User 1".into(),
+            "user1@example.com".into(),
+            "+15550000001".into(),
+            "active".into(),
+            "synced".into(),
+            Some("created".into())
+        )
+    );
+    assert_eq!(user_row(&db, 22).unwrap().3, "pending");
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'failed_validation'"),
+        13
+    );
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'skipped'"), 1);
+    // The raw element is kept as JSON text; the NUL stays escaped.
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'invalid_name' AND payload LIKE '%\\u0000%'"),
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE profile_id IS NOT NULL AND reason = 'malformed'"),
+        4,
+        "malformed objects keep the id they have"
+    );
+    assert_eq!(rejected(&target, "malformed"), 6);
+    assert_eq!(rejected(&target, "invalid_name"), 2);
+    assert_eq!(target.metrics.synced.get(), 2);
+    target.shutdown();
+}
+
+#[test]
+fn the_newest_change_wins_whatever_the_offsets_and_page_order() {
+    let db = TestDb::new();
+    let mut newest = profile(1, "2025-07-01T15:43:04.000002+05:30"); // 10:13:04.000002Z
+    newest["name"] = json!("Newest");
+    let mut older = profile(1, "2025-07-01T10:13:04.000001Z");
+    older["name"] = json!("Older");
+    let mut same_instant = profile(1, "2025-07-01T03:13:04.000002-07:00");
+    same_instant["name"] = json!("Equal but later in the page");
+    let mut finer_digits = profile(1, "2025-07-01T10:13:04.0000029Z"); // truncates to ...002
+    finer_digits["name"] = json!("Finer digits, same microsecond");
+    let source = ScriptedSource::fixed_page(json!([older, newest, same_instant, finer_digits]));
+    let target = start_target(&db, &source.url, &[]);
+    wait_rounds(&target, 2);
+    let row = user_row(&db, 1).unwrap();
+    assert_eq!(row.0, "Newest");
+    assert_eq!(row.5.as_deref(), Some("created"));
+    // First round: 1 synced, 3 stale within the page; later rounds: all 4 stale.
+    assert_eq!(target.metrics.synced.get(), 1);
+    assert!(rejected(&target, "stale") >= 7);
+    let stored: String = db
+        .client()
+        .query_one(
+            "SELECT to_char(last_updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') FROM users",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, "2025-07-01 10:13:04.000002");
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 0, "stale changes write nothing");
+    target.shutdown();
+    assert_invariant(&target_after(&db));
+}
+
+/// A target that never ran has trivially consistent counters; used where the
+/// interesting target was moved into `shutdown`.
+fn target_after(_db: &TestDb) -> target_service::Running {
+    target_service::App::start(target_config(
+        "postgres://nobody@127.0.0.1:1/none",
+        "http://127.0.0.1:1/users/changes",
+        &[],
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_stale_or_invalid_change_never_overwrites_a_good_row() {
+    let db = TestDb::new();
+    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z")]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("first row", Duration::from_secs(10), || user_row(&db, 1).is_some());
+
+    let mut older = profile(1, "2025-07-01T09:00:00Z");
+    older["name"] = json!("Older");
+    let mut newer_invalid = profile(1, "2025-07-01T11:00:00Z");
+    newer_invalid["email"] = json!("not an email");
+    newer_invalid["name"] = json!("Invalid");
+    log.changes.lock().unwrap().extend([older, newer_invalid]);
+    wait_until("both changes handled", Duration::from_secs(10), || {
+        rejected(&target, "invalid_email") == 1 && rejected(&target, "stale") == 1
+    });
+    wait_rounds(&target, 1);
+    let row = user_row(&db, 1).unwrap();
+    assert_eq!(row.0, "User 1", "data columns are left as they were");
+    assert_eq!(row.4, "failed_validation", "a newer bad change marks the row");
+    assert!(row.5.unwrap().contains("email"));
+
+    // An older bad change does not touch the row's status.
+    let mut old_inactive = profile(1, "2025-07-01T08:00:00Z");
+    old_inactive["status"] = json!("inactive");
+    let mut newest = profile(1, "2025-07-01T12:00:00Z");
+    newest["name"] = json!("Newest");
+    log.changes.lock().unwrap().extend([newest, old_inactive]);
+    wait_until("newest synced", Duration::from_secs(10), || {
+        user_row(&db, 1).is_some_and(|r| r.0 == "Newest") && rejected(&target, "inactive_status") == 1
+    });
+    wait_rounds(&target, 1);
+    let row = user_row(&db, 1).unwrap();
+    assert_eq!((row.4.as_str(), row.5.as_deref()), ("synced", Some("updated")));
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
+fn an_email_or_mobile_held_by_another_id_is_a_recorded_conflict() {
+    let db = TestDb::new();
+    let mut email_thief = profile(2, "2025-07-01T10:00:01Z");
+    email_thief["email"] = json!("user1@example.com");
+    let mut mobile_thief = profile(3, "2025-07-01T10:00:01Z");
+    mobile_thief["mobile"] = json!("+15550000001");
+    // Same email twice among new users in one page: the first in order wins.
+    let mut twin_a = profile(4, "2025-07-01T10:00:00Z");
+    twin_a["email"] = json!("twin@example.com");
+    let mut twin_b = profile(5, "2025-07-01T10:00:00Z");
+    twin_b["email"] = json!("twin@example.com");
+    let log = CursorLog::new(vec![
+        profile(1, "2025-07-01T10:00:00Z"),
+        email_thief,
+        mobile_thief,
+        twin_a,
+        twin_b,
+    ]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("WRITER_THREADS", "1")]);
+    wait_until("all handled", Duration::from_secs(10), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() == 5
+    });
+    let mut reasons = rejection_reasons(&db);
+    reasons.sort();
+    assert_eq!(reasons, ["email_taken", "email_taken", "mobile_taken"]);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'conflict'"), 3);
+    assert!(user_row(&db, 2).is_none());
+    assert!(user_row(&db, 4).is_some());
+    assert!(user_row(&db, 5).is_none());
+
+    // The owner moves to a new email; then the freed email can be taken.
+    let mut moved = profile(1, "2025-07-01T11:00:00Z");
+    moved["email"] = json!("user1.new@example.com");
+    let mut taker = profile(2, "2025-07-01T11:00:01Z");
+    taker["email"] = json!("user1@example.com");
+    log.changes.lock().unwrap().extend([moved, taker]);
+    wait_until("taker synced", Duration::from_secs(10), || {
+        user_row(&db, 2).is_some_and(|r| r.1 == "user1@example.com")
+    });
+    target.shutdown();
+}
+
+#[test]
+fn a_replayed_page_changes_nothing_and_records_nothing_twice() {
+    let db = TestDb::new();
+    let mut bad = profile(2, "2025-07-01T10:00:00Z");
+    bad["mobile"] = json!("nope");
+    let mut inactive = profile(3, "2025-07-01T10:00:00Z");
+    inactive["status"] = json!("inactive");
+    // A source like the original hands out the same page every round.
+    let source = ScriptedSource::fixed_page(json!([profile(1, "2025-07-01T10:00:00Z"), bad, inactive]));
+    let target = start_target(&db, &source.url, &[]);
+    wait_rounds(&target, 4);
+    assert_eq!(db.count("SELECT count(*) FROM users"), 1);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 2);
+    assert_eq!(target.metrics.synced.get(), 1);
+    assert!(rejected(&target, "stale") >= 3);
+    assert!(source.requests.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+    wait_rounds(&target, 1);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
+fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect() {
+    let db = TestDb::new();
+    let mut changes: Vec<Value> = (1..=2500).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect();
+    let mut bad = profile(9999, "2025-07-01T10:00:00Z");
+    bad["email"] = json!("broken");
+    changes.push(bad);
+    let log = CursorLog::new(changes);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "1000")]);
+    wait_until("cursor at the head", Duration::from_secs(30), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 2501
+    });
+    target.shutdown();
+    let before: Vec<String> = table_snapshot(&db);
+    // The crash: everything was written but the cursor never moved.
+    db.client().execute("UPDATE sync_state SET cursor = 0", &[]).unwrap();
+
+    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "1000")]);
+    wait_until("replayed to the head", Duration::from_secs(30), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 2501
+    });
+    wait_rounds(&target, 1);
+    assert_eq!(table_snapshot(&db), before);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
+    assert_eq!(target.metrics.synced.get(), 0, "every replayed change is stale");
+    assert_eq!(rejected(&target, "stale"), 2500);
+    target.shutdown();
+}
+
+fn table_snapshot(db: &TestDb) -> Vec<String> {
+    db.client()
+        .query(
+            "SELECT id::text || name || email || mobile || status || last_updated_at::text || sync_status FROM users ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
+    let db = TestDb::new();
+    let log = CursorLog::new((1..=3456).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect());
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "500")]);
+    wait_until("backlog synced", Duration::from_secs(30), || {
+        db.count("SELECT count(*) FROM users") == 3456
+    });
+    wait_until("cursor stored", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 3456
+    });
+    let epoch: String = db.client().query_one("SELECT source_epoch FROM sync_state", &[]).unwrap().get(0);
+    assert_eq!(epoch, "epoch-1");
+    let (code, body) = get(&format!("http://{}/status", target.addr));
+    assert_eq!(code, 200);
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["cursor"], 3456);
+    assert_eq!(status["epoch"], "epoch-1");
+    let metrics = get(&format!("http://{}/metrics", target.addr)).1;
+    assert!(metrics.contains("sync_cursor 3456"), "{metrics}");
+    assert!(metrics.contains("sync_source_lag 0"));
+    assert!(metrics.contains("profiles_synced_total 3456"));
+    target.shutdown();
+}
+
+#[test]
+fn a_new_source_epoch_restarts_the_cursor_from_zero() {
+    let db = TestDb::new();
+    let log = CursorLog::new((1..=30).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect());
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("first epoch synced", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 30
+    });
+    // The source restarts with a shorter log of new users.
+    *log.changes.lock().unwrap() = (101..=105).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect();
+    *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+    wait_until("second epoch synced", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM users") == 35
+    });
+    wait_until("cursor in the new epoch", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 5
+    });
+    let epoch: String = db.client().query_one("SELECT source_epoch FROM sync_state", &[]).unwrap().get(0);
+    assert_eq!(epoch, "epoch-2");
+    target.shutdown();
+}
+
+#[test]
+fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
+    let db = TestDb::new();
+    let log = CursorLog::new((1..=10).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect());
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("MAX_RESPONSE_BYTES", "100000")]);
+    wait_until("synced", Duration::from_secs(10), || db.count("SELECT cursor FROM sync_state") == 10);
+    let bad_answers = [
+        Reply::raw(500, "{\"error\":\"boom\"}"),
+        Reply::raw(200, "this is not json"),
+        Reply::raw(200, "{\"not\":\"an array\"}"),
+        Reply::raw(200, &format!("[\"{}\"]", "x".repeat(200_000))),
+    ];
+    let mut errors = target.metrics.fetch_errors.get();
+    for answer in bad_answers {
+        source.set_handler(move |_| answer.clone());
+        wait_until("fetch error counted", Duration::from_secs(10), || {
+            target.metrics.fetch_errors.get() > errors
+        });
+        errors = target.metrics.fetch_errors.get();
+        assert_eq!(db.count("SELECT cursor FROM sync_state"), 10, "the cursor stays");
+    }
+    let (_, status) = get(&format!("http://{}/status", target.addr));
+    assert!(serde_json::from_str::<Value>(&status).unwrap()["last_error"].is_string());
+    // Back to normal: new changes arrive.
+    log.changes.lock().unwrap().push(profile(11, "2025-07-01T10:00:00Z"));
+    let log2 = log.clone();
+    source.set_handler(move |q| log2.answer(q));
+    wait_until("recovered", Duration::from_secs(10), || db.count("SELECT cursor FROM sync_state") == 11);
+    target.shutdown();
+}
+
+#[test]
+fn a_source_down_at_start_is_a_fetch_error_not_a_crash() {
+    let db = TestDb::new();
+    let target = start_target(&db, "http://127.0.0.1:9/users/changes", &[]);
+    wait_until("fetch errors counted", Duration::from_secs(10), || {
+        target.metrics.fetch_errors.get() >= 2
+    });
+    let (code, _) = get(&format!("http://{}/healthz", target.addr));
+    assert_eq!(code, 200);
+    wait_until("ready", Duration::from_secs(10), || {
+        get(&format!("http://{}/readyz", target.addr)).0 == 200
+    });
+    target.shutdown();
+}
