@@ -2,3 +2,4 @@
 //! over HTTP (see SPEC §2).
 
 pub mod config;
+pub mod generator;
