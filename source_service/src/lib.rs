@@ -1,6 +1,203 @@
 //! source_service: a simulated upstream that hands out user-profile changes
 //! over HTTP (see SPEC §2).
+//!
+//! This file starts the application and owns every thread it runs: `App::start`
+//! preloads the change log, binds the server and starts `threads` workers that
+//! share one `tiny_http::Server` and loop on `recv()`. `Running::shutdown`
+//! wakes them with `unblock()`, lets in-flight requests finish and joins them.
+//!
+//! Code map: `config` (environment), `generator` (seeded changes as JSON),
+//! `change_log` (numbered, bounded replay log), `feed` (the two behind their
+//! locks), `http` (routing, socket-free), `metrics` (Prometheus).
 
 pub mod change_log;
 pub mod config;
+pub mod feed;
 pub mod generator;
+pub mod http;
+pub mod metrics;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use log::{debug, info, warn};
+use tiny_http::{Header, Response, Server};
+
+use crate::change_log::ChangeLog;
+pub use crate::config::{Config, ConfigError};
+use crate::feed::Feed;
+use crate::generator::Generator;
+use crate::http::{Handler, Reply};
+use crate::metrics::Metrics;
+
+/// Entry point of the application.
+pub struct App;
+
+impl App {
+    /// Preloads the log, binds `config.addr` and starts serving. Returns once
+    /// the server accepts connections.
+    pub fn start(config: Config) -> io::Result<Running> {
+        let metrics = Metrics::new().map_err(io::Error::other)?;
+        let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
+        info!(
+            "generator seed {seed}{}, invalid rate {}, log capacity {}",
+            if config.seed.is_none() {
+                " (random)"
+            } else {
+                ""
+            },
+            config.invalid_rate,
+            config.log_capacity
+        );
+        let feed = Feed::new(
+            Generator::new(seed, config.invalid_rate),
+            ChangeLog::new(config.log_capacity),
+        );
+        if config.preload > 0 {
+            let started = Instant::now();
+            feed.preload(config.preload, &metrics);
+            info!(
+                "preloaded {} changes in {:.2?} ({} MiB of log)",
+                feed.head(),
+                started.elapsed(),
+                feed.log_bytes() / (1024 * 1024)
+            );
+        }
+
+        let epoch = uuid::Uuid::new_v4().to_string();
+        let server = Server::http(config.addr).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("cannot listen on {}: {e}", config.addr),
+            )
+        })?;
+        let addr = server.server_addr().to_ip().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "server is not on an IP address",
+            )
+        })?;
+        let server = Arc::new(server);
+        let handler = Arc::new(Handler::new(feed, metrics, epoch));
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let mut workers = Vec::with_capacity(config.threads);
+        for n in 0..config.threads {
+            let (worker_server, worker_handler, worker_stopping) = (
+                Arc::clone(&server),
+                Arc::clone(&handler),
+                Arc::clone(&stopping),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("http-{n}"))
+                .spawn(move || serve(&worker_server, &worker_handler, &worker_stopping));
+            match spawned {
+                Ok(worker) => workers.push(worker),
+                Err(e) => {
+                    // Stop the workers already started before giving up.
+                    Running {
+                        addr,
+                        server,
+                        workers,
+                        stopping,
+                    }
+                    .stop();
+                    return Err(e);
+                }
+            }
+        }
+        info!(
+            "listening on http://{addr} with {} threads, epoch {}",
+            config.threads,
+            handler.epoch()
+        );
+        Ok(Running {
+            addr,
+            server,
+            workers,
+            stopping,
+        })
+    }
+}
+
+/// A started application.
+pub struct Running {
+    /// The address the server listens on (with the real port when 0 was asked).
+    pub addr: SocketAddr,
+    server: Arc<Server>,
+    workers: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Stops accepting work, lets in-flight requests finish, and returns when
+    /// every worker has exited and the listening socket is closed.
+    pub fn shutdown(mut self) {
+        info!("shutting down");
+        self.stop();
+        info!("stopped");
+    }
+
+    fn stop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        // Each unblock wakes one thread waiting in recv().
+        for _ in 0..self.workers.len() {
+            self.server.unblock();
+        }
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                warn!("a server thread panicked");
+            }
+        }
+        // The last reference to the server goes with `self`, which closes the
+        // listening socket.
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+/// One worker: answers requests until shutdown.
+fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
+    while !stopping.load(Ordering::SeqCst) {
+        let request = match server.recv() {
+            Ok(request) => request,
+            Err(e) => {
+                if !stopping.load(Ordering::SeqCst) {
+                    warn!("receiving a request failed: {e}");
+                }
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let (route, reply) = handler.handle(request.method().as_str(), request.url());
+        let status = reply.status;
+        if let Err(e) = request.respond(response(reply)) {
+            debug!("client went away before the response was sent: {e}");
+        }
+        handler
+            .metrics()
+            .observe_request(route, status, started.elapsed());
+    }
+}
+
+fn response(reply: Reply) -> Response<io::Cursor<Vec<u8>>> {
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    let content_type = ("Content-Type", reply.content_type);
+    let headers = reply.headers.iter().map(|(n, v)| (*n, v.as_str()));
+    for (name, value) in std::iter::once(content_type).chain(headers) {
+        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    response
+}
