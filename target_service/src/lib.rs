@@ -1,1 +1,308 @@
+//! target_service: pulls user-profile changes from the source on a timer and
+//! keeps the PostgreSQL `users` table in step (SPEC §3–4).
+//!
+//! Every thread is started here, so their number and lifetimes read at a
+//! glance:
+//! - `http-N` (2): `/metrics`, `/healthz`, `/readyz`, `/status`;
+//! - `sync`: waits for PostgreSQL, applies the schema, then runs the rounds
+//!   ([`sync::Syncer`]), feeding one bounded channel per writer;
+//! - `writer-N` (`WRITER_THREADS`): batch writes through the r2d2 pool;
+//! - `db-probe`: checks once a second that PostgreSQL answers, for `/readyz`.
 
+pub mod config;
+pub mod fetcher;
+pub mod http;
+pub mod metrics;
+pub mod profile;
+pub mod status;
+pub mod store;
+pub mod sync;
+pub mod writer;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use log::{error, info, warn};
+use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::status::StatusBoard;
+use crate::writer::DbPool;
+
+const HTTP_THREADS: usize = 2;
+
+/// Logs to standard error at `level`.
+pub fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_rfc3339()
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::TermLogger::init(
+        level,
+        config,
+        simplelog::TerminalMode::Stderr,
+        simplelog::ColorChoice::Never,
+    );
+}
+
+pub struct App;
+
+/// A started target: its bound address and the handles to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub status: Arc<StatusBoard>,
+    stopping: Arc<AtomicBool>,
+    wake_sync: Option<Sender<()>>,
+    server: Arc<tiny_http::Server>,
+    http_threads: Vec<JoinHandle<()>>,
+    sync_thread: Option<JoinHandle<()>>,
+    shutdown_timeout: Duration,
+}
+
+impl App {
+    /// Binds the metrics server and starts everything else in the
+    /// background; PostgreSQL need not be up yet (`/readyz` says when it is).
+    pub fn start(config: Config) -> io::Result<Running> {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new());
+        let status = Arc::new(StatusBoard::default());
+        let stopping = Arc::new(AtomicBool::new(false));
+
+        let server = tiny_http::Server::http(config.metrics_addr).map_err(|err| {
+            io::Error::other(format!(
+                "cannot listen on METRICS_ADDR {}: {err}",
+                config.metrics_addr
+            ))
+        })?;
+        let server = Arc::new(server);
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| io::Error::other("the metrics server is not on an IP address"))?;
+        let mut http_threads = Vec::with_capacity(HTTP_THREADS);
+        for n in 0..HTTP_THREADS {
+            let (server, metrics, status) = (
+                Arc::clone(&server),
+                Arc::clone(&metrics),
+                Arc::clone(&status),
+            );
+            http_threads.push(thread::Builder::new().name(format!("http-{n}")).spawn(
+                move || {
+                    while let Ok(request) = server.recv() {
+                        http::respond(request, &metrics, &status);
+                    }
+                },
+            )?);
+        }
+        info!(
+            "metrics and health on http://{addr}; syncing from {}",
+            config.source_url
+        );
+
+        let (wake_sync, wake_rx) = crossbeam_channel::bounded::<()>(0);
+        let sync_thread = {
+            let (config, metrics, status, stopping) = (
+                Arc::clone(&config),
+                Arc::clone(&metrics),
+                Arc::clone(&status),
+                Arc::clone(&stopping),
+            );
+            thread::Builder::new()
+                .name("sync".to_owned())
+                .spawn(move || run_pipeline(config, metrics, status, stopping, wake_rx))?
+        };
+        Ok(Running {
+            addr,
+            metrics,
+            status,
+            stopping,
+            wake_sync: Some(wake_sync),
+            server,
+            http_threads,
+            sync_thread: Some(sync_thread),
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+}
+
+impl Running {
+    /// Stops fetching, lets the current page finish and its cursor be
+    /// stored, and returns within `SHUTDOWN_TIMEOUT_SECS`.
+    pub fn shutdown(mut self) {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.stopping.store(true, Ordering::Release);
+        self.wake_sync.take();
+        if let Some(handle) = self.sync_thread.take() {
+            if !join_until(handle, deadline) {
+                warn!(
+                    "shutdown timed out; unwritten changes will be fetched again on the next start"
+                );
+            }
+        }
+        self.server.unblock();
+        for handle in self.http_threads.drain(..) {
+            let _ = handle.join();
+        }
+        info!("stopped");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake_sync.take();
+        self.server.unblock();
+    }
+}
+
+/// Joins a thread unless the deadline passes first (then leaves it be).
+fn join_until(handle: JoinHandle<()>, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if handle.is_finished() {
+            let _ = handle.join();
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The `sync` thread: database first, then writers and rounds until shutdown.
+fn run_pipeline(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
+    stopping: Arc<AtomicBool>,
+    wake: crossbeam_channel::Receiver<()>,
+) {
+    let manager = PostgresConnectionManager::new(config.database.connection.clone(), NoTls);
+    let pool: DbPool = r2d2::Pool::builder()
+        .max_size(config.db_pool_size)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(2))
+        .build_unchecked(manager);
+    if !prepare_database(&config, &pool, &metrics, &status, &stopping) {
+        return;
+    }
+    let probe = {
+        let (pool, status, stopping) = (pool.clone(), Arc::clone(&status), Arc::clone(&stopping));
+        thread::Builder::new()
+            .name("db-probe".to_owned())
+            .spawn(move || probe_database(&pool, &status, &stopping))
+    };
+
+    let per_writer = config
+        .channel_capacity
+        .div_ceil(config.writer_threads)
+        .max(1);
+    let mut senders = Vec::with_capacity(config.writer_threads);
+    let mut writers = Vec::with_capacity(config.writer_threads);
+    for n in 0..config.writer_threads {
+        let (tx, rx) = crossbeam_channel::bounded(per_writer);
+        senders.push(tx);
+        let (pool, metrics, stopping) = (pool.clone(), Arc::clone(&metrics), Arc::clone(&stopping));
+        match thread::Builder::new()
+            .name(format!("writer-{n}"))
+            .spawn(move || writer::run(rx, pool, metrics, stopping))
+        {
+            Ok(handle) => writers.push(handle),
+            Err(err) => {
+                error!("cannot start writer thread {n}: {err}");
+                return;
+            }
+        }
+    }
+    info!(
+        "{} writers, {} connections at most",
+        config.writer_threads, config.db_pool_size
+    );
+
+    sync::Syncer::new(
+        Arc::clone(&config),
+        pool,
+        metrics,
+        status,
+        stopping,
+        senders,
+    )
+    .run(wake);
+    // The syncer owned the senders: the writers drain what is left and end.
+    for handle in writers {
+        let _ = handle.join();
+    }
+    if let Ok(handle) = probe {
+        let _ = handle.join();
+    }
+}
+
+/// Waits for PostgreSQL (logging each retry) and applies the schema.
+/// Returns false when shutdown came first.
+fn prepare_database(
+    config: &Config,
+    pool: &DbPool,
+    metrics: &Metrics,
+    status: &StatusBoard,
+    stopping: &AtomicBool,
+) -> bool {
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 1u32;
+    loop {
+        if stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let result = pool
+            .get()
+            .map_err(|err| err.to_string())
+            .and_then(|mut conn| store::apply_schema(&mut conn).map_err(|err| err.to_string()));
+        match result {
+            Ok(()) => {
+                info!(
+                    "connected to PostgreSQL at {}; schema applied",
+                    config.database.description
+                );
+                status.set_database_reachable(true);
+                status.set_schema_applied();
+                return true;
+            }
+            Err(why) => {
+                metrics.db_errors.inc();
+                status.set_database_reachable(false);
+                status.round_failed(&why);
+                warn!(
+                    "PostgreSQL at {} is not ready (attempt {attempt}), retrying in {delay:?}: {why}",
+                    config.database.description
+                );
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !stopping.load(Ordering::Acquire) {
+                    thread::sleep(Duration::from_millis(25));
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn probe_database(pool: &DbPool, status: &StatusBoard, stopping: &AtomicBool) {
+    while !stopping.load(Ordering::Acquire) {
+        let reachable = pool
+            .get()
+            .map(|mut conn| store::ping(&mut *conn).is_ok())
+            .unwrap_or(false);
+        status.set_database_reachable(reachable);
+        for _ in 0..20 {
+            if stopping.load(Ordering::Acquire) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,39 @@
+-- The target's schema. Applied by target_service at every start-up, inside a
+-- transaction holding an advisory lock, so it is idempotent and safe when
+-- several replicas start at once.
+
+-- The original users table, unchanged.
+CREATE TABLE IF NOT EXISTS users (
+    id UUID PRIMARY KEY,
+    name VARCHAR(255) NOT NULL,
+    email VARCHAR(255) UNIQUE NOT NULL,
+    mobile VARCHAR(20) UNIQUE NOT NULL,
+    status VARCHAR(50) NOT NULL,
+    last_updated_at TIMESTAMPTZ NOT NULL,
+    sync_status VARCHAR(50) NOT NULL DEFAULT 'synced',
+    sync_message TEXT
+);
+
+-- One row per change that was not synced (every outcome but stale).
+CREATE TABLE IF NOT EXISTS sync_rejections (
+    id BIGSERIAL PRIMARY KEY,
+    profile_id UUID,                    -- the change's id, when it is a UUID
+    outcome VARCHAR(50) NOT NULL,       -- failed_validation | skipped | conflict
+    reason VARCHAR(50) NOT NULL,        -- reason code, e.g. invalid_email
+    message TEXT NOT NULL,              -- what was wrong, for people
+    payload TEXT NOT NULL,              -- the raw element as JSON text
+    changed_at TIMESTAMPTZ,             -- the change's last_updated_at, when it parses
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- A replayed change is recorded once: the same raw element is the same change.
+CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_payload_key ON sync_rejections (md5(payload));
+CREATE INDEX IF NOT EXISTS sync_rejections_profile_id_idx ON sync_rejections (profile_id);
+CREATE INDEX IF NOT EXISTS sync_rejections_received_at_idx ON sync_rejections (received_at);
+
+-- Where syncing stands, one row per source URL.
+CREATE TABLE IF NOT EXISTS sync_state (
+    source_url TEXT PRIMARY KEY,
+    source_epoch TEXT,                  -- X-Source-Epoch the cursor belongs to
+    cursor BIGINT NOT NULL DEFAULT 0,   -- every change up to here is stored
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);

@@ -1,0 +1,778 @@
+//! The profile as the rest of the service knows it: a value that exists has
+//! passed every rule of SPEC §1 ("parse, don't validate").
+//!
+//! [`Profile::parse`] turns one raw JSON element of a page into either a
+//! [`Profile`] or a [`Rejection`] carrying the outcome and reason code of the
+//! first rule that failed, checked in the contract's order. Writers only ever
+//! see `Profile`s; nothing downstream re-checks a field.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use regex::Regex;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What became of a change that was not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    FailedValidation,
+    Skipped,
+    Conflict,
+}
+
+impl Outcome {
+    /// The name stored in `sync_rejections.outcome` and `users.sync_status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::FailedValidation => "failed_validation",
+            Outcome::Skipped => "skipped",
+            Outcome::Conflict => "conflict",
+        }
+    }
+}
+
+/// Why a change was not synced: the reason codes of SPEC §3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Malformed,
+    InvalidId,
+    InvalidTimestamp,
+    InvalidEmail,
+    InvalidName,
+    InvalidMobile,
+    FutureTimestamp,
+    InactiveStatus,
+    Stale,
+    EmailTaken,
+    MobileTaken,
+    DbError,
+}
+
+impl Reason {
+    /// Every reason code, so metrics can show each one from the start.
+    pub const ALL: [Reason; 12] = [
+        Reason::Malformed,
+        Reason::InvalidId,
+        Reason::InvalidTimestamp,
+        Reason::InvalidEmail,
+        Reason::InvalidName,
+        Reason::InvalidMobile,
+        Reason::FutureTimestamp,
+        Reason::InactiveStatus,
+        Reason::Stale,
+        Reason::EmailTaken,
+        Reason::MobileTaken,
+        Reason::DbError,
+    ];
+
+    /// The reason code as stored and exported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Malformed => "malformed",
+            Reason::InvalidId => "invalid_id",
+            Reason::InvalidTimestamp => "invalid_timestamp",
+            Reason::InvalidEmail => "invalid_email",
+            Reason::InvalidName => "invalid_name",
+            Reason::InvalidMobile => "invalid_mobile",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::InactiveStatus => "inactive_status",
+            Reason::Stale => "stale",
+            Reason::EmailTaken => "email_taken",
+            Reason::MobileTaken => "mobile_taken",
+            Reason::DbError => "db_error",
+        }
+    }
+
+    /// The outcome each reason belongs to.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Reason::Malformed
+            | Reason::InvalidId
+            | Reason::InvalidTimestamp
+            | Reason::InvalidEmail
+            | Reason::InvalidName
+            | Reason::InvalidMobile
+            | Reason::FutureTimestamp
+            | Reason::DbError => Outcome::FailedValidation,
+            Reason::InactiveStatus | Reason::Stale => Outcome::Skipped,
+            Reason::EmailTaken | Reason::MobileTaken => Outcome::Conflict,
+        }
+    }
+}
+
+/// A change that will not be synced, with what could still be read of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// A sentence for people: which field broke which rule.
+    pub message: String,
+    /// The change's id, when it is a valid UUID (even if other fields are not).
+    pub profile_id: Option<Uuid>,
+    /// The change's `last_updated_at`, when it parses.
+    pub changed_at: Option<Timestamp>,
+}
+
+impl Rejection {
+    pub fn outcome(&self) -> Outcome {
+        self.reason.outcome()
+    }
+}
+
+/// An instant at microsecond precision, the precision of `timestamptz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(DateTime<Utc>);
+
+impl Timestamp {
+    /// Parses RFC 3339 with a mandatory offset (`Z` or `±hh:mm`); finer than
+    /// microsecond digits are truncated.
+    pub fn parse(text: &str) -> Result<Timestamp, String> {
+        static SHAPE: OnceLock<Regex> = OnceLock::new();
+        let shape = SHAPE.get_or_init(|| {
+            Regex::new(
+                r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+            )
+            .expect("the timestamp pattern is a valid regex")
+        });
+        if !shape.is_match(text) {
+            return Err(format!(
+                "last_updated_at {:?} is not an RFC 3339 timestamp with an offset",
+                truncate_for_message(text)
+            ));
+        }
+        let parsed = DateTime::parse_from_rfc3339(text).map_err(|err| {
+            format!(
+                "last_updated_at {:?} is not a valid date and time: {err}",
+                truncate_for_message(text)
+            )
+        })?;
+        Ok(Timestamp::from_datetime(parsed.with_timezone(&Utc)))
+    }
+
+    /// Truncates to whole microseconds.
+    pub fn from_datetime(instant: DateTime<Utc>) -> Timestamp {
+        let nanos = instant.nanosecond();
+        let truncated = instant
+            .with_nanosecond(nanos - nanos % 1_000)
+            .unwrap_or(instant);
+        Timestamp(truncated)
+    }
+
+    pub fn as_datetime(&self) -> DateTime<Utc> {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+}
+
+/// 1–255 characters, not only white space, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name(String);
+
+impl Name {
+    pub fn parse(text: &str) -> Result<Name, String> {
+        let length = text.chars().count();
+        if length == 0 {
+            return Err("name is empty".to_owned());
+        }
+        if length > 255 {
+            return Err(format!("name has {length} characters, more than 255"));
+        }
+        if text.trim().is_empty() {
+            return Err("name is only white space".to_owned());
+        }
+        if let Some(control) = text.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "name contains the control character U+{:04X}",
+                u32::from(control)
+            ));
+        }
+        Ok(Name(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `local@domain` by the rule of SPEC §1, at most 254 characters, ASCII only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(text: &str) -> Result<Email, String> {
+        let shown = truncate_for_message(text);
+        let invalid = |why: &str| Err(format!("email {shown:?} {why}"));
+        if text.len() > 254 {
+            return invalid("is longer than 254 characters");
+        }
+        if !text.is_ascii() {
+            return invalid("is not ASCII");
+        }
+        let Some((local, domain)) = text.split_once('@') else {
+            return invalid("has no @");
+        };
+        if local.is_empty() || local.len() > 64 {
+            return invalid("must have a local part of 1 to 64 characters");
+        }
+        let local_char_ok =
+            |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~-".contains(c);
+        if local
+            .split('.')
+            .any(|atom| atom.is_empty() || !atom.chars().all(local_char_ok))
+        {
+            return invalid("has a local part with a character or dot that is not allowed");
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2 {
+            return invalid("needs a domain of two or more labels");
+        }
+        for label in &labels {
+            let label_ok = (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !label_ok {
+                return invalid(
+                    "has a domain label that is not 1-63 letters, digits or inner hyphens",
+                );
+            }
+        }
+        let top = labels[labels.len() - 1];
+        if top.len() < 2 || !top.chars().all(|c| c.is_ascii_alphabetic()) {
+            return invalid("must end in a label of 2 or more letters");
+        }
+        Ok(Email(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `^\+?[0-9]{3,19}$`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mobile(String);
+
+impl Mobile {
+    pub fn parse(text: &str) -> Result<Mobile, String> {
+        let digits = text.strip_prefix('+').unwrap_or(text);
+        if (3..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Mobile(text.to_owned()))
+        } else {
+            Err(format!(
+                "mobile {:?} is not 3 to 19 digits with an optional leading +",
+                truncate_for_message(text)
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The statuses that are synced; every other string is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncedStatus {
+    Active,
+    Pending,
+}
+
+impl SyncedStatus {
+    pub fn parse(text: &str) -> Option<SyncedStatus> {
+        match text {
+            "active" => Some(SyncedStatus::Active),
+            "pending" => Some(SyncedStatus::Pending),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncedStatus::Active => "active",
+            SyncedStatus::Pending => "pending",
+        }
+    }
+}
+
+/// A change that passed every check and may be written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub id: Uuid,
+    pub name: Name,
+    pub email: Email,
+    pub mobile: Mobile,
+    pub status: SyncedStatus,
+    pub last_updated_at: Timestamp,
+}
+
+const FIELDS: [&str; 6] = ["id", "name", "email", "mobile", "status", "last_updated_at"];
+
+impl Profile {
+    /// Applies the checks of SPEC §3 in their order; the first that fails
+    /// decides. `latest_allowed` is now plus the allowed clock skew.
+    pub fn parse(element: &Value, latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
+        let Some(object) = element.as_object() else {
+            return Err(Rejection {
+                reason: Reason::Malformed,
+                message: format!("element is {}, not a JSON object", json_kind(element)),
+                profile_id: None,
+                changed_at: None,
+            });
+        };
+        // What can be read of the id and timestamp goes with every rejection,
+        // so a newer bad change can still mark an existing row.
+        let profile_id = object
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(parse_uuid);
+        let changed_at = object
+            .get("last_updated_at")
+            .and_then(Value::as_str)
+            .and_then(|text| Timestamp::parse(text).ok());
+        let reject = |reason: Reason, message: String| Rejection {
+            reason,
+            message,
+            profile_id,
+            changed_at,
+        };
+
+        let mut text = [""; 6];
+        for (slot, field) in text.iter_mut().zip(FIELDS) {
+            match object.get(field) {
+                Some(Value::String(value)) => *slot = value,
+                Some(other) => {
+                    return Err(reject(
+                        Reason::Malformed,
+                        format!("field {field} is {}, not a string", json_kind(other)),
+                    ))
+                }
+                None => {
+                    return Err(reject(
+                        Reason::Malformed,
+                        format!("field {field} is missing"),
+                    ))
+                }
+            }
+        }
+        let [id, name, email, mobile, status, last_updated_at] = text;
+
+        let Some(id) = parse_uuid(id) else {
+            return Err(reject(
+                Reason::InvalidId,
+                format!("id {:?} is not a hyphenated UUID", truncate_for_message(id)),
+            ));
+        };
+        let last_updated_at =
+            Timestamp::parse(last_updated_at).map_err(|m| reject(Reason::InvalidTimestamp, m))?;
+        let email = Email::parse(email).map_err(|m| reject(Reason::InvalidEmail, m))?;
+        let name = Name::parse(name).map_err(|m| reject(Reason::InvalidName, m))?;
+        let mobile = Mobile::parse(mobile).map_err(|m| reject(Reason::InvalidMobile, m))?;
+        if last_updated_at.as_datetime() > latest_allowed {
+            return Err(reject(
+                Reason::FutureTimestamp,
+                format!("last_updated_at {last_updated_at} lies beyond the allowed clock skew"),
+            ));
+        }
+        let Some(status) = SyncedStatus::parse(status) else {
+            return Err(reject(
+                Reason::InactiveStatus,
+                format!(
+                    "status {:?} is not synced (only active and pending are)",
+                    truncate_for_message(status)
+                ),
+            ));
+        };
+        Ok(Profile {
+            id,
+            name,
+            email,
+            mobile,
+            status,
+            last_updated_at,
+        })
+    }
+}
+
+/// A hyphenated UUID (8-4-4-4-12 hex digits, any case, any version).
+fn parse_uuid(text: &str) -> Option<Uuid> {
+    let hyphenated = text.len() == 36
+        && text.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    if hyphenated {
+        Uuid::try_parse(text).ok()
+    } else {
+        None
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Keeps messages readable when a field holds kilobytes of junk.
+fn truncate_for_message(text: &str) -> String {
+    const LIMIT: usize = 64;
+    if text.chars().count() <= LIMIT {
+        text.to_owned()
+    } else {
+        let head: String = text.chars().take(LIMIT).collect();
+        format!("{head}…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+    use serde_json::json;
+
+    fn now_limit() -> DateTime<Utc> {
+        Utc::now() + Duration::seconds(300)
+    }
+
+    fn valid() -> Value {
+        json!({
+            "id": "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60",
+            "name": "Ada Lovelace",
+            "email": "ada@example.com",
+            "mobile": "+447700900123",
+            "status": "active",
+            "last_updated_at": "2025-07-01T15:43:04+05:30",
+        })
+    }
+
+    fn with(field: &str, value: Value) -> Value {
+        let mut element = valid();
+        element[field] = value;
+        element
+    }
+
+    fn without(field: &str) -> Value {
+        let mut element = valid();
+        element.as_object_mut().map(|o| o.remove(field));
+        element
+    }
+
+    fn reason_of(element: &Value) -> Option<Reason> {
+        Profile::parse(element, now_limit()).err().map(|r| r.reason)
+    }
+
+    #[test]
+    fn a_valid_profile_parses_with_every_field() {
+        let profile = Profile::parse(&valid(), now_limit()).expect("valid");
+        assert_eq!(
+            profile.id.to_string(),
+            "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60"
+        );
+        assert_eq!(profile.name.as_str(), "Ada Lovelace");
+        assert_eq!(profile.email.as_str(), "ada@example.com");
+        assert_eq!(profile.mobile.as_str(), "+447700900123");
+        assert_eq!(profile.status, SyncedStatus::Active);
+        assert_eq!(
+            profile.last_updated_at.to_string(),
+            "2025-07-01T10:13:04.000000Z"
+        );
+    }
+
+    #[test]
+    fn unknown_extra_fields_are_ignored() {
+        let element = with("nickname", json!({"nested": [1, 2]}));
+        assert!(Profile::parse(&element, now_limit()).is_ok());
+    }
+
+    #[test]
+    fn malformed_elements() {
+        for element in [
+            json!(null),
+            json!(42),
+            json!("text"),
+            json!([valid()]),
+            without("id"),
+            without("name"),
+            without("email"),
+            without("mobile"),
+            without("status"),
+            without("last_updated_at"),
+            with("id", json!(null)),
+            with("name", json!(7)),
+            with("email", json!(["a@b.cd"])),
+            with("mobile", json!(447700900123u64)),
+            with("status", json!(true)),
+            with("last_updated_at", json!({"at": "2025-07-01T10:13:04Z"})),
+        ] {
+            assert_eq!(reason_of(&element), Some(Reason::Malformed), "{element}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_change_keeps_the_id_and_timestamp_it_has() {
+        let rejection = Profile::parse(&with("mobile", json!(12345)), now_limit()).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Malformed);
+        assert!(rejection.profile_id.is_some());
+        assert!(rejection.changed_at.is_some());
+    }
+
+    #[test]
+    fn ids_must_be_hyphenated_uuids_of_any_case_and_version() {
+        for ok in [
+            "3F1C2A9E-8B7D-4C6E-9A5F-1B2C3D4E5F60",
+            "00000000-0000-0000-0000-000000000000",
+            "3f1c2a9e-8b7d-1c6e-0a5f-1b2c3d4e5f60",
+        ] {
+            assert_eq!(reason_of(&with("id", json!(ok))), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "not-a-uuid",
+            "3f1c2a9e8b7d4c6e9a5f1b2c3d4e5f60",
+            "{3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60}",
+            "urn:uuid:3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60",
+            "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f6g",
+            " 3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60",
+        ] {
+            assert_eq!(
+                reason_of(&with("id", json!(bad))),
+                Some(Reason::InvalidId),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_need_rfc3339_with_an_offset() {
+        for ok in [
+            "2025-07-01T10:13:04Z",
+            "2025-07-01t10:13:04z",
+            "2025-07-01T10:13:04.123456789-08:00",
+            "2025-07-01T15:43:04+05:30",
+        ] {
+            assert_eq!(reason_of(&with("last_updated_at", json!(ok))), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "2025-07-01T10:13:04",
+            "2025-07-01 10:13:04Z",
+            "2025-07-01",
+            "2025-13-01T10:13:04Z",
+            "2025-02-30T10:13:04Z",
+            "2025-07-01T10:13:04+0530",
+            "1751364784",
+            "yesterday",
+        ] {
+            assert_eq!(
+                reason_of(&with("last_updated_at", json!(bad))),
+                Some(Reason::InvalidTimestamp),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn equal_instants_in_different_offsets_are_equal_and_truncated_to_micros() {
+        let a = Timestamp::parse("2025-07-01T15:43:04.1234567+05:30").unwrap();
+        let b = Timestamp::parse("2025-07-01T10:13:04.123456Z").unwrap();
+        assert_eq!(a, b);
+        assert!(Timestamp::parse("2025-07-01T10:13:04.123457Z").unwrap() > a);
+    }
+
+    #[test]
+    fn email_rule() {
+        let long_local = "a".repeat(64);
+        let too_long_local = "a".repeat(65);
+        let label63 = "d".repeat(63);
+        let ok_long = format!("{long_local}@{label63}.example.com");
+        for ok in [
+            "a@b.co",
+            "first.last@example.com",
+            "x!#$%&'*+/=?^_`{|}~-y@sub-domain.example.org",
+            "USER@EXAMPLE.COM",
+            "u@1a.b2.example",
+            ok_long.as_str(),
+        ] {
+            assert_eq!(reason_of(&with("email", json!(ok))), None, "{ok}");
+        }
+        let too_long_label = format!("a@{}.com", "d".repeat(64));
+        let too_long_total = format!("a@{}.com", vec!["d".repeat(60); 5].join("."));
+        for bad in [
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@@example.com",
+            "a@b@example.com",
+            ".a@example.com",
+            "a.@example.com",
+            "a..b@example.com",
+            "a b@example.com",
+            "a\"b@example.com",
+            "a@example",
+            "a@-example.com",
+            "a@example-.com",
+            "a@exa_mple.com",
+            "a@example..com",
+            "a@example.c",
+            "a@example.c0m",
+            "a@example.com.",
+            "ü@example.com",
+            "a@exämple.com",
+            too_long_local.as_str(),
+            &format!("{too_long_local}@example.com"),
+            too_long_label.as_str(),
+            too_long_total.as_str(),
+        ] {
+            assert_eq!(
+                reason_of(&with("email", json!(bad))),
+                Some(Reason::InvalidEmail),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn name_rule() {
+        for ok in [
+            "A",
+            "Zoë Ångström",
+            " padded ",
+            &"n".repeat(255),
+            &"é".repeat(255),
+        ] {
+            assert_eq!(reason_of(&with("name", json!(ok))), None, "{ok}");
+        }
+        for bad in [
+            "",
+            " ",
+            "\t \u{3000}",
+            "nul\u{0}inside",
+            "bell\u{7}",
+            "line\nbreak",
+            "del\u{7f}",
+            "c1\u{85}",
+            &"n".repeat(256),
+            &"n".repeat(10_000),
+        ] {
+            assert_eq!(
+                reason_of(&with("name", json!(bad))),
+                Some(Reason::InvalidName),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mobile_rule() {
+        for ok in ["123", "+123", "1234567890123456789", "+1234567890123456789"] {
+            assert_eq!(reason_of(&with("mobile", json!(ok))), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "12",
+            "+12",
+            "12345678901234567890",
+            "++123",
+            "123+",
+            "123 456",
+            "12a45",
+            "١٢٣٤",
+            &"9".repeat(10_000),
+        ] {
+            assert_eq!(
+                reason_of(&with("mobile", json!(bad))),
+                Some(Reason::InvalidMobile),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn future_timestamps_beyond_the_skew_fail() {
+        let limit = Utc::now() + Duration::seconds(300);
+        let soon = (Utc::now() + Duration::seconds(100)).to_rfc3339();
+        let later = (Utc::now() + Duration::seconds(3600)).to_rfc3339();
+        assert!(Profile::parse(&with("last_updated_at", json!(soon)), limit).is_ok());
+        let rejection = Profile::parse(&with("last_updated_at", json!(later)), limit).unwrap_err();
+        assert_eq!(rejection.reason, Reason::FutureTimestamp);
+    }
+
+    #[test]
+    fn only_active_and_pending_are_synced() {
+        assert_eq!(reason_of(&with("status", json!("pending"))), None);
+        for skipped in ["inactive", "Active", "ACTIVE", "", "deleted"] {
+            let rejection =
+                Profile::parse(&with("status", json!(skipped)), now_limit()).unwrap_err();
+            assert_eq!(rejection.reason, Reason::InactiveStatus, "{skipped}");
+            assert_eq!(rejection.outcome(), Outcome::Skipped);
+        }
+    }
+
+    #[test]
+    fn the_first_failing_rule_in_contract_order_decides() {
+        let mut element = valid();
+        element["id"] = json!("bad");
+        element["last_updated_at"] = json!("bad");
+        element["email"] = json!("bad");
+        element["name"] = json!("");
+        element["mobile"] = json!("bad");
+        element["status"] = json!("inactive");
+        let order = [
+            (
+                "id",
+                Reason::InvalidId,
+                json!("3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60"),
+            ),
+            (
+                "last_updated_at",
+                Reason::InvalidTimestamp,
+                json!("2999-01-01T00:00:00Z"),
+            ),
+            ("email", Reason::InvalidEmail, json!("a@b.co")),
+            ("name", Reason::InvalidName, json!("Ada")),
+            ("mobile", Reason::InvalidMobile, json!("12345")),
+            (
+                "last_updated_at",
+                Reason::FutureTimestamp,
+                json!("2020-01-01T00:00:00Z"),
+            ),
+            ("status", Reason::InactiveStatus, json!("active")),
+        ];
+        for (field, expected, fix) in order {
+            assert_eq!(reason_of(&element), Some(expected));
+            element[field] = fix;
+        }
+        assert_eq!(reason_of(&element), None);
+        // A missing field outranks everything else.
+        element.as_object_mut().map(|o| o.remove("status"));
+        element["id"] = json!("bad");
+        assert_eq!(reason_of(&element), Some(Reason::Malformed));
+    }
+
+    #[test]
+    fn every_reason_has_its_outcome() {
+        let conflicts: Vec<_> = Reason::ALL
+            .iter()
+            .filter(|r| r.outcome() == Outcome::Conflict)
+            .collect();
+        assert_eq!(conflicts, [&Reason::EmailTaken, &Reason::MobileTaken]);
+        assert_eq!(Reason::Stale.outcome().as_str(), "skipped");
+        assert_eq!(Reason::InvalidEmail.outcome().as_str(), "failed_validation");
+    }
+}

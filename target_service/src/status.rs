@@ -1,0 +1,124 @@
+//! What the service is doing right now, shared between the threads that
+//! change it and the HTTP handlers that report it (`/readyz`, `/status`).
+//!
+//! Readers only ever take a short lock or read an atomic, so reporting never
+//! waits on PostgreSQL or the source.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncState {
+    /// Holding the sync lock and working through a round.
+    Syncing,
+    /// Holding the sync lock, between rounds.
+    Idle,
+    /// Another replica holds the sync lock.
+    Standby,
+}
+
+#[derive(Debug, Default)]
+struct Progress {
+    state: Option<SyncState>,
+    cursor: u64,
+    epoch: Option<String>,
+    last_success: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    database_reachable: AtomicBool,
+    schema_applied: AtomicBool,
+    progress: Mutex<Progress>,
+}
+
+impl StatusBoard {
+    pub fn set_database_reachable(&self, reachable: bool) {
+        self.database_reachable.store(reachable, Ordering::Release);
+    }
+
+    pub fn set_schema_applied(&self) {
+        self.schema_applied.store(true, Ordering::Release);
+    }
+
+    /// Ready means: the database answers and the schema is in place.
+    pub fn is_ready(&self) -> bool {
+        self.database_reachable.load(Ordering::Acquire)
+            && self.schema_applied.load(Ordering::Acquire)
+    }
+
+    pub fn set_state(&self, state: SyncState) {
+        self.with(|p| p.state = Some(state));
+    }
+
+    pub fn set_position(&self, cursor: u64, epoch: Option<&str>) {
+        self.with(|p| {
+            p.cursor = cursor;
+            p.epoch = epoch.map(str::to_owned);
+        });
+    }
+
+    pub fn round_succeeded(&self, at: DateTime<Utc>) {
+        self.with(|p| {
+            p.last_success = Some(at);
+            p.last_error = None;
+        });
+    }
+
+    pub fn round_failed(&self, error: &str) {
+        self.with(|p| p.last_error = Some(error.to_owned()));
+    }
+
+    fn with(&self, change: impl FnOnce(&mut Progress)) {
+        // A poisoned lock only means a reporter panicked mid-update; the
+        // fields are plain values, still fine to overwrite.
+        let mut progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut progress);
+    }
+
+    /// The body of `GET /status`.
+    pub fn to_json(&self, metrics: &Metrics) -> Value {
+        let progress = self
+            .progress
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = if !self.is_ready() {
+            "waiting_for_database"
+        } else {
+            match progress.state {
+                Some(SyncState::Syncing) => "syncing",
+                Some(SyncState::Standby) => "standby",
+                Some(SyncState::Idle) | None => "idle",
+            }
+        };
+        let rejected: serde_json::Map<String, Value> = metrics
+            .rejected_by_reason()
+            .into_iter()
+            .map(|(reason, count)| (reason.to_owned(), json!(count)))
+            .collect();
+        json!({
+            "state": state,
+            "cursor": progress.cursor,
+            "epoch": progress.epoch,
+            "last_success": progress.last_success.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            "last_error": progress.last_error,
+            "totals": {
+                "fetched": metrics.fetched.get(),
+                "synced": metrics.synced.get(),
+                "skipped": metrics.skipped.get(),
+                "rejected": rejected,
+                "fetch_errors": metrics.fetch_errors.get(),
+                "db_errors": metrics.db_errors.get(),
+            },
+        })
+    }
+}

@@ -1,0 +1,287 @@
+//! Every SQL statement the target runs, so they can be read in one sitting.
+//!
+//! Writes are set-based: one statement per kind of write for a whole batch,
+//! with the rows passed as arrays and unpacked by `unnest`, so a batch of a
+//! thousand changes costs a handful of round trips rather than a thousand.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use postgres::error::SqlState;
+use postgres::{Client, GenericClient};
+use uuid::Uuid;
+
+/// The schema, embedded so the binary needs no file beside it.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Advisory lock class of the schema migration (a transaction lock).
+const SCHEMA_LOCK: (i32, i32) = (0x5052_4F46, 0);
+/// Advisory lock class of "syncing this source" (a session lock).
+const SYNC_LOCK_CLASS: i32 = 0x5052_4F47;
+
+/// Applies `schema.sql`; idempotent, and serialised between replicas that
+/// start at the same moment (concurrent `CREATE … IF NOT EXISTS` can fail).
+pub fn apply_schema(client: &mut Client) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        &[&SCHEMA_LOCK.0, &SCHEMA_LOCK.1],
+    )?;
+    tx.batch_execute(SCHEMA)?;
+    tx.commit()
+}
+
+/// A cheap round trip that proves the connection works.
+pub fn ping(client: &mut impl GenericClient) -> Result<(), postgres::Error> {
+    client.simple_query("SELECT 1").map(drop)
+}
+
+/// Tries to become the one replica syncing `source_url`. The lock belongs to
+/// the session: it is released when the connection closes, so a replica
+/// that dies hands over without anyone's help.
+pub fn try_sync_lock(client: &mut Client, source_url: &str) -> Result<bool, postgres::Error> {
+    let row = client.query_one(
+        "SELECT pg_try_advisory_lock($1, hashtext($2))",
+        &[&SYNC_LOCK_CLASS, &source_url],
+    )?;
+    row.try_get(0)
+}
+
+/// Where syncing a source stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncState {
+    pub epoch: Option<String>,
+    pub cursor: u64,
+}
+
+pub fn load_state(
+    client: &mut impl GenericClient,
+    source_url: &str,
+) -> Result<SyncState, postgres::Error> {
+    let row = client.query_opt(
+        "SELECT source_epoch, cursor FROM sync_state WHERE source_url = $1",
+        &[&source_url],
+    )?;
+    Ok(match row {
+        Some(row) => SyncState {
+            epoch: row.try_get(0)?,
+            cursor: u64::try_from(row.try_get::<_, i64>(1)?).unwrap_or(0),
+        },
+        None => SyncState::default(),
+    })
+}
+
+pub fn save_state(
+    client: &mut impl GenericClient,
+    source_url: &str,
+    state: &SyncState,
+) -> Result<(), postgres::Error> {
+    let cursor = i64::try_from(state.cursor).unwrap_or(i64::MAX);
+    client.execute(
+        "INSERT INTO sync_state (source_url, source_epoch, cursor, updated_at) VALUES ($1, $2, $3, now()) \
+         ON CONFLICT (source_url) DO UPDATE \
+         SET source_epoch = excluded.source_epoch, cursor = excluded.cursor, updated_at = now()",
+        &[&source_url, &state.epoch, &cursor],
+    )?;
+    Ok(())
+}
+
+/// A `users` row as the writer needs to see it before deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredUser {
+    pub last_updated_at: DateTime<Utc>,
+    pub email: String,
+    pub mobile: String,
+}
+
+/// Reads and locks the rows of `ids` (sorted, so concurrent lockers cannot
+/// deadlock on each other), so no other transaction changes them until this
+/// one decides and commits.
+pub fn lock_users(
+    client: &mut impl GenericClient,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, StoredUser>, postgres::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = client.query(
+        "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        &[&ids],
+    )?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get(0)?,
+                StoredUser {
+                    last_updated_at: row.try_get(1)?,
+                    email: row.try_get(2)?,
+                    mobile: row.try_get(3)?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The rows that hold any of these emails or mobiles: `(id, email, mobile)`.
+pub fn owners_of(
+    client: &mut impl GenericClient,
+    emails: &[&str],
+    mobiles: &[&str],
+) -> Result<Vec<(Uuid, String, String)>, postgres::Error> {
+    let rows = client.query(
+        "SELECT id, email, mobile FROM users WHERE email = ANY($1) OR mobile = ANY($2)",
+        &[&emails, &mobiles],
+    )?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
+}
+
+/// One row to insert or update in `users`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserWrite<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub email: &'a str,
+    pub mobile: &'a str,
+    pub status: &'a str,
+    pub last_updated_at: DateTime<Utc>,
+    /// `created` or `updated`.
+    pub message: &'static str,
+}
+
+/// Inserts or updates `users` rows, each only if it is strictly newer than
+/// the stored row, and returns the ids actually written. The `WHERE` is the
+/// last line of defence for "a stale change never overwrites data".
+pub fn upsert_users(
+    client: &mut impl GenericClient,
+    writes: &[UserWrite<'_>],
+) -> Result<Vec<Uuid>, postgres::Error> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = writes.iter().map(|w| w.id).collect();
+    let names: Vec<&str> = writes.iter().map(|w| w.name).collect();
+    let emails: Vec<&str> = writes.iter().map(|w| w.email).collect();
+    let mobiles: Vec<&str> = writes.iter().map(|w| w.mobile).collect();
+    let statuses: Vec<&str> = writes.iter().map(|w| w.status).collect();
+    let times: Vec<DateTime<Utc>> = writes.iter().map(|w| w.last_updated_at).collect();
+    let messages: Vec<&str> = writes.iter().map(|w| w.message).collect();
+    let rows = client.query(
+        "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
+         SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+              AS c(id, name, email, mobile, status, last_updated_at, message) \
+         ON CONFLICT (id) DO UPDATE SET \
+              name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status, \
+              last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = excluded.sync_message \
+         WHERE u.last_updated_at < excluded.last_updated_at \
+         RETURNING u.id",
+        &[&ids, &names, &emails, &mobiles, &statuses, &times, &messages],
+    )?;
+    rows.iter().map(|row| row.try_get(0)).collect()
+}
+
+/// One row for `sync_rejections`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectionWrite {
+    pub profile_id: Option<Uuid>,
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    pub payload: String,
+    pub changed_at: Option<DateTime<Utc>>,
+}
+
+/// Records rejections; one already recorded (same payload) is left alone, so
+/// a replayed change records nothing twice.
+pub fn insert_rejections(
+    client: &mut impl GenericClient,
+    rejections: &[RejectionWrite],
+) -> Result<(), postgres::Error> {
+    if rejections.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Option<Uuid>> = rejections.iter().map(|r| r.profile_id).collect();
+    let outcomes: Vec<&str> = rejections.iter().map(|r| r.outcome).collect();
+    let reasons: Vec<&str> = rejections.iter().map(|r| r.reason).collect();
+    let messages: Vec<&str> = rejections.iter().map(|r| r.message.as_str()).collect();
+    let payloads: Vec<&str> = rejections.iter().map(|r| r.payload.as_str()).collect();
+    let times: Vec<Option<DateTime<Utc>>> = rejections.iter().map(|r| r.changed_at).collect();
+    client.execute(
+        "INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+         ON CONFLICT ((md5(payload))) DO NOTHING",
+        &[&ids, &outcomes, &reasons, &messages, &payloads, &times],
+    )?;
+    Ok(())
+}
+
+/// A rejected change that is newer than its row: the row's sync columns
+/// say so, its data columns stay as they were.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusMark {
+    pub id: Uuid,
+    pub changed_at: DateTime<Utc>,
+    pub outcome: &'static str,
+    pub message: String,
+}
+
+/// Applies marks (at most one per id).
+pub fn mark_users(
+    client: &mut impl GenericClient,
+    marks: &[StatusMark],
+) -> Result<(), postgres::Error> {
+    if marks.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = marks.iter().map(|m| m.id).collect();
+    let times: Vec<DateTime<Utc>> = marks.iter().map(|m| m.changed_at).collect();
+    let outcomes: Vec<&str> = marks.iter().map(|m| m.outcome).collect();
+    let messages: Vec<&str> = marks.iter().map(|m| m.message.as_str()).collect();
+    client.execute(
+        "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
+         WHERE u.id = m.id AND u.last_updated_at < m.changed_at",
+        &[&ids, &times, &outcomes, &messages],
+    )?;
+    Ok(())
+}
+
+/// How a failed statement should be handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The connection or the server's state: try the same work again later.
+    Transient,
+    /// A unique constraint refused a row; names the constraint when known.
+    Unique(Option<String>),
+    /// The data itself was refused (a value out of range, a check…).
+    Data,
+}
+
+/// Sorts a PostgreSQL error into retry-or-record.
+pub fn classify(err: &postgres::Error) -> Failure {
+    let Some(db) = err.as_db_error() else {
+        // No SQLSTATE: I/O, a closed connection, a protocol hiccup.
+        return Failure::Transient;
+    };
+    let code = db.code();
+    if *code == SqlState::UNIQUE_VIOLATION {
+        return Failure::Unique(db.constraint().map(str::to_owned));
+    }
+    let class = &code.code()[..2];
+    match class {
+        // connection exception, transaction rollback (serialization, deadlock),
+        // insufficient resources, operator intervention (shutdown, crash), system error
+        "08" | "40" | "53" | "57" | "58" | "XX" => Failure::Transient,
+        // lock not available, object in use
+        _ if *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::OBJECT_IN_USE => {
+            Failure::Transient
+        }
+        // data exception, integrity constraint violation
+        "22" | "23" => Failure::Data,
+        // Anything else (a missing table after someone dropped it, permissions)
+        // will not fix itself by skipping a row; retrying keeps the data.
+        _ => Failure::Transient,
+    }
+}

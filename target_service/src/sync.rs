@@ -1,0 +1,514 @@
+//! The sync round and its timer: which page to ask for, where each parsed
+//! change goes, and when the cursor may move.
+//!
+//! A round fetches page after page (the next fetch overlaps the writing of
+//! the previous page) and hands each change to the writer its id belongs to.
+//! The cursor a page ends at is stored only once every change of that page,
+//! and of every page before it, is committed; so a crash at any moment costs
+//! a replay, never a change. Only the replica holding the PostgreSQL advisory
+//! lock for the source runs rounds.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use log::{debug, info, warn};
+use postgres::{Client, NoTls};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::fetcher::{FetchError, Fetcher};
+use crate::metrics::{Counted, Metrics};
+use crate::profile::{Profile, Reason, Timestamp};
+use crate::status::{StatusBoard, SyncState};
+use crate::store;
+use crate::writer::{self, Change, DbPool, PageProgress, WorkItem};
+
+/// Why a round ended early. The round is retried from the stored cursor.
+#[derive(Debug)]
+struct RoundError(String);
+
+impl<E: std::fmt::Display> From<E> for RoundError {
+    fn from(err: E) -> Self {
+        RoundError(err.to_string())
+    }
+}
+
+/// A page handed to the writers, waiting to be committed.
+struct InFlight {
+    page_no: u64,
+    /// Where the stored cursor may move once this page is committed;
+    /// `None` for a source without cursors.
+    reaches: Option<store::SyncState>,
+}
+
+pub struct Syncer {
+    config: Arc<Config>,
+    pool: DbPool,
+    fetcher: Fetcher,
+    metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
+    stopping: Arc<AtomicBool>,
+    writers: Vec<Sender<WorkItem>>,
+    page_done_tx: Sender<u64>,
+    page_done_rx: Receiver<u64>,
+    /// A connection of its own that holds the session advisory lock.
+    lock_holder: Option<Client>,
+    /// The source sent no cursor headers last time: fetch without parameters.
+    source_without_cursor: bool,
+    pages_sent: u64,
+    /// Pages reported committed that are not yet at the front of the queue.
+    completed_pages: HashSet<u64>,
+    unrouted: usize,
+}
+
+impl Syncer {
+    pub fn new(
+        config: Arc<Config>,
+        pool: DbPool,
+        metrics: Arc<Metrics>,
+        status: Arc<StatusBoard>,
+        stopping: Arc<AtomicBool>,
+        writers: Vec<Sender<WorkItem>>,
+    ) -> Syncer {
+        let (page_done_tx, page_done_rx) = crossbeam_channel::unbounded();
+        let fetcher = Fetcher::new(
+            &config.source_url,
+            config.http_timeout,
+            config.max_response_bytes,
+        );
+        Syncer {
+            config,
+            pool,
+            fetcher,
+            metrics,
+            status,
+            stopping,
+            writers,
+            page_done_tx,
+            page_done_rx,
+            lock_holder: None,
+            source_without_cursor: false,
+            pages_sent: 0,
+            completed_pages: HashSet::new(),
+            unrouted: 0,
+        }
+    }
+
+    /// Runs rounds, one right away and then every `SYNC_INTERVAL` (start to
+    /// start; a long round delays the next, never overlaps it), until
+    /// `wake` is closed for shutdown.
+    pub fn run(mut self, wake: Receiver<()>) {
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let started = Instant::now();
+            self.round();
+            let next = started + self.config.sync_interval;
+            match wake.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                Err(RecvTimeoutError::Timeout) | Ok(()) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        info!("sync loop stopped");
+    }
+
+    fn round(&mut self) {
+        if !self.hold_sync_lock() {
+            self.status.set_state(SyncState::Standby);
+            return;
+        }
+        self.status.set_state(SyncState::Syncing);
+        let started = Instant::now();
+        let result = self.sync_pages();
+        self.metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                let now = Utc::now();
+                self.metrics
+                    .last_success
+                    .set(now.timestamp_millis() as f64 / 1000.0);
+                self.status.round_succeeded(now);
+            }
+            Err(RoundError(why)) => {
+                warn!("sync round ended early, will retry next round: {why}");
+                self.status.round_failed(&why);
+            }
+        }
+        self.status.set_state(SyncState::Idle);
+    }
+
+    /// Keeps (or takes) the advisory lock that makes this replica the one
+    /// that syncs. A lost connection means a lost lock: take it again.
+    fn hold_sync_lock(&mut self) -> bool {
+        if let Some(client) = self.lock_holder.as_mut() {
+            if store::ping(client).is_ok() {
+                return true;
+            }
+            warn!("lost the connection holding the sync lock; taking it again");
+            self.lock_holder = None;
+        }
+        let mut client = match self.config.database.connection.connect(NoTls) {
+            Ok(client) => client,
+            Err(err) => {
+                self.metrics.db_errors.inc();
+                self.status
+                    .round_failed(&format!("cannot connect to PostgreSQL: {err}"));
+                warn!("cannot connect to PostgreSQL to take the sync lock: {err}");
+                return false;
+            }
+        };
+        match store::try_sync_lock(&mut client, self.fetcher.url()) {
+            Ok(true) => {
+                info!(
+                    "holding the sync lock for {}; this replica syncs",
+                    self.fetcher.url()
+                );
+                self.lock_holder = Some(client);
+                true
+            }
+            Ok(false) => {
+                debug!("another replica holds the sync lock; standing by");
+                false
+            }
+            Err(err) => {
+                self.metrics.db_errors.inc();
+                warn!("taking the sync lock failed: {err}");
+                false
+            }
+        }
+    }
+
+    fn sync_pages(&mut self) -> Result<(), RoundError> {
+        if self.source_without_cursor {
+            return self.sync_without_cursor();
+        }
+        let url = self.config.source_url.clone();
+        let limit = self.config.fetch_limit;
+        let stored = self.with_retry("reading the sync state", |client| {
+            store::load_state(client, &url)
+        })?;
+        self.show_position(&stored);
+        let mut committed = stored.clone();
+        let mut cursor = stored.cursor;
+        let mut epoch = stored.epoch;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut gone_in_a_row = 0;
+        loop {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let page = match self.fetcher.fetch(Some((cursor, limit))) {
+                Ok(page) => page,
+                Err(FetchError::Gone { min_since }) => {
+                    gone_in_a_row += 1;
+                    self.finish(&mut in_flight, &mut committed)?;
+                    cursor = self.after_gone(cursor, min_since, gone_in_a_row)?;
+                    epoch = None;
+                    continue;
+                }
+                Err(FetchError::Failed(why)) => {
+                    self.metrics.fetch_errors.inc();
+                    self.finish(&mut in_flight, &mut committed)?;
+                    return Err(RoundError(why));
+                }
+            };
+            gone_in_a_row = 0;
+            let Some(next_cursor) = page.next_cursor else {
+                info!(
+                    "the source sends no X-Next-Cursor; fetching once per round without parameters"
+                );
+                self.source_without_cursor = true;
+                self.finish(&mut in_flight, &mut committed)?;
+                let page_no = self.dispatch(page.elements)?;
+                in_flight.push_back(InFlight {
+                    page_no,
+                    reaches: None,
+                });
+                return self.finish(&mut in_flight, &mut committed);
+            };
+            if epoch.is_some() && page.epoch != epoch {
+                warn!(
+                    "the source restarted (epoch {:?} -> {:?}); its cursors start again from 0",
+                    epoch.as_deref().unwrap_or(""),
+                    page.epoch.as_deref().unwrap_or("")
+                );
+                self.finish(&mut in_flight, &mut committed)?;
+                let restart = store::SyncState {
+                    epoch: page.epoch.clone(),
+                    cursor: 0,
+                };
+                self.save(&restart)?;
+                committed = restart;
+                epoch = page.epoch.clone();
+                if cursor != 0 {
+                    cursor = 0;
+                    continue;
+                }
+            }
+            epoch = page.epoch.clone();
+            if next_cursor < cursor {
+                self.metrics.fetch_errors.inc();
+                self.finish(&mut in_flight, &mut committed)?;
+                return Err(RoundError(format!(
+                    "the source's X-Next-Cursor {next_cursor} is behind the cursor {cursor} it was asked for"
+                )));
+            }
+            if let Some(head) = page.head_cursor {
+                self.metrics
+                    .source_lag
+                    .set(head.saturating_sub(committed.cursor) as i64);
+            }
+            let count = page.elements.len();
+            let page_no = self.dispatch(page.elements)?;
+            in_flight.push_back(InFlight {
+                page_no,
+                reaches: Some(store::SyncState {
+                    epoch: epoch.clone(),
+                    cursor: next_cursor,
+                }),
+            });
+            cursor = next_cursor;
+            self.store_committed(&mut in_flight, &mut committed, false)?;
+            if count < limit {
+                break;
+            }
+        }
+        self.finish(&mut in_flight, &mut committed)
+    }
+
+    /// One fetch without parameters, for a source like the original.
+    fn sync_without_cursor(&mut self) -> Result<(), RoundError> {
+        let page = match self.fetcher.fetch(None) {
+            Ok(page) => page,
+            Err(err) => {
+                self.metrics.fetch_errors.inc();
+                return Err(RoundError(err.to_string()));
+            }
+        };
+        if page.next_cursor.is_some() {
+            info!("the source now sends cursors; paging with since from the next round");
+            self.source_without_cursor = false;
+        }
+        let page_no = self.dispatch(page.elements)?;
+        let mut in_flight = VecDeque::from([InFlight {
+            page_no,
+            reaches: None,
+        }]);
+        let mut committed = store::SyncState::default();
+        self.finish(&mut in_flight, &mut committed)
+    }
+
+    /// Where to go after a `410 Gone`: back to 0 (a new source or a cursor
+    /// from another epoch); if 0 is gone too, the oldest cursor the source
+    /// still has, losing what it dropped, and saying so.
+    fn after_gone(
+        &mut self,
+        cursor: u64,
+        min_since: Option<u64>,
+        times: u32,
+    ) -> Result<u64, RoundError> {
+        if times == 1 && cursor != 0 {
+            warn!("the source no longer knows cursor {cursor}; starting again from 0");
+            return Ok(0);
+        }
+        match min_since {
+            Some(oldest) if oldest > cursor && times <= 3 => {
+                warn!(
+                    "the source dropped changes {}..={oldest} before they were synced; continuing from {oldest}",
+                    cursor + 1
+                );
+                Ok(oldest)
+            }
+            _ => {
+                self.metrics.fetch_errors.inc();
+                Err(RoundError(format!(
+                    "the source answers 410 Gone for cursor {cursor}"
+                )))
+            }
+        }
+    }
+
+    /// Parses a page, settles duplicates within it, and hands every change
+    /// to its writer. Returns the page's number, reported when committed.
+    fn dispatch(&mut self, elements: Vec<Value>) -> Result<u64, RoundError> {
+        self.metrics.fetched.inc_by(elements.len() as u64);
+        let latest_allowed = Utc::now()
+            + chrono::Duration::from_std(self.config.max_future_skew)
+                .unwrap_or(chrono::Duration::MAX);
+        let changes: Vec<Change> = elements
+            .into_iter()
+            .map(|raw| match Profile::parse(&raw, latest_allowed) {
+                Ok(profile) => Change::Accepted { profile, raw },
+                Err(rejection) => Change::Rejected { rejection, raw },
+            })
+            .collect();
+        let changes = drop_superseded_in_page(changes, &self.metrics);
+
+        self.pages_sent += 1;
+        let page_no = self.pages_sent;
+        let progress = PageProgress::new(page_no, changes.len(), self.page_done_tx.clone());
+        let writers = self.writers.len();
+        for change in changes {
+            self.unrouted = self.unrouted.wrapping_add(1);
+            let shard = writer::shard_of(&change, writers, self.unrouted);
+            let item = WorkItem {
+                change,
+                page: Arc::clone(&progress),
+            };
+            self.metrics.queue_depth.inc();
+            // Blocks while that writer's queue is full: the bound on memory.
+            if self.writers[shard].send(item).is_err() {
+                self.metrics.queue_depth.dec();
+                return Err(RoundError("the writer threads have stopped".to_owned()));
+            }
+        }
+        Ok(page_no)
+    }
+
+    /// Waits until every page in flight is committed (or shutdown gives up
+    /// on them) and stores the cursor they reach.
+    fn finish(
+        &mut self,
+        in_flight: &mut VecDeque<InFlight>,
+        committed: &mut store::SyncState,
+    ) -> Result<(), RoundError> {
+        self.store_committed(in_flight, committed, true)
+    }
+
+    /// Stores the cursor of the longest run of committed pages at the front.
+    fn store_committed(
+        &mut self,
+        in_flight: &mut VecDeque<InFlight>,
+        committed: &mut store::SyncState,
+        wait_for_all: bool,
+    ) -> Result<(), RoundError> {
+        let mut give_up_at: Option<Instant> = None;
+        loop {
+            while let Ok(page_no) = self.page_done_rx.try_recv() {
+                self.completed_pages.insert(page_no);
+            }
+            let mut reached = None;
+            while in_flight
+                .front()
+                .is_some_and(|page| self.completed_pages.contains(&page.page_no))
+            {
+                if let Some(page) = in_flight.pop_front() {
+                    self.completed_pages.remove(&page.page_no);
+                    reached = page.reaches.or(reached);
+                }
+            }
+            if let Some(state) = reached {
+                self.save(&state)?;
+                *committed = state;
+                self.show_position(committed);
+            }
+            if in_flight.is_empty() || !wait_for_all {
+                return Ok(());
+            }
+            if self.stopping.load(Ordering::Acquire) {
+                // Writers finish what they hold unless the database is away;
+                // don't let that hold shutdown past its budget.
+                let deadline = *give_up_at.get_or_insert_with(|| {
+                    Instant::now() + self.config.shutdown_timeout.mul_f64(0.8)
+                });
+                if Instant::now() >= deadline {
+                    return Err(RoundError(format!(
+                        "shutting down with {} pages unwritten; they will be fetched again",
+                        in_flight.len()
+                    )));
+                }
+            }
+            if let Ok(page_no) = self.page_done_rx.recv_timeout(Duration::from_millis(100)) {
+                self.completed_pages.insert(page_no);
+            }
+        }
+    }
+
+    fn save(&mut self, state: &store::SyncState) -> Result<(), RoundError> {
+        let url = self.config.source_url.clone();
+        self.with_retry("storing the cursor", |client| {
+            store::save_state(client, &url, state)
+        })
+    }
+
+    fn show_position(&self, state: &store::SyncState) {
+        self.metrics
+            .cursor
+            .set(i64::try_from(state.cursor).unwrap_or(i64::MAX));
+        self.status
+            .set_position(state.cursor, state.epoch.as_deref());
+    }
+
+    /// Runs a small statement on a pooled connection, retrying transient
+    /// failures with backoff until it succeeds or shutdown starts.
+    fn with_retry<T>(
+        &mut self,
+        what: &str,
+        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, RoundError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = match self.pool.get() {
+                Ok(mut conn) => work(&mut conn).map_err(|err| err.to_string()),
+                Err(err) => Err(err.to_string()),
+            };
+            match attempt {
+                Ok(value) => return Ok(value),
+                Err(why) => {
+                    self.metrics.db_errors.inc();
+                    if self.stopping.load(Ordering::Acquire) {
+                        return Err(RoundError(format!("{what} failed during shutdown: {why}")));
+                    }
+                    warn!("{what} failed, retrying in {delay:?}: {why}");
+                    thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// "Not strictly newer than a newer change for the same id in the same
+/// page" is stale: of the valid changes to one id in a page, only the newest
+/// (the first of equals) goes on; the rest are counted and dropped here.
+fn drop_superseded_in_page(changes: Vec<Change>, metrics: &Metrics) -> Vec<Change> {
+    let mut newest: HashMap<Uuid, (Timestamp, usize)> = HashMap::new();
+    for (index, change) in changes.iter().enumerate() {
+        if let Change::Accepted { profile, .. } = change {
+            let at = profile.last_updated_at;
+            newest
+                .entry(profile.id)
+                .and_modify(|best| {
+                    if at > best.0 {
+                        *best = (at, index);
+                    }
+                })
+                .or_insert((at, index));
+        }
+    }
+    let mut superseded = 0;
+    let kept: Vec<Change> = changes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, change)| match &change {
+            Change::Accepted { profile, .. }
+                if newest.get(&profile.id).is_some_and(|best| best.1 != index) =>
+            {
+                superseded += 1;
+                None
+            }
+            _ => Some(change),
+        })
+        .collect();
+    metrics.record(Counted::NotSynced(Reason::Stale), superseded);
+    kept
+}

@@ -1,0 +1,561 @@
+//! Writer threads: take parsed changes off their channel, decide each one's
+//! fate against the locked rows, and commit a whole batch in one transaction.
+//!
+//! Every id is always routed to the same writer (see [`shard_of`]), and a
+//! writer handles its changes in sequence order, so the result for an id
+//! never depends on how the threads happen to interleave. Inside a batch,
+//! [`plan_batch`] replays the changes one by one in memory against the rows
+//! it has locked, exactly as if they were written one at a time, and then the
+//! batch is written with a few set-based statements.
+//!
+//! A batch that meets a transient PostgreSQL error is retried with backoff
+//! until it commits or shutdown starts; nothing is acknowledged (and so no
+//! cursor moves) before its commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, error, warn};
+use postgres::Client;
+use r2d2::Pool;
+use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::metrics::{Counted, Metrics};
+use crate::profile::{Profile, Reason, Rejection};
+use crate::store::{self, Failure, RejectionWrite, StatusMark, StoredUser, UserWrite};
+
+pub type DbPool = Pool<PostgresConnectionManager<NoTls>>;
+
+/// Most changes a writer takes into one transaction.
+pub const MAX_BATCH: usize = 1000;
+
+/// One element of a page, parsed, on its way to a writer.
+#[derive(Debug)]
+pub struct WorkItem {
+    pub change: Change,
+    /// The page it came from, told when the item is committed.
+    pub page: Arc<PageProgress>,
+}
+
+#[derive(Debug)]
+pub enum Change {
+    Accepted { profile: Profile, raw: Value },
+    Rejected { rejection: Rejection, raw: Value },
+}
+
+impl Change {
+    fn profile_id(&self) -> Option<Uuid> {
+        match self {
+            Change::Accepted { profile, .. } => Some(profile.id),
+            Change::Rejected { rejection, .. } => rejection.profile_id,
+        }
+    }
+}
+
+/// Counts down the items of one page still to commit; the last writer to
+/// finish one reports the page as done.
+#[derive(Debug)]
+pub struct PageProgress {
+    pub page_no: u64,
+    remaining: AtomicUsize,
+    done: Sender<u64>,
+}
+
+impl PageProgress {
+    /// A page of `items` items; an empty page is reported done at once.
+    pub fn new(page_no: u64, items: usize, done: Sender<u64>) -> Arc<PageProgress> {
+        let progress = Arc::new(PageProgress {
+            page_no,
+            remaining: AtomicUsize::new(items),
+            done,
+        });
+        if items == 0 {
+            let _ = progress.done.send(page_no);
+        }
+        progress
+    }
+
+    fn committed(&self, count: usize) {
+        if self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
+            // The fetcher may have gone (shutdown); then nobody is waiting.
+            let _ = self.done.send(self.page_no);
+        }
+    }
+}
+
+/// The writer an id belongs to. Changes without a usable id have no row to
+/// order against, so any writer will do.
+pub fn shard_of(change: &Change, writers: usize, fallback: usize) -> usize {
+    match change.profile_id() {
+        Some(id) => (id.as_u64_pair().1 % writers as u64) as usize,
+        None => fallback % writers,
+    }
+}
+
+/// Runs one writer until its channel is closed and drained.
+pub fn run(
+    inbox: Receiver<WorkItem>,
+    pool: DbPool,
+    metrics: Arc<Metrics>,
+    stopping: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = inbox.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match inbox.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        match write_with_retry(&batch, &pool, &metrics, &stopping) {
+            Some(counts) => {
+                for (how, count) in counts {
+                    metrics.record(how, count);
+                }
+                acknowledge(&batch);
+            }
+            None => warn!(
+                "shutting down with {} changes unwritten; they will be fetched again",
+                batch.len()
+            ),
+        }
+        batch.clear();
+    }
+}
+
+fn acknowledge(batch: &[WorkItem]) {
+    let mut per_page: Vec<(&Arc<PageProgress>, usize)> = Vec::new();
+    for item in batch {
+        match per_page.last_mut() {
+            Some((page, count)) if Arc::ptr_eq(page, &item.page) => *count += 1,
+            _ => per_page.push((&item.page, 1)),
+        }
+    }
+    for (page, count) in per_page {
+        page.committed(count);
+    }
+}
+
+/// Writes a batch, retrying transient failures with backoff. Returns the
+/// counts to record, or `None` when shutdown interrupted the retries.
+fn write_with_retry(
+    batch: &[WorkItem],
+    pool: &DbPool,
+    metrics: &Metrics,
+    stopping: &AtomicBool,
+) -> Option<Vec<(Counted, u64)>> {
+    let mut delay = Duration::from_millis(50);
+    let mut unique_retries = 0;
+    let mut row_by_row = false;
+    loop {
+        let attempt = pool
+            .get()
+            .map_err(|err| (Failure::Transient, err.to_string()))
+            .and_then(|mut conn| {
+                write_batch(&mut conn, batch, row_by_row)
+                    .map_err(|err| (store::classify(&err), err.to_string()))
+            });
+        let failure = match attempt {
+            Ok(counts) => return Some(counts),
+            Err(failure) => failure,
+        };
+        metrics.db_errors.inc();
+        match failure {
+            (Failure::Transient, message) => {
+                if stopping.load(Ordering::Acquire) {
+                    return None;
+                }
+                warn!(
+                    "writing a batch of {} failed, retrying in {delay:?}: {message}",
+                    batch.len()
+                );
+                sleep_unless_stopping(delay, stopping);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            // A unique index refused a row: someone else committed that email
+            // or mobile after we looked, or the batch swaps values in an order
+            // one statement cannot apply. A second look usually settles it;
+            // otherwise the batch is written row by row.
+            (Failure::Unique(_), message) if unique_retries < 2 => {
+                debug!("batch hit a unique constraint, deciding again: {message}");
+                unique_retries += 1;
+            }
+            (_, message) => {
+                if row_by_row {
+                    error!("writing row by row failed, retrying: {message}");
+                    sleep_unless_stopping(delay, stopping);
+                    if stopping.load(Ordering::Acquire) {
+                        return None;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                } else {
+                    debug!("batch refused by the database, writing it row by row: {message}");
+                    row_by_row = true;
+                }
+            }
+        }
+    }
+}
+
+fn sleep_unless_stopping(total: Duration, stopping: &AtomicBool) {
+    let step = Duration::from_millis(25);
+    let mut slept = Duration::ZERO;
+    while slept < total && !stopping.load(Ordering::Acquire) {
+        thread::sleep(step);
+        slept += step;
+    }
+}
+
+/// One transaction: lock, decide, write. `row_by_row` isolates each users
+/// write in a savepoint so one refused row becomes a rejection of its own.
+fn write_batch(
+    client: &mut Client,
+    batch: &[WorkItem],
+    row_by_row: bool,
+) -> Result<Vec<(Counted, u64)>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    let mut ids: Vec<Uuid> = batch
+        .iter()
+        .filter_map(|item| item.change.profile_id())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let stored = store::lock_users(&mut tx, &ids)?;
+    let emails: Vec<&str> = accepted(batch).map(|p| p.email.as_str()).collect();
+    let mobiles: Vec<&str> = accepted(batch).map(|p| p.mobile.as_str()).collect();
+    let owners = store::owners_of(&mut tx, &emails, &mobiles)?;
+
+    let mut plan = plan_batch(batch.iter().map(|item| &item.change), &stored, &owners);
+    let written = if row_by_row {
+        write_rows_one_by_one(&mut tx, &mut plan, &stored)?
+    } else {
+        store::upsert_users(&mut tx, &plan.writes)?
+    };
+    plan.demote_unwritten(&written);
+    store::insert_rejections(&mut tx, &plan.rejections)?;
+    store::mark_users(&mut tx, &plan.marks)?;
+    tx.commit()?;
+    Ok(plan.counts())
+}
+
+fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
+    batch.iter().filter_map(|item| match &item.change {
+        Change::Accepted { profile, .. } => Some(profile),
+        Change::Rejected { .. } => None,
+    })
+}
+
+/// Each planned users write in its own savepoint; a refused one turns into a
+/// conflict or `db_error` rejection. Returns the ids written.
+fn write_rows_one_by_one(
+    tx: &mut postgres::Transaction<'_>,
+    plan: &mut BatchPlan<'_>,
+    stored: &HashMap<Uuid, StoredUser>,
+) -> Result<Vec<Uuid>, postgres::Error> {
+    let mut written = Vec::with_capacity(plan.writes.len());
+    let writes = plan.writes.clone();
+    for write in &writes {
+        let mut savepoint = tx.savepoint("one_row")?;
+        match store::upsert_users(&mut savepoint, std::slice::from_ref(write)) {
+            Ok(ids) => {
+                savepoint.commit()?;
+                written.extend(ids);
+            }
+            Err(err) => {
+                let reason = match store::classify(&err) {
+                    Failure::Transient => return Err(err),
+                    Failure::Unique(Some(constraint)) if constraint.contains("email") => {
+                        Reason::EmailTaken
+                    }
+                    Failure::Unique(Some(constraint)) if constraint.contains("mobile") => {
+                        Reason::MobileTaken
+                    }
+                    Failure::Unique(_) | Failure::Data => Reason::DbError,
+                };
+                drop(savepoint);
+                plan.reject_write(
+                    write,
+                    reason,
+                    &format!("PostgreSQL refused the row: {err}"),
+                    stored,
+                );
+            }
+        }
+    }
+    Ok(written)
+}
+
+/// What a batch will do, decided in memory before anything is written.
+#[derive(Debug, Default)]
+pub struct BatchPlan<'a> {
+    /// At most one per id: the newest accepted change.
+    pub writes: Vec<UserWrite<'a>>,
+    pub rejections: Vec<RejectionWrite>,
+    /// At most one per id, applied after `writes`.
+    pub marks: Vec<StatusMark>,
+    /// How each change of the batch ended, in batch order.
+    pub outcomes: Vec<Counted>,
+    /// For each write: its index into `outcomes` and its raw element.
+    write_items: Vec<(usize, &'a Value)>,
+}
+
+/// The simulated state of one id while a batch is planned.
+struct SimulatedRow {
+    last_updated_at: chrono::DateTime<chrono::Utc>,
+    email: String,
+    mobile: String,
+    /// Index into `writes` of the change that last wrote it in this batch.
+    write: Option<usize>,
+    /// Index into `marks` of the rejection that last marked it.
+    mark: Option<usize>,
+}
+
+/// Decides every change of a batch in order, as if each were written alone:
+/// a change not strictly newer than its row is stale; an email or mobile
+/// held by another id is a conflict; anything else is synced and becomes the
+/// row that later changes are compared with. `stored` are the locked rows of
+/// the batch's ids, `owners` the rows holding any of its emails or mobiles.
+pub fn plan_batch<'a>(
+    changes: impl Iterator<Item = &'a Change>,
+    stored: &HashMap<Uuid, StoredUser>,
+    owners: &[(Uuid, String, String)],
+) -> BatchPlan<'a> {
+    let mut rows: HashMap<Uuid, SimulatedRow> = stored
+        .iter()
+        .map(|(id, row)| {
+            (
+                *id,
+                SimulatedRow {
+                    last_updated_at: row.last_updated_at,
+                    email: row.email.clone(),
+                    mobile: row.mobile.clone(),
+                    write: None,
+                    mark: None,
+                },
+            )
+        })
+        .collect();
+    let mut email_owner: HashMap<String, Uuid> = HashMap::new();
+    let mut mobile_owner: HashMap<String, Uuid> = HashMap::new();
+    for (id, email, mobile) in owners {
+        email_owner.insert(email.clone(), *id);
+        mobile_owner.insert(mobile.clone(), *id);
+    }
+    for (id, row) in stored {
+        email_owner.insert(row.email.clone(), *id);
+        mobile_owner.insert(row.mobile.clone(), *id);
+    }
+
+    let mut plan = BatchPlan::default();
+    for change in changes {
+        match change {
+            Change::Accepted { profile, raw } => {
+                let row = rows.get(&profile.id);
+                let changed_at = profile.last_updated_at.as_datetime();
+                if row.is_some_and(|row| changed_at <= row.last_updated_at) {
+                    plan.outcomes.push(Counted::NotSynced(Reason::Stale));
+                    continue;
+                }
+                let taken = |owner: Option<&Uuid>| owner.is_some_and(|owner| *owner != profile.id);
+                let conflict = if taken(email_owner.get(profile.email.as_str())) {
+                    Some((
+                        Reason::EmailTaken,
+                        format!("email {} belongs to another user", profile.email.as_str()),
+                    ))
+                } else if taken(mobile_owner.get(profile.mobile.as_str())) {
+                    Some((
+                        Reason::MobileTaken,
+                        format!("mobile {} belongs to another user", profile.mobile.as_str()),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((reason, message)) = conflict {
+                    plan.reject(
+                        &mut rows,
+                        Some(profile.id),
+                        Some(changed_at),
+                        reason,
+                        message,
+                        raw.to_string(),
+                    );
+                    continue;
+                }
+                // Synced: this change is now the row.
+                let message = if row.is_some() { "updated" } else { "created" };
+                if let Some(row) = row {
+                    if email_owner.get(&row.email) == Some(&profile.id) {
+                        email_owner.remove(&row.email);
+                    }
+                    if mobile_owner.get(&row.mobile) == Some(&profile.id) {
+                        mobile_owner.remove(&row.mobile);
+                    }
+                }
+                email_owner.insert(profile.email.as_str().to_owned(), profile.id);
+                mobile_owner.insert(profile.mobile.as_str().to_owned(), profile.id);
+                let write = UserWrite {
+                    id: profile.id,
+                    name: profile.name.as_str(),
+                    email: profile.email.as_str(),
+                    mobile: profile.mobile.as_str(),
+                    status: profile.status.as_str(),
+                    last_updated_at: changed_at,
+                    message,
+                };
+                let previous = rows.get(&profile.id).and_then(|row| row.write);
+                let index = match previous {
+                    // An earlier change of this batch is overwritten in place;
+                    // it still counts as synced, as it would have been alone.
+                    Some(index) => {
+                        plan.writes[index] = write;
+                        plan.write_items[index] = (plan.outcomes.len(), raw);
+                        index
+                    }
+                    None => {
+                        plan.writes.push(write);
+                        plan.write_items.push((plan.outcomes.len(), raw));
+                        plan.writes.len() - 1
+                    }
+                };
+                rows.insert(
+                    profile.id,
+                    SimulatedRow {
+                        last_updated_at: changed_at,
+                        email: profile.email.as_str().to_owned(),
+                        mobile: profile.mobile.as_str().to_owned(),
+                        write: Some(index),
+                        // A synced write resets the row's sync columns.
+                        mark: None,
+                    },
+                );
+                plan.outcomes.push(Counted::Synced);
+            }
+            Change::Rejected { rejection, raw } => {
+                plan.reject(
+                    &mut rows,
+                    rejection.profile_id,
+                    rejection.changed_at.map(|t| t.as_datetime()),
+                    rejection.reason,
+                    rejection.message.clone(),
+                    raw.to_string(),
+                );
+            }
+        }
+    }
+    plan.drop_cleared_marks(&rows);
+    plan
+}
+
+impl<'a> BatchPlan<'a> {
+    /// Records a rejection, and marks its row when the change is newer.
+    fn reject(
+        &mut self,
+        rows: &mut HashMap<Uuid, SimulatedRow>,
+        profile_id: Option<Uuid>,
+        changed_at: Option<chrono::DateTime<chrono::Utc>>,
+        reason: Reason,
+        message: String,
+        payload: String,
+    ) {
+        self.outcomes.push(Counted::NotSynced(reason));
+        if let (Some(id), Some(at)) = (profile_id, changed_at) {
+            if let Some(row) = rows.get_mut(&id) {
+                if at > row.last_updated_at {
+                    row.mark = Some(self.rejections.len());
+                }
+            }
+        }
+        self.rejections.push(RejectionWrite {
+            profile_id,
+            outcome: reason.outcome().as_str(),
+            reason: reason.as_str(),
+            message,
+            payload,
+            changed_at,
+        });
+    }
+
+    /// Turns the rejection that last marked each row into that row's mark.
+    fn drop_cleared_marks(&mut self, rows: &HashMap<Uuid, SimulatedRow>) {
+        for (id, row) in rows {
+            let Some(index) = row.mark else { continue };
+            let rejection = &self.rejections[index];
+            if let Some(changed_at) = rejection.changed_at {
+                self.marks.push(StatusMark {
+                    id: *id,
+                    changed_at,
+                    outcome: rejection.outcome,
+                    message: rejection.message.clone(),
+                });
+            }
+        }
+    }
+
+    /// A planned write that PostgreSQL refused in row-by-row mode becomes a
+    /// rejection, marking the stored row if the change is newer than it.
+    fn reject_write(
+        &mut self,
+        write: &UserWrite<'_>,
+        reason: Reason,
+        message: &str,
+        stored: &HashMap<Uuid, StoredUser>,
+    ) {
+        let Some(position) = self.writes.iter().position(|w| w.id == write.id) else {
+            return;
+        };
+        let (outcome_index, raw) = self.write_items[position];
+        self.outcomes[outcome_index] = Counted::NotSynced(reason);
+        let newer_than_stored = stored
+            .get(&write.id)
+            .is_none_or(|row| write.last_updated_at > row.last_updated_at);
+        let already_marked = self.marks.iter().any(|m| m.id == write.id);
+        if stored.contains_key(&write.id) && newer_than_stored && !already_marked {
+            self.marks.push(StatusMark {
+                id: write.id,
+                changed_at: write.last_updated_at,
+                outcome: reason.outcome().as_str(),
+                message: message.to_owned(),
+            });
+        }
+        self.rejections.push(RejectionWrite {
+            profile_id: Some(write.id),
+            outcome: reason.outcome().as_str(),
+            reason: reason.as_str(),
+            message: message.to_owned(),
+            payload: raw.to_string(),
+            changed_at: Some(write.last_updated_at),
+        });
+    }
+
+    /// A planned write the database did not apply (its row was already as
+    /// new, written meanwhile by another replica) counts as stale.
+    fn demote_unwritten(&mut self, written: &[Uuid]) {
+        if written.len() == self.writes.len() {
+            return;
+        }
+        for (write, (outcome_index, _)) in self.writes.iter().zip(&self.write_items) {
+            if !written.contains(&write.id) && self.outcomes[*outcome_index] == Counted::Synced {
+                self.outcomes[*outcome_index] = Counted::NotSynced(Reason::Stale);
+            }
+        }
+    }
+
+    /// The outcomes of the batch, grouped for the counters.
+    pub fn counts(&self) -> Vec<(Counted, u64)> {
+        let mut counts: Vec<(Counted, u64)> = Vec::new();
+        for outcome in &self.outcomes {
+            match counts.iter_mut().find(|(how, _)| how == outcome) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((*outcome, 1)),
+            }
+        }
+        counts
+    }
+}
