@@ -144,7 +144,10 @@ impl Running {
 
     fn stop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Each unblock wakes one thread waiting in recv().
+        // Each unblock makes one recv() return an error. They queue behind
+        // the requests already received, so those are answered first; each
+        // worker exits at the first unblock it meets, and there is one per
+        // worker, so none is left waiting.
         for _ in 0..self.workers.len() {
             self.server.unblock();
         }
@@ -154,7 +157,8 @@ impl Running {
             }
         }
         // The last reference to the server goes with `self`, which closes the
-        // listening socket.
+        // listening socket. Requests that arrive on open connections from now
+        // on are not answered; the process is about to exit.
     }
 }
 
@@ -167,21 +171,30 @@ impl Drop for Running {
 }
 
 /// One worker: answers requests until shutdown.
+///
+/// A worker leaves only at an unblock from `Running::stop` (not at the flag),
+/// so requests received before shutdown began are still answered.
 fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
-    while !stopping.load(Ordering::SeqCst) {
+    loop {
         let request = match server.recv() {
             Ok(request) => request,
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
             Err(e) => {
-                if !stopping.load(Ordering::SeqCst) {
-                    warn!("receiving a request failed: {e}");
-                }
+                warn!("receiving a request failed: {e}");
                 continue;
             }
         };
         let started = Instant::now();
         let (route, reply) = handler.handle(request.method().as_str(), request.url());
         let status = reply.status;
-        if let Err(e) = request.respond(response(reply)) {
+        let mut response = response(reply);
+        if stopping.load(Ordering::SeqCst) {
+            // Tell keep-alive clients not to send more on this connection.
+            if let Ok(close) = Header::from_bytes(&b"Connection"[..], &b"close"[..]) {
+                response.add_header(close);
+            }
+        }
+        if let Err(e) = request.respond(response) {
             debug!("client went away before the response was sent: {e}");
         }
         handler
