@@ -69,12 +69,10 @@ impl App {
         }
 
         let epoch = uuid::Uuid::new_v4().to_string();
-        let server = Server::http(config.addr).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                format!("cannot listen on {}: {e}", config.addr),
-            )
+        let listener = listen(config.addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
         })?;
+        let server = Server::from_listener(listener, None).map_err(io::Error::other)?;
         let addr = server.server_addr().to_ip().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
@@ -122,6 +120,20 @@ impl App {
             stopping,
         })
     }
+}
+
+/// Binds a listening socket with `TCP_NODELAY` set. Linux copies it to every
+/// accepted connection, which matters because tiny_http writes a response's
+/// head and body in separate sends: with Nagle's algorithm the body would
+/// wait for the client's delayed ACK, some 40 ms per keep-alive request.
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 /// A started application.
