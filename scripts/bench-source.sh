@@ -59,10 +59,20 @@ start() {
     exit 1
 }
 
+# stop: SIGTERM to the service started last; it must exit 0.
 stop() {
     kill -TERM "$pid"
-    wait "$pid" || { echo "service exited with $?" >&2; exit 1; }
-    pids=("${pids[@]/$pid/}")
+    local status=0
+    wait "$pid" || status=$?
+    local kept=() p
+    for p in "${pids[@]}"; do
+        [ "$p" = "$pid" ] || kept+=("$p")
+    done
+    pids=("${kept[@]}")
+    if [ "$status" -ne 0 ]; then
+        echo "service exited with $status after SIGTERM" >&2
+        exit 1
+    fi
 }
 
 # 1. Start-up with a million preloaded changes.

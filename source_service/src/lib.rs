@@ -53,6 +53,11 @@ impl App {
             config.invalid_rate,
             config.log_capacity
         );
+        // Bind before the preload, which may take a while, so that an address
+        // in use is reported at once; listen only after it, so that nobody
+        // connects before the service can answer.
+        let socket = bind(config.addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", config.addr)))?;
         let feed = Feed::new(
             Generator::new(seed, config.invalid_rate),
             ChangeLog::new(config.log_capacity),
@@ -69,9 +74,10 @@ impl App {
         }
 
         let epoch = uuid::Uuid::new_v4().to_string();
-        let listener = listen(config.addr).map_err(|e| {
+        socket.listen(1024).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
         })?;
+        let listener: std::net::TcpListener = socket.into();
         let server = Server::from_listener(listener, None).map_err(io::Error::other)?;
         let addr = server.server_addr().to_ip().ok_or_else(|| {
             io::Error::new(
@@ -122,18 +128,18 @@ impl App {
     }
 }
 
-/// Binds a listening socket with `TCP_NODELAY` set. Linux copies it to every
-/// accepted connection, which matters because tiny_http writes a response's
-/// head and body in separate sends: with Nagle's algorithm the body would
-/// wait for the client's delayed ACK, some 40 ms per keep-alive request.
-fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+/// Binds a TCP socket (not yet listening) with `TCP_NODELAY` set. Linux
+/// copies the option to every accepted connection, which matters because
+/// tiny_http writes a response's head and body in separate sends: with
+/// Nagle's algorithm the body would wait for the client's delayed ACK, some
+/// 40 ms per keep-alive request.
+fn bind(addr: SocketAddr) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// A started application.

@@ -123,3 +123,22 @@ fn sigterm_and_sigint_stop_the_service_with_exit_0() {
         );
     }
 }
+
+#[test]
+fn an_address_in_use_fails_start_up_before_the_preload() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .env("SOURCE_ADDR", &addr)
+        .env("SOURCE_PRELOAD", "100000000")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no preload first"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(&addr), "{stderr}");
+}
