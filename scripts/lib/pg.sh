@@ -1,0 +1,307 @@
+# shellcheck shell=bash
+# Sourced helper: find or start the PostgreSQL server that tests, drills and
+# local runs use. It defines functions only and changes no shell options.
+#
+#   pg_ensure_server NAME [URL]
+#       Exports PG_ADMIN_URL: a URL to a maintenance database on a server where
+#       the caller may create and drop databases. In order of preference:
+#         1. URL, when given and not empty (the caller's TEST_DATABASE_URL or
+#            the server of its DATABASE_URL); it must answer within
+#            PG_WAIT_SECS (30) seconds;
+#         2. a server at 127.0.0.1:5432 that lets user postgres in without a
+#            password;
+#         3. a throwaway cluster, as pg_start_throwaway NAME.
+#       PG_FORCE_THROWAWAY=1 skips 1 and 2.
+#
+#   pg_start_throwaway NAME
+#       Always starts a fresh throwaway cluster under target/pg-NAME/ on a free
+#       port: trust auth, listen_addresses=127.0.0.1, its socket directory
+#       inside it, fsync off (commits stay synchronous, so a killed server
+#       keeps every acknowledged commit). Installs Debian's `postgresql`
+#       package when initdb is missing. Exports PG_ADMIN_URL, PG_THROWAWAY_DIR,
+#       PG_THROWAWAY_DATA, PG_THROWAWAY_LOG and PG_THROWAWAY_PORT. A cluster of the same NAME left behind by an
+#       earlier run that was killed is stopped and removed first.
+#   pg_throwaway_stop_server [MODE]   stop it, keep its data (MODE: smart,
+#                                     fast (default) or immediate, a crash)
+#   pg_throwaway_start_server         start it again, same port and data
+#   pg_throwaway_restart_server [MODE]
+#   pg_stop_throwaway                 stop it and remove it; does nothing when
+#                                     none was started, never fails. Callers
+#                                     install it as an EXIT trap.
+#
+#   pg_is_up URL                      true when URL accepts `select 1`
+#   pg_url_with_db URL DB             URL with its database replaced by DB
+#   pg_url_db URL                     the database part of URL
+#   pg_redact_url URL                 URL with its password masked, for logs
+#   pg_create_database ADMIN_URL DB   create DB unless it exists
+#
+# initdb refuses to run as root, so as root the cluster belongs to the
+# `postgres` user (created when missing); as anyone else it belongs to the
+# caller.
+
+PG_REPO_ROOT=${PG_REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+PG_LOCAL_URL=postgres://postgres@127.0.0.1:5432/postgres
+
+pg__log() {
+  echo "pg: $*" >&2
+}
+
+# Puts the newest /usr/lib/postgresql/N/bin on PATH when initdb or pg_ctl is
+# not already there: Debian keeps the server programs off PATH.
+pg__add_bin_path() {
+  command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1 && return 0
+  local bin
+  bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  if [[ -x $bin/initdb ]]; then
+    PATH=$bin:$PATH
+    export PATH
+  fi
+}
+
+# Makes initdb, pg_ctl and psql available, installing them when missing.
+pg_ensure_binaries() {
+  pg__add_bin_path
+  if ! command -v initdb >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then
+    pg__log "PostgreSQL programs not found; installing Debian's postgresql package"
+    # shellcheck source=scripts/lib/apt.sh
+    source "$PG_REPO_ROOT/scripts/lib/apt.sh"
+    apt_install postgresql postgresql-client || {
+      pg__log "could not install postgresql; install it, or set a database URL"
+      return 1
+    }
+    pg__add_bin_path
+  fi
+  command -v initdb >/dev/null 2>&1 || {
+    pg__log "initdb still not found after installing postgresql"
+    return 1
+  }
+}
+
+# Runs a command as the owner of throwaway clusters, from / so that a working
+# directory the postgres user cannot enter does not matter.
+pg__as_owner() {
+  if [[ $EUID -ne 0 ]]; then
+    (cd / && "$@")
+    return
+  fi
+  if ! id -u postgres >/dev/null 2>&1; then
+    pg__log "creating system user postgres to own the throwaway cluster"
+    useradd --system --user-group --home-dir /var/lib/postgresql \
+      --no-create-home --shell /bin/sh postgres || return 1
+  fi
+  if command -v runuser >/dev/null 2>&1; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    (cd / && su -s /bin/sh postgres -c "$(printf '%q ' "$@")")
+  fi
+}
+
+pg__port_in_use() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+pg__free_port() {
+  local port _
+  for _ in $(seq 1 100); do
+    port=$((20000 + RANDOM % 30000))
+    if ! pg__port_in_use "$port"; then
+      echo "$port"
+      return 0
+    fi
+  done
+  pg__log "no free port found"
+  return 1
+}
+
+# Stops whatever cluster runs in a throwaway directory and removes it.
+pg__discard_dir() {
+  local dir=$1 data elsewhere="" pid
+  [[ -d $dir ]] || return 0
+  data=$dir/data
+  if [[ -f $dir/elsewhere ]]; then
+    elsewhere=$(cat "$dir/elsewhere")
+    data=$elsewhere/data
+  fi
+  if [[ -f $data/postmaster.pid ]]; then
+    pg__as_owner pg_ctl -D "$data" -s -w -t 30 -m fast stop >/dev/null 2>&1 ||
+      pg__as_owner pg_ctl -D "$data" -s -w -t 10 -m immediate stop >/dev/null 2>&1 || true
+    if [[ -f $data/postmaster.pid ]]; then
+      pid=$(head -n 1 "$data/postmaster.pid")
+      if [[ $pid =~ ^[0-9]+$ ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == postgres ]]; then
+        pg__log "killing postmaster $pid that would not stop"
+        kill -KILL "$pid" 2>/dev/null || true
+      fi
+    fi
+  fi
+  if [[ -n $elsewhere ]]; then
+    rm -rf "$elsewhere"
+  fi
+  rm -rf "$dir"
+}
+
+pg_start_throwaway() {
+  local name=${1:-default} dir data sock port log attempt
+  pg_ensure_binaries || return 1
+  dir=$PG_REPO_ROOT/target/pg-$name
+  pg__discard_dir "$dir"
+  mkdir -p "$dir" || return 1
+  data=$dir/data
+  if [[ $EUID -eq 0 ]]; then
+    pg__as_owner true || return 1
+    chown postgres: "$dir" || return 1
+    if ! pg__as_owner test -w "$dir"; then
+      # A parent directory (often /root) is closed to the postgres user: keep
+      # the cluster in /tmp and leave a pointer to it for cleanup.
+      local other
+      other=$(mktemp -d "/tmp/pg-$name.XXXXXX") || return 1
+      chown postgres: "$other" || return 1
+      chown root: "$dir"
+      echo "$other" >"$dir/elsewhere"
+      data=$other/data
+      pg__log "postgres cannot reach $dir; the cluster lives in $other"
+    fi
+  fi
+  log=$(dirname "$data")/postgres.log
+  sock=$(dirname "$data")/run
+  # A Unix socket path is limited to about 107 bytes; past that, TCP only.
+  if [[ $((${#sock} + 20)) -gt 100 ]]; then
+    sock=""
+  fi
+  pg__log "initdb $data"
+  pg__as_owner initdb -D "$data" -U postgres --auth=trust --no-locale -E UTF8 \
+    >"$dir/initdb.log" 2>&1 || {
+    cat "$dir/initdb.log" >&2
+    pg__log "initdb failed"
+    return 1
+  }
+  if [[ -n $sock ]]; then
+    pg__as_owner mkdir -p "$sock" || return 1
+  fi
+  for attempt in 1 2 3; do
+    port=$(pg__free_port) || return 1
+    # shellcheck disable=SC2016 # $1 is for the inner sh
+    pg__as_owner sh -c 'cat >>"$1"' sh "$data/postgresql.conf" <<EOF || return 1
+
+# throwaway cluster for tests (attempt $attempt). fsync=off only risks data
+# when the machine itself crashes; synchronous_commit stays on because drills
+# kill the server and count on every acknowledged commit.
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$sock'
+max_connections = 200
+fsync = off
+full_page_writes = off
+EOF
+    export PG_THROWAWAY_DIR=$dir PG_THROWAWAY_DATA=$data PG_THROWAWAY_LOG=$log
+    export PG_THROWAWAY_PORT=$port
+    if pg_throwaway_start_server; then
+      export PG_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
+      pg__log "throwaway cluster up at 127.0.0.1:$port (data $data, log $log)"
+      return 0
+    fi
+    pg__log "start on port $port failed (attempt $attempt)"
+  done
+  return 1
+}
+
+pg_throwaway_start_server() {
+  [[ -n ${PG_THROWAWAY_DATA:-} ]] || {
+    pg__log "no throwaway cluster was started"
+    return 1
+  }
+  if ! pg__as_owner pg_ctl -D "$PG_THROWAWAY_DATA" -l "$PG_THROWAWAY_LOG" -s -w -t 60 start; then
+    tail -n 20 "$PG_THROWAWAY_LOG" >&2 || true
+    return 1
+  fi
+}
+
+pg_throwaway_stop_server() {
+  local mode=${1:-fast}
+  [[ -n ${PG_THROWAWAY_DATA:-} ]] || {
+    pg__log "no throwaway cluster was started"
+    return 1
+  }
+  pg__as_owner pg_ctl -D "$PG_THROWAWAY_DATA" -s -w -t 60 -m "$mode" stop
+}
+
+pg_throwaway_restart_server() {
+  pg_throwaway_stop_server "${1:-fast}" && pg_throwaway_start_server
+}
+
+pg_stop_throwaway() {
+  if [[ -n ${PG_THROWAWAY_DIR:-} ]]; then
+    pg__log "stopping and removing throwaway cluster $PG_THROWAWAY_DIR"
+    pg__discard_dir "$PG_THROWAWAY_DIR" || true
+    unset PG_THROWAWAY_DIR PG_THROWAWAY_DATA PG_THROWAWAY_LOG PG_THROWAWAY_PORT
+  fi
+  return 0
+}
+
+pg_is_up() {
+  PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-3} psql "$1" -w -X -q -t -A -c 'select 1' >/dev/null 2>&1
+}
+
+pg_redact_url() {
+  sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"
+}
+
+pg_url_with_db() {
+  local re='^(postgres(ql)?://[^/?]*)(/[^?]*)?(\?.*)?$'
+  if [[ $1 =~ $re ]]; then
+    echo "${BASH_REMATCH[1]}/$2${BASH_REMATCH[4]}"
+  else
+    pg__log "not a postgres:// URL: $(pg_redact_url "$1")"
+    return 1
+  fi
+}
+
+pg_url_db() {
+  local re='^postgres(ql)?://[^/?]*/([^?]+)'
+  if [[ $1 =~ $re ]]; then
+    echo "${BASH_REMATCH[2]}"
+  else
+    return 1
+  fi
+}
+
+pg_create_database() {
+  local admin=$1 db=$2
+  psql "$admin" -w -X -q -t -A -v ON_ERROR_STOP=1 -v db="$db" >/dev/null <<'SQL'
+SELECT format('CREATE DATABASE %I', :'db')
+WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+SQL
+}
+
+pg_ensure_server() {
+  local name=${1:-default} url=${2:-} waited=0 wait=${PG_WAIT_SECS:-30}
+  if [[ ${PG_FORCE_THROWAWAY:-0} == 1 ]]; then
+    pg__log "PG_FORCE_THROWAWAY=1: not looking for a running server"
+    pg_start_throwaway "$name"
+    return
+  fi
+  if [[ -n $url ]]; then
+    if command -v psql >/dev/null 2>&1; then
+      until pg_is_up "$url"; do
+        if [[ $waited -ge $wait ]]; then
+          pg__log "$(pg_redact_url "$url") does not answer after ${wait}s"
+          return 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+      done
+    fi
+    export PG_ADMIN_URL=$url
+    pg__log "using the given server: $(pg_redact_url "$url")"
+    return 0
+  fi
+  if ! command -v psql >/dev/null 2>&1; then
+    pg_ensure_binaries || return 1
+  fi
+  if pg_is_up "$PG_LOCAL_URL"; then
+    export PG_ADMIN_URL=$PG_LOCAL_URL
+    pg__log "using the server that answers at 127.0.0.1:5432"
+    return 0
+  fi
+  pg__log "no server answers at 127.0.0.1:5432 as user postgres"
+  pg_start_throwaway "$name"
+}
