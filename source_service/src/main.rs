@@ -1,1 +1,47 @@
-fn main() {}
+//! The `source_service` binary: configuration from the environment, start the
+//! app, serve until SIGTERM or SIGINT, shut down gracefully.
+//!
+//! Exit codes: 0 after a signal, 2 for a bad configuration (one line on
+//! stderr naming the variable), 1 when the service cannot start.
+
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use simplelog::{ConfigBuilder, WriteLogger};
+use source_service::{App, Config};
+
+fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let log_config = ConfigBuilder::new().set_time_format_rfc3339().build();
+    // Only fails if a logger is already set, which cannot happen here.
+    let _ = WriteLogger::init(config.log_level, log_config, std::io::stderr());
+
+    // Registered before start-up, so a signal during a long preload is not
+    // lost (nor fatal): shutdown follows as soon as the app is up.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match App::start(config) {
+        Ok(running) => running,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(signal) = signals.forever().next() {
+        log::info!("received signal {signal}");
+    }
+    running.shutdown();
+    ExitCode::SUCCESS
+}

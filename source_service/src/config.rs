@@ -1,0 +1,289 @@
+//! Configuration: the one place that knows the environment variables, their
+//! defaults and what each of them accepts.
+//!
+//! `Config::from_env` reads the real environment; it is a thin wrapper over
+//! `Config::from_lookup`, which takes any lookup function so that every rule
+//! here can be unit-tested without touching the process environment. Nothing
+//! else in the crate reads environment variables.
+//!
+//! A variable that is set but empty (or only white space) counts as unset, so
+//! `SOURCE_SEED=` in a compose file means "use the default", not an error.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use log::LevelFilter;
+
+/// Most worker threads we accept; more would only waste memory on stacks.
+pub const MAX_THREADS: usize = 1024;
+
+/// Everything the service needs to start, already checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `SOURCE_ADDR`: where the HTTP server listens.
+    pub addr: SocketAddr,
+    /// `SOURCE_THREADS`: worker threads answering requests.
+    pub threads: usize,
+    /// `SOURCE_SEED`: generator seed; `None` means pick one at random at start.
+    pub seed: Option<u64>,
+    /// `SOURCE_INVALID_RATE`: fraction of generated changes made bad on purpose.
+    pub invalid_rate: f64,
+    /// `SOURCE_PRELOAD`: changes generated before the server starts listening.
+    pub preload: u64,
+    /// `SOURCE_LOG_CAPACITY`: changes kept for replay.
+    pub log_capacity: u64,
+    /// `LOG_LEVEL`: how much the service logs.
+    pub log_level: LevelFilter,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            threads: 8,
+            seed: None,
+            invalid_rate: 0.05,
+            preload: 0,
+            log_capacity: 1_000_000,
+            log_level: LevelFilter::Info,
+        }
+    }
+}
+
+/// A variable whose value the service cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The variable's name, e.g. `SOURCE_THREADS`.
+    pub var: &'static str,
+    /// The value as it was found.
+    pub value: String,
+    /// What the variable accepts, phrased for the operator.
+    pub expected: &'static str,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `{:?}` quotes the value and escapes control characters, so the
+        // message stays on one line whatever was in the variable.
+        write!(
+            f,
+            "invalid configuration: {}={:?}: expected {}",
+            self.var, self.value, self.expected
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+const ADDR_EXPECTED: &str = "an IP address and port such as 0.0.0.0:8080 or 127.0.0.1:0";
+const THREADS_EXPECTED: &str = "a whole number from 1 to 1024";
+const SEED_EXPECTED: &str =
+    "a whole number from 0 to 18446744073709551615, or unset for a random seed";
+const RATE_EXPECTED: &str = "a number from 0 to 1, such as 0.05";
+const PRELOAD_EXPECTED: &str = "a whole number of changes, 0 or more";
+const CAPACITY_EXPECTED: &str = "a whole number of changes, 1 or more";
+const LEVEL_EXPECTED: &str = "one of error, warn, info, debug, trace";
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        // A value that is not valid UTF-8 is passed on (lossily) so that it
+        // fails validation with a message instead of silently counting as unset.
+        Config::from_lookup(|name| {
+            std::env::var_os(name).map(|value| value.to_string_lossy().into_owned())
+        })
+    }
+
+    /// Builds the configuration from `lookup`, which maps a variable name to
+    /// its value (or `None` when unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |var: &'static str| Raw {
+            var,
+            value: lookup(var).filter(|v| !v.trim().is_empty()),
+        };
+        let defaults = Config::default();
+        Ok(Config {
+            addr: get("SOURCE_ADDR").parse_or(defaults.addr, ADDR_EXPECTED, |s| s.parse().ok())?,
+            threads: get("SOURCE_THREADS").parse_or(defaults.threads, THREADS_EXPECTED, |s| {
+                s.parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_THREADS).contains(n))
+            })?,
+            seed: get("SOURCE_SEED").parse_or(defaults.seed, SEED_EXPECTED, |s| {
+                s.parse::<u64>().ok().map(Some)
+            })?,
+            invalid_rate: get("SOURCE_INVALID_RATE").parse_or(
+                defaults.invalid_rate,
+                RATE_EXPECTED,
+                // `contains` is false for NaN, so "NaN" is refused too.
+                |s| s.parse::<f64>().ok().filter(|r| (0.0..=1.0).contains(r)),
+            )?,
+            preload: get("SOURCE_PRELOAD").parse_or(defaults.preload, PRELOAD_EXPECTED, |s| {
+                s.parse::<u64>().ok()
+            })?,
+            log_capacity: get("SOURCE_LOG_CAPACITY").parse_or(
+                defaults.log_capacity,
+                CAPACITY_EXPECTED,
+                |s| s.parse::<u64>().ok().filter(|n| *n >= 1),
+            )?,
+            log_level: get("LOG_LEVEL").parse_or(
+                defaults.log_level,
+                LEVEL_EXPECTED,
+                |s| match s.to_ascii_lowercase().as_str() {
+                    "error" => Some(LevelFilter::Error),
+                    "warn" => Some(LevelFilter::Warn),
+                    "info" => Some(LevelFilter::Info),
+                    "debug" => Some(LevelFilter::Debug),
+                    "trace" => Some(LevelFilter::Trace),
+                    _ => None,
+                },
+            )?,
+        })
+    }
+}
+
+/// One variable as found in the environment, before parsing.
+struct Raw {
+    var: &'static str,
+    value: Option<String>,
+}
+
+impl Raw {
+    /// Parses the value with `parse` (surrounding white space ignored), or
+    /// returns `default` when the variable is unset.
+    fn parse_or<T>(
+        self,
+        default: T,
+        expected: &'static str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        match self.value {
+            None => Ok(default),
+            Some(value) => parse(value.trim()).ok_or(ConfigError {
+                var: self.var,
+                value,
+                expected,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    fn error_var(vars: &[(&str, &str)]) -> &'static str {
+        match config(vars) {
+            Ok(c) => panic!("expected an error for {vars:?}, got {c:?}"),
+            Err(e) => e.var,
+        }
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_set() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.threads, 8);
+        assert_eq!(c.seed, None);
+        assert_eq!(c.invalid_rate, 0.05);
+        assert_eq!(c.preload, 0);
+        assert_eq!(c.log_capacity, 1_000_000);
+        assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn every_variable_is_read() {
+        let c = config(&[
+            ("SOURCE_ADDR", "127.0.0.1:0"),
+            ("SOURCE_THREADS", "2"),
+            ("SOURCE_SEED", "18446744073709551615"),
+            ("SOURCE_INVALID_RATE", "1"),
+            ("SOURCE_PRELOAD", "1000000"),
+            ("SOURCE_LOG_CAPACITY", "1"),
+            ("LOG_LEVEL", "TRACE"),
+        ])
+        .unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:0");
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.seed, Some(u64::MAX));
+        assert_eq!(c.invalid_rate, 1.0);
+        assert_eq!(c.preload, 1_000_000);
+        assert_eq!(c.log_capacity, 1);
+        assert_eq!(c.log_level, LevelFilter::Trace);
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let c = config(&[("SOURCE_SEED", ""), ("SOURCE_THREADS", "  ")]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn surrounding_white_space_is_ignored() {
+        let c = config(&[("SOURCE_THREADS", " 4 "), ("SOURCE_INVALID_RATE", "0 ")]).unwrap();
+        assert_eq!(c.threads, 4);
+        assert_eq!(c.invalid_rate, 0.0);
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: &[(&str, &str)] = &[
+            ("SOURCE_ADDR", "localhost"),
+            ("SOURCE_ADDR", "0.0.0.0"),
+            ("SOURCE_ADDR", "0.0.0.0:99999"),
+            ("SOURCE_THREADS", "abc"),
+            ("SOURCE_THREADS", "0"),
+            ("SOURCE_THREADS", "1025"),
+            ("SOURCE_THREADS", "-1"),
+            ("SOURCE_THREADS", "2.5"),
+            ("SOURCE_SEED", "-1"),
+            ("SOURCE_SEED", "18446744073709551616"),
+            ("SOURCE_SEED", "0x10"),
+            ("SOURCE_INVALID_RATE", "2"),
+            ("SOURCE_INVALID_RATE", "-0.1"),
+            ("SOURCE_INVALID_RATE", "NaN"),
+            ("SOURCE_INVALID_RATE", "inf"),
+            ("SOURCE_INVALID_RATE", "5%"),
+            ("SOURCE_PRELOAD", "-5"),
+            ("SOURCE_PRELOAD", "lots"),
+            ("SOURCE_LOG_CAPACITY", "0"),
+            ("SOURCE_LOG_CAPACITY", "1e6"),
+            ("LOG_LEVEL", "verbose"),
+            ("LOG_LEVEL", "off"),
+        ];
+        for (var, value) in cases {
+            assert_eq!(error_var(&[(var, value)]), *var, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn error_message_is_one_line_naming_variable_value_and_what_is_accepted() {
+        let e = config(&[("SOURCE_THREADS", "abc")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            r#"invalid configuration: SOURCE_THREADS="abc": expected a whole number from 1 to 1024"#
+        );
+        let e = config(&[("SOURCE_INVALID_RATE", "2\nrm -rf")]).unwrap_err();
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.starts_with("invalid configuration: SOURCE_INVALID_RATE="));
+        assert!(text.ends_with("expected a number from 0 to 1, such as 0.05"));
+    }
+
+    #[test]
+    fn first_bad_variable_in_a_fixed_order_is_reported() {
+        // Deterministic reporting: the same environment always gives the same line.
+        let e = config(&[("LOG_LEVEL", "loud"), ("SOURCE_THREADS", "x")]).unwrap_err();
+        assert_eq!(e.var, "SOURCE_THREADS");
+    }
+}

@@ -1,0 +1,492 @@
+//! HTTP routing as plain functions: from a method and a URL to a `Reply`.
+//!
+//! Nothing here touches a socket, so every answer the service gives can be
+//! unit-tested by calling `Handler::handle`. `lib.rs` owns the server loop
+//! that turns `tiny_http` requests into calls here and replies into responses.
+//! Every error body is JSON `{"error": "..."}` saying what was wrong.
+
+use serde_json::json;
+
+use crate::change_log::{Gone, Page};
+use crate::feed::Feed;
+use crate::metrics::Metrics;
+
+/// Default and largest page size for `?since=`.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+
+const JSON: &str = "application/json";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The routes the service knows; `Other` is every unknown path, so that
+/// metrics labels stay bounded whatever clients ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Changes,
+    Healthz,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 4] = [Route::Changes, Route::Healthz, Route::Metrics, Route::Other];
+
+    fn from_path(path: &str) -> Route {
+        match path {
+            "/users/changes" => Route::Changes,
+            "/healthz" => Route::Healthz,
+            "/metrics" => Route::Metrics,
+            _ => Route::Other,
+        }
+    }
+
+    /// The value of the `path` metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Changes => "/users/changes",
+            Route::Healthz => "/healthz",
+            Route::Metrics => "/metrics",
+            Route::Other => "other",
+        }
+    }
+
+    /// Position in `Route::ALL`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An HTTP response, before it is written to a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Headers besides `Content-Type` (and those the server adds itself).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content_type: JSON,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Reply {
+        Reply::json(
+            status,
+            json!({ "error": message.into() }).to_string().into_bytes(),
+        )
+    }
+
+    /// The value of header `name` (case-insensitive), if set.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        if name.eq_ignore_ascii_case("content-type") {
+            return Some(self.content_type);
+        }
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Answers requests; shared by all server threads.
+pub struct Handler {
+    feed: Feed,
+    metrics: Metrics,
+    epoch: String,
+}
+
+impl Handler {
+    /// `epoch` is sent as `X-Source-Epoch`; it must differ between process starts.
+    pub fn new(feed: Feed, metrics: Metrics, epoch: String) -> Handler {
+        Handler {
+            feed,
+            metrics,
+            epoch,
+        }
+    }
+
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Answers one request. `url` is the request target as sent: a path with
+    /// an optional query string.
+    pub fn handle(&self, method: &str, url: &str) -> (Route, Reply) {
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let route = Route::from_path(path);
+        let reply = match route {
+            Route::Other => Reply::error(
+                404,
+                format!(
+                    "no such path: {}; this service answers GET /users/changes, /healthz and /metrics",
+                    shorten(path)
+                ),
+            ),
+            _ if method != "GET" => {
+                let mut reply = Reply::error(
+                    405,
+                    format!(
+                        "method {} is not allowed on {}; use GET",
+                        shorten(method),
+                        route.label()
+                    ),
+                );
+                reply.headers.push(("Allow", "GET".to_string()));
+                reply
+            }
+            Route::Changes => self.changes(query),
+            Route::Healthz => Reply::json(200, br#"{"status":"ok"}"#.to_vec()),
+            Route::Metrics => match self.metrics.render() {
+                Ok(body) => Reply {
+                    status: 200,
+                    content_type: PROMETHEUS_TEXT,
+                    headers: Vec::new(),
+                    body,
+                },
+                Err(e) => Reply::error(500, format!("could not render metrics: {e}")),
+            },
+        };
+        (route, reply)
+    }
+
+    fn changes(&self, query: &str) -> Reply {
+        let query = match ChangesQuery::parse(query) {
+            Ok(q) => q,
+            Err(message) => return Reply::error(400, message),
+        };
+        let page = match query.since {
+            None => self.feed.fresh_batch(&self.metrics),
+            Some(since) => match self.feed.since(since, query.limit, &self.metrics) {
+                Ok(page) => page,
+                Err(gone) => return gone_reply(gone),
+            },
+        };
+        let Page {
+            body,
+            next_cursor,
+            head,
+            ..
+        } = page;
+        let mut reply = Reply::json(200, body);
+        reply.headers = vec![
+            ("X-Next-Cursor", next_cursor.to_string()),
+            ("X-Head-Cursor", head.to_string()),
+            ("X-Source-Epoch", self.epoch.clone()),
+        ];
+        reply
+    }
+}
+
+fn gone_reply(gone: Gone) -> Reply {
+    let message = if gone.since > gone.head {
+        format!(
+            "since={} is newer than the newest change ({}); the cursor is from another \
+             epoch of this service, restart from since=0",
+            gone.since, gone.head
+        )
+    } else {
+        format!(
+            "since={} is older than the oldest change kept; restart from since={}",
+            gone.since, gone.min_since
+        )
+    };
+    Reply::json(
+        410,
+        json!({ "error": message, "min_since": gone.min_since, "head_cursor": gone.head })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+/// Echoed client input is cut short so error bodies stay small.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 100;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The query of `GET /users/changes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ChangesQuery {
+    since: Option<u64>,
+    limit: usize,
+}
+
+impl ChangesQuery {
+    /// Reads `since` and `limit`; other parameters are ignored.
+    fn parse(query: &str) -> Result<ChangesQuery, String> {
+        let mut since = None;
+        let mut limit = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(key).unwrap_or_default();
+            let slot = match key.as_str() {
+                "since" => &mut since,
+                "limit" => &mut limit,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(format!("{key} is given more than once; give it once"));
+            }
+            *slot = Some(percent_decode(value).unwrap_or_else(|| value.to_string()));
+        }
+        let since = match since {
+            None => None,
+            Some(text) => Some(whole_number(&text).ok_or_else(|| {
+                format!(
+                    "since must be a whole number, 0 or more (a cursor from X-Next-Cursor), not {:?}",
+                    shorten(&text)
+                )
+            })?),
+        };
+        let limit = match limit {
+            None => DEFAULT_LIMIT,
+            Some(text) => whole_number(&text)
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    format!(
+                        "limit must be a whole number from 1 to {MAX_LIMIT}, not {:?}",
+                        shorten(&text)
+                    )
+                })?,
+        };
+        Ok(ChangesQuery { since, limit })
+    }
+}
+
+/// Plain decimal digits only: no sign, no spaces, no leading `+`.
+fn whole_number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// Decodes `%XX` escapes and `+` (as space); `None` if the result is not UTF-8
+/// or an escape is broken.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains(['%', '+']) {
+        return Some(s.to_string());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::change_log::ChangeLog;
+    use crate::generator::Generator;
+    use serde_json::Value;
+
+    fn handler(capacity: u64, preload: u64) -> Handler {
+        let metrics = Metrics::new().unwrap();
+        let feed = Feed::new(Generator::new(1, 0.05), ChangeLog::new(capacity));
+        feed.preload(preload, &metrics);
+        Handler::new(feed, metrics, "epoch-1".to_string())
+    }
+
+    fn body(reply: &Reply) -> Value {
+        serde_json::from_slice(&reply.body).unwrap()
+    }
+
+    fn error_of(reply: &Reply) -> String {
+        assert_eq!(reply.content_type, "application/json");
+        body(reply)["error"].as_str().unwrap().to_string()
+    }
+
+    fn header(reply: &Reply, name: &str) -> u64 {
+        reply.header(name).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn fresh_batch_without_parameters() {
+        let h = handler(100, 0);
+        let (route, reply) = h.handle("GET", "/users/changes");
+        assert_eq!(route, Route::Changes);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content_type, "application/json");
+        let n = body(&reply).as_array().unwrap().len() as u64;
+        assert!((2..=5).contains(&n));
+        assert_eq!(header(&reply, "X-Next-Cursor"), n);
+        assert_eq!(header(&reply, "X-Head-Cursor"), n);
+        assert_eq!(reply.header("X-Source-Epoch"), Some("epoch-1"));
+    }
+
+    #[test]
+    fn since_pages_through_the_log() {
+        let h = handler(1000, 100);
+        let head = h.feed().head();
+        let (_, reply) = h.handle("GET", "/users/changes?since=10&limit=20&unknown=x");
+        assert_eq!(reply.status, 200);
+        assert_eq!(body(&reply).as_array().unwrap().len(), 20);
+        assert_eq!(header(&reply, "X-Next-Cursor"), 30);
+        assert_eq!(header(&reply, "X-Head-Cursor"), head);
+        let (_, reply) = h.handle("GET", "/users/changes?since=30");
+        assert_eq!(header(&reply, "X-Next-Cursor"), head);
+        assert_eq!(body(&reply).as_array().unwrap().len() as u64, head - 30);
+        // Caught up: a fresh batch.
+        let (_, reply) = h.handle("GET", &format!("/users/changes?since={head}"));
+        let n = body(&reply).as_array().unwrap().len() as u64;
+        assert!(n >= 2);
+        assert_eq!(header(&reply, "X-Next-Cursor"), head + n);
+        assert_eq!(header(&reply, "X-Head-Cursor"), head + n);
+    }
+
+    #[test]
+    fn malformed_parameters_are_400() {
+        let h = handler(100, 0);
+        for query in [
+            "since=abc",
+            "since=-1",
+            "since=",
+            "since",
+            "since=+5",
+            "since=1.0",
+            "since=%20",
+            "since=99999999999999999999",
+            "since=1&since=2",
+            "since=0&limit=0",
+            "since=0&limit=10001",
+            "since=0&limit=-1",
+            "since=0&limit=abc",
+            "since=0&limit=",
+            "limit=0",
+        ] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            assert_eq!(reply.status, 400, "{query}");
+            let error = error_of(&reply);
+            assert!(
+                error.contains("since") || error.contains("limit"),
+                "{error}"
+            );
+        }
+        let (_, reply) = h.handle("GET", "/users/changes?since=0&limit=10000");
+        assert_eq!(reply.status, 200);
+        let (_, reply) = h.handle("GET", "/users/changes?since=%30");
+        assert_eq!(reply.status, 200, "percent-encoded digits are digits");
+    }
+
+    #[test]
+    fn cursors_outside_the_log_are_410() {
+        let h = handler(50, 200);
+        let head = h.feed().head();
+        for since in [head + 1, u64::MAX, 0, head - 51] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            assert_eq!(reply.status, 410, "since={since}");
+            let value = body(&reply);
+            assert!(value["error"].is_string());
+            assert_eq!(value["min_since"], head - 50);
+            assert_eq!(value["head_cursor"], head);
+        }
+        let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
+        assert_eq!(reply.status, 200);
+        assert_eq!(body(&reply).as_array().unwrap().len(), 50);
+    }
+
+    #[test]
+    fn since_zero_is_valid_on_an_empty_log() {
+        let h = handler(100, 0);
+        let (_, reply) = h.handle("GET", "/users/changes?since=0");
+        assert_eq!(reply.status, 200);
+        assert!(body(&reply).as_array().unwrap().len() >= 2);
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_other_methods_405() {
+        let h = handler(100, 0);
+        for url in [
+            "/",
+            "/users",
+            "/users/changes/",
+            "/healthz/x",
+            "/nope?since=1",
+        ] {
+            let (route, reply) = h.handle("GET", url);
+            assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
+            assert!(error_of(&reply).contains("no such path"));
+        }
+        for (method, url) in [
+            ("POST", "/users/changes"),
+            ("DELETE", "/healthz"),
+            ("PUT", "/metrics"),
+            ("HEAD", "/users/changes"),
+        ] {
+            let (_, reply) = h.handle(method, url);
+            assert_eq!(reply.status, 405, "{method} {url}");
+            assert_eq!(reply.header("Allow"), Some("GET"));
+            assert!(error_of(&reply).contains(method));
+        }
+        let (_, reply) = h.handle("POST", "/elsewhere");
+        assert_eq!(reply.status, 404);
+    }
+
+    #[test]
+    fn healthz_and_metrics() {
+        let h = handler(100, 0);
+        let (_, reply) = h.handle("GET", "/healthz");
+        assert_eq!(reply.status, 200);
+        assert_eq!(body(&reply), serde_json::json!({"status": "ok"}));
+        let (_, reply) = h.handle("GET", "/metrics");
+        assert_eq!(reply.status, 200);
+        assert!(reply.content_type.starts_with("text/plain"));
+        let text = String::from_utf8(reply.body).unwrap();
+        assert!(text.contains("source_change_log_entries"));
+    }
+
+    #[test]
+    fn long_input_is_not_echoed_whole() {
+        let h = handler(100, 0);
+        let long = "x".repeat(10_000);
+        let (_, reply) = h.handle("GET", &format!("/{long}"));
+        assert!(reply.body.len() < 400);
+        let (_, reply) = h.handle("GET", &format!("/users/changes?since={long}"));
+        assert!(reply.body.len() < 400);
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! The built `source_service` binary: exit codes and signals.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_source_service");
+
+/// Runs the binary to completion with `vars` set and SOURCE_ADDR on a port
+/// nobody uses, in case the configuration were accepted.
+fn run_with(vars: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(BIN);
+    command.env("SOURCE_ADDR", "127.0.0.1:0");
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    command.output().expect("binary runs")
+}
+
+#[test]
+fn a_bad_variable_exits_2_with_one_line_naming_it() {
+    for (var, value) in [
+        ("SOURCE_THREADS", "abc"),
+        ("SOURCE_INVALID_RATE", "2"),
+        ("SOURCE_ADDR", "nowhere"),
+        ("SOURCE_SEED", "-3"),
+        ("SOURCE_PRELOAD", "many"),
+        ("SOURCE_LOG_CAPACITY", "0"),
+        ("LOG_LEVEL", "chatty"),
+    ] {
+        let output = run_with(&[(var, value)]);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line for {var}={value}: {stderr:?}");
+        assert!(lines[0].contains(var), "{stderr}");
+        assert!(lines[0].contains("expected"), "{stderr}");
+        assert!(output.stdout.is_empty());
+    }
+    let output = run_with(&[("SOURCE_THREADS", "abc")]);
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap().trim_end(),
+        r#"invalid configuration: SOURCE_THREADS="abc": expected a whole number from 1 to 1024"#
+    );
+}
+
+/// The binary, started on a free port; killed if a test fails.
+struct Service {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(vars: &[(&str, &str)]) -> Service {
+    let mut command = Command::new(BIN);
+    command
+        .env("SOURCE_ADDR", "127.0.0.1:0")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    // The service logs its real address once it listens.
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service reports its address");
+    Service { child, addr }
+}
+
+fn signal(service: &Service, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(service.child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+fn wait_for_exit(service: &mut Service) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = service.child.try_wait().expect("wait works") {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the service did not exit within 10 s");
+}
+
+#[test]
+fn sigterm_and_sigint_stop_the_service_with_exit_0() {
+    for name in ["TERM", "INT"] {
+        let mut service = spawn(&[("SOURCE_PRELOAD", "1000")]);
+        let url = format!("http://{}/healthz", service.addr);
+        let reply = ureq::get(&url).call().expect("healthz answers");
+        assert_eq!(reply.status(), 200);
+        assert_eq!(reply.into_string().unwrap(), r#"{"status":"ok"}"#);
+
+        signal(&service, name);
+        assert_eq!(wait_for_exit(&mut service), Some(0), "SIG{name}");
+        assert!(
+            ureq::get(&url).call().is_err(),
+            "nothing listens after exit"
+        );
+    }
+}
+
+#[test]
+fn an_address_in_use_fails_start_up_before_the_preload() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .env("SOURCE_ADDR", &addr)
+        .env("SOURCE_PRELOAD", "100000000")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no preload first"
+    );
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains(&addr), "{stderr}");
+}
