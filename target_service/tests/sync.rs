@@ -98,7 +98,10 @@ fn every_row_of_the_validation_table_ends_as_the_contract_says() {
         db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'failed_validation'"),
         13
     );
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'skipped'"), 1);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'skipped'"),
+        1
+    );
     // The raw element is kept as JSON text; the NUL stays escaped.
     assert_eq!(
         db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'invalid_name' AND payload LIKE '%\\u0000%'"),
@@ -144,7 +147,11 @@ fn the_newest_change_wins_whatever_the_offsets_and_page_order() {
         .unwrap()
         .get(0);
     assert_eq!(stored, "2025-07-01 10:13:04.000002");
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 0, "stale changes write nothing");
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections"),
+        0,
+        "stale changes write nothing"
+    );
     target.shutdown();
     assert_invariant(&target_after(&db));
 }
@@ -166,7 +173,9 @@ fn a_stale_or_invalid_change_never_overwrites_a_good_row() {
     let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z")]);
     let source = log.source();
     let target = start_target(&db, &source.url, &[]);
-    wait_until("first row", Duration::from_secs(10), || user_row(&db, 1).is_some());
+    wait_until("first row", Duration::from_secs(10), || {
+        user_row(&db, 1).is_some()
+    });
 
     let mut older = profile(1, "2025-07-01T09:00:00Z");
     older["name"] = json!("Older");
@@ -180,7 +189,10 @@ fn a_stale_or_invalid_change_never_overwrites_a_good_row() {
     wait_rounds(&target, 1);
     let row = user_row(&db, 1).unwrap();
     assert_eq!(row.0, "User 1", "data columns are left as they were");
-    assert_eq!(row.4, "failed_validation", "a newer bad change marks the row");
+    assert_eq!(
+        row.4, "failed_validation",
+        "a newer bad change marks the row"
+    );
     assert!(row.5.unwrap().contains("email"));
 
     // An older bad change does not touch the row's status.
@@ -190,11 +202,15 @@ fn a_stale_or_invalid_change_never_overwrites_a_good_row() {
     newest["name"] = json!("Newest");
     log.changes.lock().unwrap().extend([newest, old_inactive]);
     wait_until("newest synced", Duration::from_secs(10), || {
-        user_row(&db, 1).is_some_and(|r| r.0 == "Newest") && rejected(&target, "inactive_status") == 1
+        user_row(&db, 1).is_some_and(|r| r.0 == "Newest")
+            && rejected(&target, "inactive_status") == 1
     });
     wait_rounds(&target, 1);
     let row = user_row(&db, 1).unwrap();
-    assert_eq!((row.4.as_str(), row.5.as_deref()), ("synced", Some("updated")));
+    assert_eq!(
+        (row.4.as_str(), row.5.as_deref()),
+        ("synced", Some("updated"))
+    );
     assert_invariant(&target);
     target.shutdown();
 }
@@ -226,7 +242,10 @@ fn an_email_or_mobile_held_by_another_id_is_a_recorded_conflict() {
     let mut reasons = rejection_reasons(&db);
     reasons.sort();
     assert_eq!(reasons, ["email_taken", "email_taken", "mobile_taken"]);
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'conflict'"), 3);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'conflict'"),
+        3
+    );
     assert!(user_row(&db, 2).is_none());
     assert!(user_row(&db, 4).is_some());
     assert!(user_row(&db, 5).is_none());
@@ -251,7 +270,8 @@ fn a_replayed_page_changes_nothing_and_records_nothing_twice() {
     let mut inactive = profile(3, "2025-07-01T10:00:00Z");
     inactive["status"] = json!("inactive");
     // A source like the original hands out the same page every round.
-    let source = ScriptedSource::fixed_page(json!([profile(1, "2025-07-01T10:00:00Z"), bad, inactive]));
+    let source =
+        ScriptedSource::fixed_page(json!([profile(1, "2025-07-01T10:00:00Z"), bad, inactive]));
     let target = start_target(&db, &source.url, &[]);
     wait_rounds(&target, 4);
     assert_eq!(db.count("SELECT count(*) FROM users"), 1);
@@ -267,7 +287,9 @@ fn a_replayed_page_changes_nothing_and_records_nothing_twice() {
 #[test]
 fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect() {
     let db = TestDb::new();
-    let mut changes: Vec<Value> = (1..=2500).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect();
+    let mut changes: Vec<Value> = (1..=2500)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
     let mut bad = profile(9999, "2025-07-01T10:00:00Z");
     bad["email"] = json!("broken");
     changes.push(bad);
@@ -280,7 +302,9 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
     target.shutdown();
     let before: Vec<String> = table_snapshot(&db);
     // The crash: everything was written but the cursor never moved.
-    db.client().execute("UPDATE sync_state SET cursor = 0", &[]).unwrap();
+    db.client()
+        .execute("UPDATE sync_state SET cursor = 0", &[])
+        .unwrap();
 
     let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "1000")]);
     wait_until("replayed to the head", Duration::from_secs(30), || {
@@ -289,7 +313,11 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
     wait_rounds(&target, 1);
     assert_eq!(table_snapshot(&db), before);
     assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
-    assert_eq!(target.metrics.synced.get(), 0, "every replayed change is stale");
+    assert_eq!(
+        target.metrics.synced.get(),
+        0,
+        "every replayed change is stale"
+    );
     assert_eq!(rejected(&target, "stale"), 2500);
     target.shutdown();
 }
@@ -309,7 +337,11 @@ fn table_snapshot(db: &TestDb) -> Vec<String> {
 #[test]
 fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
     let db = TestDb::new();
-    let log = CursorLog::new((1..=3456).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect());
+    let log = CursorLog::new(
+        (1..=3456)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect(),
+    );
     let source = log.source();
     let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "500")]);
     wait_until("backlog synced", Duration::from_secs(30), || {
@@ -318,7 +350,11 @@ fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
     wait_until("cursor stored", Duration::from_secs(10), || {
         db.count("SELECT cursor FROM sync_state") == 3456
     });
-    let epoch: String = db.client().query_one("SELECT source_epoch FROM sync_state", &[]).unwrap().get(0);
+    let epoch: String = db
+        .client()
+        .query_one("SELECT source_epoch FROM sync_state", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(epoch, "epoch-1");
     let (code, body) = get(&format!("http://{}/status", target.addr));
     assert_eq!(code, 200);
@@ -335,14 +371,20 @@ fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
 #[test]
 fn a_new_source_epoch_restarts_the_cursor_from_zero() {
     let db = TestDb::new();
-    let log = CursorLog::new((1..=30).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect());
+    let log = CursorLog::new(
+        (1..=30)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect(),
+    );
     let source = log.source();
     let target = start_target(&db, &source.url, &[]);
     wait_until("first epoch synced", Duration::from_secs(10), || {
         db.count("SELECT cursor FROM sync_state") == 30
     });
     // The source restarts with a shorter log of new users.
-    *log.changes.lock().unwrap() = (101..=105).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect();
+    *log.changes.lock().unwrap() = (101..=105)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
     *log.epoch.lock().unwrap() = "epoch-2".to_owned();
     wait_until("second epoch synced", Duration::from_secs(10), || {
         db.count("SELECT count(*) FROM users") == 35
@@ -350,7 +392,11 @@ fn a_new_source_epoch_restarts_the_cursor_from_zero() {
     wait_until("cursor in the new epoch", Duration::from_secs(10), || {
         db.count("SELECT cursor FROM sync_state") == 5
     });
-    let epoch: String = db.client().query_one("SELECT source_epoch FROM sync_state", &[]).unwrap().get(0);
+    let epoch: String = db
+        .client()
+        .query_one("SELECT source_epoch FROM sync_state", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(epoch, "epoch-2");
     target.shutdown();
 }
@@ -358,10 +404,16 @@ fn a_new_source_epoch_restarts_the_cursor_from_zero() {
 #[test]
 fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
     let db = TestDb::new();
-    let log = CursorLog::new((1..=10).map(|n| profile(n, "2025-07-01T10:00:00Z")).collect());
+    let log = CursorLog::new(
+        (1..=10)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect(),
+    );
     let source = log.source();
     let target = start_target(&db, &source.url, &[("MAX_RESPONSE_BYTES", "100000")]);
-    wait_until("synced", Duration::from_secs(10), || db.count("SELECT cursor FROM sync_state") == 10);
+    wait_until("synced", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 10
+    });
     let bad_answers = [
         Reply::raw(500, "{\"error\":\"boom\"}"),
         Reply::raw(200, "this is not json"),
@@ -375,15 +427,24 @@ fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
             target.metrics.fetch_errors.get() > errors
         });
         errors = target.metrics.fetch_errors.get();
-        assert_eq!(db.count("SELECT cursor FROM sync_state"), 10, "the cursor stays");
+        assert_eq!(
+            db.count("SELECT cursor FROM sync_state"),
+            10,
+            "the cursor stays"
+        );
     }
     let (_, status) = get(&format!("http://{}/status", target.addr));
     assert!(serde_json::from_str::<Value>(&status).unwrap()["last_error"].is_string());
     // Back to normal: new changes arrive.
-    log.changes.lock().unwrap().push(profile(11, "2025-07-01T10:00:00Z"));
+    log.changes
+        .lock()
+        .unwrap()
+        .push(profile(11, "2025-07-01T10:00:00Z"));
     let log2 = log.clone();
     source.set_handler(move |q| log2.answer(q));
-    wait_until("recovered", Duration::from_secs(10), || db.count("SELECT cursor FROM sync_state") == 11);
+    wait_until("recovered", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 11
+    });
     target.shutdown();
 }
 

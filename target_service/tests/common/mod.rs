@@ -16,7 +16,8 @@ use target_service::{App, Running};
 
 /// The admin URL tests create their databases through.
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
 /// A database of its own for one test, dropped afterwards.
@@ -28,7 +29,8 @@ pub struct TestDb {
 impl TestDb {
     pub fn new() -> TestDb {
         let name = format!("profile_sync_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = Client::connect(&admin_url(), NoTls).expect("TEST_DATABASE_URL must reach PostgreSQL");
+        let mut admin =
+            Client::connect(&admin_url(), NoTls).expect("TEST_DATABASE_URL must reach PostgreSQL");
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("create test database");
@@ -51,7 +53,9 @@ impl TestDb {
 
     pub fn create(&self) {
         let mut admin = Client::connect(&admin_url(), NoTls).expect("admin connection");
-        admin.batch_execute(&format!("CREATE DATABASE {}", self.name)).expect("create");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", self.name))
+            .expect("create");
     }
 
     pub fn client(&self) -> Client {
@@ -83,7 +87,10 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = Client::connect(&admin_url(), NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
@@ -139,22 +146,33 @@ pub struct ScriptedSource {
 }
 
 impl ScriptedSource {
-    pub fn new(handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static) -> ScriptedSource {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind scripted source"));
+    pub fn new(
+        handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static,
+    ) -> ScriptedSource {
+        let server =
+            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind scripted source"));
         let port = server.server_addr().to_ip().expect("ip").port();
         let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
         let requests = Arc::new(AtomicUsize::new(0));
         for _ in 0..4 {
-            let (server, handler, requests) = (Arc::clone(&server), Arc::clone(&handler), Arc::clone(&requests));
+            let (server, handler, requests) = (
+                Arc::clone(&server),
+                Arc::clone(&handler),
+                Arc::clone(&requests),
+            );
             thread::spawn(move || {
                 while let Ok(request) = server.recv() {
                     requests.fetch_add(1, Ordering::SeqCst);
                     let query = parse_query(request.url());
                     let current = Arc::clone(&handler.lock().unwrap());
                     let reply = current(&query);
-                    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+                    let mut response =
+                        tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
                     for (name, value) in reply.headers {
-                        response.add_header(tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap());
+                        response.add_header(
+                            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
+                                .unwrap(),
+                        );
                     }
                     let _ = request.respond(response);
                 }
@@ -173,7 +191,10 @@ impl ScriptedSource {
         ScriptedSource::new(move |_| Reply::json(200, &page))
     }
 
-    pub fn set_handler(&self, handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static) {
+    pub fn set_handler(
+        &self,
+        handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static,
+    ) {
         *self.handler.lock().unwrap() = Arc::new(handler);
     }
 }
@@ -222,8 +243,14 @@ impl CursorLog {
         let changes = self.changes.lock().unwrap();
         let epoch = self.epoch.lock().unwrap().clone();
         let head = changes.len() as u64;
-        let since: u64 = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(head);
-        let limit: u64 = query.get("limit").and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let since: u64 = query
+            .get("since")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(head);
+        let limit: u64 = query
+            .get("limit")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000);
         if since > head {
             return Reply::json(410, &json!({"error": "cursor beyond head"}));
         }
@@ -303,8 +330,13 @@ pub fn rejected(target: &Running, reason: &str) -> u64 {
 
 pub fn get(url: &str) -> (u16, String) {
     match ureq::get(url).timeout(Duration::from_secs(5)).call() {
-        Ok(response) => (response.status(), response.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, response)) => (code, response.into_string().unwrap_or_default()),
+        Ok(response) => (
+            response.status(),
+            response.into_string().unwrap_or_default(),
+        ),
+        Err(ureq::Error::Status(code, response)) => {
+            (code, response.into_string().unwrap_or_default())
+        }
         Err(err) => panic!("GET {url}: {err}"),
     }
 }
@@ -326,7 +358,10 @@ pub fn id(n: u32) -> String {
 }
 
 /// A users row as `(name, email, mobile, status, sync_status, sync_message)`.
-pub fn user_row(db: &TestDb, n: u32) -> Option<(String, String, String, String, String, Option<String>)> {
+pub fn user_row(
+    db: &TestDb,
+    n: u32,
+) -> Option<(String, String, String, String, String, Option<String>)> {
     let id = uuid::Uuid::parse_str(&id(n)).unwrap();
     db.client()
         .query_opt(
