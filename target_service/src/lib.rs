@@ -195,7 +195,7 @@ fn run_pipeline(
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(2))
         .build_unchecked(manager);
-    if !prepare_database(&config, &pool, &metrics, &status, &stopping) {
+    if !prepare_database(&config, &metrics, &status, &stopping) {
         return;
     }
     let probe = {
@@ -253,7 +253,6 @@ fn run_pipeline(
 /// Returns false when shutdown came first.
 fn prepare_database(
     config: &Config,
-    pool: &DbPool,
     metrics: &Metrics,
     status: &StatusBoard,
     stopping: &AtomicBool,
@@ -264,10 +263,14 @@ fn prepare_database(
         if stopping.load(Ordering::Acquire) {
             return false;
         }
-        let result = pool
-            .get()
-            .map_err(|err| err.to_string())
-            .and_then(|mut conn| store::apply_schema(&mut conn).map_err(|err| err.to_string()));
+        // A connection of its own, not the pool's: the pool would hide each
+        // failed attempt behind its checkout timeout.
+        let result = config
+            .database
+            .connection
+            .connect(NoTls)
+            .and_then(|mut client| store::apply_schema(&mut client))
+            .map_err(|err| err.to_string());
         match result {
             Ok(()) => {
                 info!(

@@ -1,0 +1,216 @@
+//! Failures around the target: PostgreSQL going away, starting before the
+//! database exists, two replicas, shutdown, and the binary's own contract
+//! (exit codes, signals, what it logs).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn backlog(count: u32) -> CursorLog {
+    CursorLog::new(
+        (1..=count)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect(),
+    )
+}
+
+#[test]
+fn lost_connections_during_writes_lose_nothing() {
+    let db = TestDb::new();
+    let log = backlog(20_000);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "500")]);
+    wait_until("writing started", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") > 0
+    });
+    let mut killed = 0;
+    let started = Instant::now();
+    while db.count("SELECT count(*) FROM users") < 20_000
+        && started.elapsed() < Duration::from_secs(60)
+    {
+        killed += db.kill_connections();
+        thread::sleep(Duration::from_millis(150));
+    }
+    wait_until("cursor at the head", Duration::from_secs(60), || {
+        db.count("SELECT cursor FROM sync_state") == 20_000
+    });
+    assert_eq!(db.count("SELECT count(*) FROM users"), 20_000);
+    assert!(killed > 0, "the test must actually cut connections");
+    assert!(
+        target.metrics.db_errors.get() > 0,
+        "lost connections are counted"
+    );
+    wait_rounds(&target, 1);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
+fn start_up_waits_for_the_database_and_readiness_says_so() {
+    let db = TestDb::not_yet_created();
+    let log = backlog(10);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    let readyz = format!("http://{}/readyz", target.addr);
+    let status = format!("http://{}/status", target.addr);
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(get(&readyz).0, 503);
+    assert_eq!(get(&format!("http://{}/healthz", target.addr)).0, 200);
+    let body: Value = serde_json::from_str(&get(&status).1).unwrap();
+    assert_eq!(body["state"], "waiting_for_database");
+    assert!(target.metrics.db_errors.get() > 0);
+
+    db.create();
+    wait_until("ready", Duration::from_secs(20), || get(&readyz).0 == 200);
+    wait_until("rows synced", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") == 10
+    });
+    target.shutdown();
+}
+
+#[test]
+fn of_two_replicas_one_syncs_and_the_other_takes_over_when_it_stops() {
+    let db = TestDb::new();
+    let log = backlog(100);
+    let source = log.source();
+    let first = start_target(&db, &source.url, &[]);
+    wait_until("first syncs", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 100
+    });
+    let second = start_target(&db, &source.url, &[]);
+    let state = |addr| -> String {
+        let body: Value = serde_json::from_str(&get(&format!("http://{addr}/status")).1).unwrap();
+        body["state"].as_str().unwrap_or_default().to_owned()
+    };
+    wait_until("second stands by", Duration::from_secs(10), || {
+        state(second.addr) == "standby"
+    });
+    assert_ne!(state(first.addr), "standby");
+    assert_eq!(second.metrics.fetched.get(), 0, "a standby fetches nothing");
+
+    first.shutdown();
+    log.changes
+        .lock()
+        .unwrap()
+        .extend((101..=150).map(|n| profile(n, "2025-07-01T10:00:00Z")));
+    wait_until("second took over", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM users") == 150
+    });
+    assert!(second.metrics.synced.get() >= 50);
+    second.shutdown();
+}
+
+#[test]
+fn shutdown_finishes_the_page_stores_its_cursor_and_returns_in_time() {
+    let db = TestDb::new();
+    let log = backlog(30_000);
+    let source = log.source();
+    let target = start_target(
+        &db,
+        &source.url,
+        &[("FETCH_LIMIT", "1000"), ("SHUTDOWN_TIMEOUT_SECS", "5")],
+    );
+    wait_until("syncing", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") > 0
+    });
+    let started = Instant::now();
+    target.shutdown();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let cursor = db.count("SELECT cursor FROM sync_state");
+    let rows = db.count("SELECT count(*) FROM users");
+    assert!(
+        cursor > 0 && cursor % 1000 == 0,
+        "cursor {cursor} ends a page"
+    );
+    assert!(
+        rows >= cursor,
+        "every change up to the cursor ({cursor}) is written ({rows} rows)"
+    );
+}
+
+fn target_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    command
+}
+
+#[test]
+fn a_bad_setting_exits_2_with_one_line_naming_the_variable() {
+    for (variable, value) in [
+        ("WRITER_THREADS", "abc"),
+        ("SYNC_INTERVAL", "0"),
+        ("FETCH_LIMIT", "-1"),
+        ("METRICS_ADDR", "nowhere"),
+        ("DATABASE_URL", "postgres://u:topsecret@h:notaport/db"),
+    ] {
+        let output = target_binary().env(variable, value).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(variable), "{stderr}");
+        assert!(!stderr.contains("topsecret"), "{stderr}");
+    }
+}
+
+#[test]
+fn sigterm_stops_the_binary_with_exit_0_and_the_password_is_never_logged() {
+    let db = TestDb::new();
+    let source = backlog(50).source();
+    let url = format!("{}?password=pa55word-in-url", db.url);
+    let mut child = target_binary()
+        .env("DATABASE_URL", &url)
+        .env("SOURCE_SERVICE_URL", &source.url)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("SYNC_INTERVAL", "0.2")
+        .env("LOG_LEVEL", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    wait_until("rows synced", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") == 50
+    });
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit within SHUTDOWN_TIMEOUT_SECS"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let log = lines.join().unwrap().join("\n");
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(
+        !log.contains("pa55word"),
+        "the password leaked into the log:\n{log}"
+    );
+}
