@@ -314,14 +314,22 @@ pub fn wait_rounds(target: &Running, rounds: u64) {
     });
 }
 
-/// Fetched = synced + skipped, once the target is idle.
+/// Fetched = synced + skipped whenever the target is idle. Rounds keep
+/// running in the background, so this waits (briefly) for an idle moment.
 pub fn assert_invariant(target: &Running) {
     let m = &target.metrics;
-    assert_eq!(
-        m.fetched.get(),
-        m.synced.get() + m.skipped.get(),
-        "profiles_fetched_total must equal synced + skipped"
-    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (fetched, synced, skipped) = (m.fetched.get(), m.synced.get(), m.skipped.get());
+        if fetched == synced + skipped {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "profiles_fetched_total {fetched} != profiles_synced_total {synced} + profiles_skipped_total {skipped}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub fn rejected(target: &Running, reason: &str) -> u64 {
