@@ -559,3 +559,160 @@ impl<'a> BatchPlan<'a> {
         counts
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use serde_json::json;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    fn id(n: u8) -> Uuid {
+        Uuid::from_bytes([n; 16])
+    }
+
+    fn accepted(n: u8, when: &str, email: &str, mobile: &str) -> Change {
+        let raw = json!({
+            "id": id(n).to_string(), "name": format!("User {n}"), "email": email,
+            "mobile": mobile, "status": "active", "last_updated_at": when,
+        });
+        let profile = Profile::parse(&raw, Utc::now()).expect("valid test profile");
+        Change::Accepted { profile, raw }
+    }
+
+    fn rejected(n: u8, when: &str, reason: Reason) -> Change {
+        Change::Rejected {
+            rejection: Rejection {
+                reason,
+                message: format!("{} for {n}", reason.as_str()),
+                profile_id: Some(id(n)),
+                changed_at: Some(crate::profile::Timestamp::parse(when).unwrap()),
+            },
+            raw: json!({"id": id(n).to_string(), "last_updated_at": when}),
+        }
+    }
+
+    fn stored(rows: &[(u8, &str, &str, &str)]) -> HashMap<Uuid, StoredUser> {
+        rows.iter()
+            .map(|(n, when, email, mobile)| {
+                (
+                    id(*n),
+                    StoredUser {
+                        last_updated_at: at(when),
+                        email: email.to_string(),
+                        mobile: mobile.to_string(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn later_changes_to_one_id_in_a_batch_overwrite_earlier_ones_in_place() {
+        let changes = [
+            accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
+            accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
+        ];
+        let plan = plan_batch(changes.iter(), &HashMap::new(), &[]);
+        assert_eq!(plan.outcomes, [Counted::Synced, Counted::Synced]);
+        assert_eq!(plan.writes.len(), 1);
+        assert_eq!(plan.writes[0].email, "b@x.io");
+        // As if written one at a time: created by the first, updated by the second.
+        assert_eq!(plan.writes[0].message, "updated");
+    }
+
+    #[test]
+    fn a_change_not_strictly_newer_than_the_row_is_stale() {
+        let rows = stored(&[(1, "2025-01-02T00:00:00Z", "a@x.io", "111")]);
+        let changes = [
+            accepted(1, "2025-01-02T00:00:00Z", "a@x.io", "111"),
+            accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
+            accepted(1, "2025-01-03T00:00:00Z", "a@x.io", "111"),
+        ];
+        let plan = plan_batch(changes.iter(), &rows, &[]);
+        let stale = Counted::NotSynced(Reason::Stale);
+        assert_eq!(plan.outcomes, [stale, stale, Counted::Synced]);
+        assert_eq!(plan.writes[0].message, "updated");
+        assert!(plan.rejections.is_empty(), "stale changes record nothing");
+    }
+
+    #[test]
+    fn an_email_or_mobile_of_another_id_conflicts_until_that_id_lets_it_go() {
+        let rows = stored(&[(1, "2025-01-01T00:00:00Z", "a@x.io", "111")]);
+        let owners = [(id(1), "a@x.io".to_owned(), "111".to_owned())];
+        let changes = [
+            accepted(2, "2025-01-01T00:00:00Z", "a@x.io", "222"),
+            accepted(3, "2025-01-01T00:00:00Z", "c@x.io", "111"),
+            accepted(1, "2025-01-05T00:00:00Z", "new@x.io", "999"),
+            accepted(2, "2025-01-06T00:00:00Z", "a@x.io", "222"),
+        ];
+        let plan = plan_batch(changes.iter(), &rows, &owners);
+        assert_eq!(
+            plan.outcomes,
+            [
+                Counted::NotSynced(Reason::EmailTaken),
+                Counted::NotSynced(Reason::MobileTaken),
+                Counted::Synced,
+                Counted::Synced,
+            ]
+        );
+        let reasons: Vec<_> = plan
+            .rejections
+            .iter()
+            .map(|r| (r.outcome, r.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [("conflict", "email_taken"), ("conflict", "mobile_taken")]
+        );
+        assert!(
+            plan.marks.is_empty(),
+            "neither id 2 nor 3 had a row to mark"
+        );
+    }
+
+    #[test]
+    fn a_newer_rejection_marks_the_row_and_a_later_sync_clears_the_mark() {
+        let rows = stored(&[
+            (1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
+            (2, "2025-01-01T00:00:00Z", "b@x.io", "222"),
+            (3, "2025-01-09T00:00:00Z", "c@x.io", "333"),
+        ]);
+        let changes = [
+            rejected(1, "2025-01-02T00:00:00Z", Reason::InvalidEmail),
+            rejected(2, "2025-01-02T00:00:00Z", Reason::InactiveStatus),
+            accepted(2, "2025-01-03T00:00:00Z", "b@x.io", "222"),
+            rejected(3, "2025-01-02T00:00:00Z", Reason::InvalidName),
+        ];
+        let plan = plan_batch(changes.iter(), &rows, &[]);
+        assert_eq!(plan.rejections.len(), 3, "every rejection is recorded");
+        assert_eq!(plan.marks.len(), 1, "{:?}", plan.marks);
+        assert_eq!(plan.marks[0].id, id(1));
+        assert_eq!(plan.marks[0].outcome, "failed_validation");
+        assert_eq!(plan.counts().iter().map(|(_, n)| n).sum::<u64>(), 4);
+    }
+
+    #[test]
+    fn shards_follow_the_id() {
+        let change = accepted(7, "2025-01-01T00:00:00Z", "a@x.io", "111");
+        let shard = shard_of(&change, 4, 0);
+        for fallback in 0..10 {
+            assert_eq!(shard_of(&change, 4, fallback), shard);
+        }
+        let anonymous = Change::Rejected {
+            rejection: Rejection {
+                reason: Reason::Malformed,
+                message: String::new(),
+                profile_id: None,
+                changed_at: None,
+            },
+            raw: json!(42),
+        };
+        assert_eq!(shard_of(&anonymous, 4, 6), 2);
+    }
+}
