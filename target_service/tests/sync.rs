@@ -453,3 +453,34 @@ fn a_source_down_at_start_is_a_fetch_error_not_a_crash() {
     });
     target.shutdown();
 }
+
+#[test]
+fn concurrent_writers_racing_for_the_same_emails_lose_no_change() {
+    let db = TestDb::new();
+    let page: Vec<Value> = (1..=400)
+        .map(|n| {
+            let mut p = profile(n, "2025-07-01T10:00:00Z");
+            p["email"] = json!(format!("shared{}@example.com", n % 20));
+            p
+        })
+        .collect();
+    let log = CursorLog::new(page);
+    let source = log.source();
+    let target = start_target(
+        &db,
+        &source.url,
+        &[("WRITER_THREADS", "8"), ("FETCH_LIMIT", "50")],
+    );
+    wait_until("every change decided", Duration::from_secs(20), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() == 400
+    });
+    assert_eq!(db.count("SELECT count(*) FROM users"), 20);
+    assert_eq!(db.count("SELECT count(DISTINCT email) FROM users"), 20);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'email_taken'"),
+        380
+    );
+    assert_eq!(target.metrics.synced.get(), 20);
+    assert_eq!(rejected(&target, "email_taken"), 380);
+    target.shutdown();
+}
