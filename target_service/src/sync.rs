@@ -62,6 +62,8 @@ pub struct Syncer {
     /// The source sent no cursor headers last time: fetch without parameters.
     source_without_cursor: bool,
     pages_sent: u64,
+    /// The source's newest sequence number, as last reported.
+    source_head: Option<u64>,
     /// Pages reported committed that are not yet at the front of the queue.
     completed_pages: HashSet<u64>,
     unrouted: usize,
@@ -95,6 +97,7 @@ impl Syncer {
             lock_holder: None,
             source_without_cursor: false,
             pages_sent: 0,
+            source_head: None,
             completed_pages: HashSet::new(),
             unrouted: 0,
         }
@@ -262,10 +265,8 @@ impl Syncer {
                     "the source's X-Next-Cursor {next_cursor} is behind the cursor {cursor} it was asked for"
                 )));
             }
-            if let Some(head) = page.head_cursor {
-                self.metrics
-                    .source_lag
-                    .set(head.saturating_sub(committed.cursor) as i64);
+            if page.head_cursor.is_some() {
+                self.source_head = page.head_cursor;
             }
             let count = page.elements.len();
             let page_no = self.dispatch(page.elements)?;
@@ -444,6 +445,12 @@ impl Syncer {
         self.metrics
             .cursor
             .set(i64::try_from(state.cursor).unwrap_or(i64::MAX));
+        if let Some(head) = self.source_head {
+            let lag = head.saturating_sub(state.cursor);
+            self.metrics
+                .source_lag
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
         self.status
             .set_position(state.cursor, state.epoch.as_deref());
     }
