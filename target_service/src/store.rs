@@ -227,7 +227,8 @@ pub struct StatusMark {
     pub message: String,
 }
 
-/// Applies marks (at most one per id).
+/// Applies marks (at most one per id); a row already marked the same way
+/// is not rewritten, so a replay costs no writes.
 pub fn mark_users(
     client: &mut impl GenericClient,
     marks: &[StatusMark],
@@ -242,7 +243,8 @@ pub fn mark_users(
     client.execute(
         "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
-         WHERE u.id = m.id AND u.last_updated_at < m.changed_at",
+         WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
+           AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)",
         &[&ids, &times, &outcomes, &messages],
     )?;
     Ok(())

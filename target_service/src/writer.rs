@@ -114,6 +114,7 @@ pub fn run(
                 Err(_) => break,
             }
         }
+        metrics.queue_depth.sub(batch.len() as i64);
         match write_with_retry(&batch, &pool, &metrics, &stopping) {
             Some(counts) => {
                 for (how, count) in counts {
@@ -228,9 +229,28 @@ fn write_batch(
     ids.sort_unstable();
     ids.dedup();
     let stored = store::lock_users(&mut tx, &ids)?;
-    let emails: Vec<&str> = accepted(batch).map(|p| p.email.as_str()).collect();
-    let mobiles: Vec<&str> = accepted(batch).map(|p| p.mobile.as_str()).collect();
-    let owners = store::owners_of(&mut tx, &emails, &mobiles)?;
+    // Only a change newer than its row can claim an email or mobile, and a
+    // row's own values cannot belong to anyone else: a replayed backlog
+    // skips this look-up entirely.
+    let mut emails: Vec<&str> = Vec::new();
+    let mut mobiles: Vec<&str> = Vec::new();
+    for profile in accepted(batch) {
+        let row = stored.get(&profile.id);
+        if row.is_some_and(|row| profile.last_updated_at.as_datetime() <= row.last_updated_at) {
+            continue;
+        }
+        if row.is_none_or(|row| row.email != profile.email.as_str()) {
+            emails.push(profile.email.as_str());
+        }
+        if row.is_none_or(|row| row.mobile != profile.mobile.as_str()) {
+            mobiles.push(profile.mobile.as_str());
+        }
+    }
+    let owners = if emails.is_empty() && mobiles.is_empty() {
+        Vec::new()
+    } else {
+        store::owners_of(&mut tx, &emails, &mobiles)?
+    };
 
     let mut plan = plan_batch(batch.iter().map(|item| &item.change), &stored, &owners);
     let written = if row_by_row {
