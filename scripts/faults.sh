@@ -389,7 +389,7 @@ wait_mid_backlog() {
 }
 
 drill_kill() {
-  local head cursor rows t0
+  local head cursor rows termed t0
   start_source SOURCE_SEED=101 SOURCE_PRELOAD=200000
   head=$(source_head)
   start_target target-1
@@ -399,11 +399,19 @@ drill_kill() {
   rows=$(user_rows)
   [[ $cursor -lt $head ]] || fail "the target reached the head before it was killed"
   say "SIGKILL at stored cursor $cursor of $head, $rows users rows; restarting"
+  # The graceful way out, mid-backlog too: exit 0 in time, nothing lost.
   start_target target-2
+  wait_mid_backlog "$head" $((cursor + head / 10))
+  if ! svc_stop target-2 "${targets[1]}" "$shutdown_secs" || [[ $SVC_STATUS != 0 ]]; then
+    fail "target-2 on SIGTERM mid-backlog: exit status $SVC_STATUS after ${SVC_SECS}s (want 0 within ${shutdown_secs}s)"
+  fi
+  termed=$(stored_cursor)
+  say "SIGTERM mid-backlog: exit 0 in ${SVC_SECS}s at stored cursor $termed; restarting"
+  start_target target-3
   t0=$(now_secs)
   wait_caught_up
   say "caught up with the head $(since "$t0")s after the restart"
-  verify "killed at cursor $cursor/$head with $rows rows"
+  verify "SIGKILL at cursor $cursor/$head with $rows rows, SIGTERM at cursor $termed"
 }
 
 drill_db_outage() {
