@@ -54,15 +54,15 @@ run_all() {
       exit 2
     fi
   done
-  command -v curl >/dev/null 2>&1 || {
+  # curl talks to the services, python3 runs the oracle.
+  local missing=()
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+  if [[ ${#missing[@]} -gt 0 ]]; then
     # shellcheck source=scripts/lib/apt.sh
     source scripts/lib/apt.sh
-    apt_install curl
-  }
-  command -v python3 >/dev/null 2>&1 || {
-    echo "python3 is needed for the oracle (scripts/lib/oracle.py)" >&2
-    exit 1
-  }
+    apt_install "${missing[@]}"
+  fi
   pg_ensure_binaries
   echo "==> building release binaries"
   started=$SECONDS

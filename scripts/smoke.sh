@@ -124,7 +124,13 @@ echo "built in $((SECONDS - build_started))s"
 # Timings below leave the build out.
 started=$SECONDS
 
-command -v curl >/dev/null 2>&1 || apt_install curl
+# curl talks to the services, python3 reads /status.
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  apt_install "${missing[@]}"
+fi
 
 echo "==> PostgreSQL"
 pg_ensure_server smoke "${TEST_DATABASE_URL:-}"
