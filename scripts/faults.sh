@@ -2,6 +2,14 @@
 # Usage: scripts/faults.sh [kill|db-outage|source-restart|failover ...] — failure drills, each on its own throwaway PostgreSQL, each checking the final tables against what the source handed out.
 set -euo pipefail
 
+# The drills:
+#   kill            SIGKILL the target mid-backlog and restart it; then
+#                   SIGTERM it mid-backlog (exit 0 in time) and restart it.
+#   db-outage       stop PostgreSQL for 10 s mid-round: /readyz 503, then
+#                   200 again, and the target does not exit.
+#   source-restart  restart the source with another seed (a new epoch).
+#   failover        two replicas, one standby; SIGKILL the active one
+#                   mid-backlog, and the standby takes over.
 # Without arguments every drill runs. Each drill runs in a process of its
 # own (this script with --run NAME) that cleans up after itself: its
 # services, and its throwaway cluster under target/pg-drill-NAME. Logs, the
