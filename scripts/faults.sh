@@ -32,6 +32,10 @@ source scripts/lib/pg.sh
 # shellcheck source=scripts/lib/svc.sh
 source scripts/lib/svc.sh
 
+# A throwaway cluster of the calling script (scripts/test.sh exports its
+# variables) is not this script's to stop.
+unset PG_THROWAWAY_DIR PG_THROWAWAY_DATA PG_THROWAWAY_LOG PG_THROWAWAY_PORT
+
 all_drills=(kill db-outage source-restart failover)
 cargo_target=${CARGO_TARGET_DIR:-$repo/target}
 [[ $cargo_target == /* ]] || cargo_target=$repo/$cargo_target
