@@ -4,7 +4,9 @@
 //! bounded ring of recent users (`POOL_CAPACITY`) so that it can update them;
 //! older users are forgotten, which keeps memory flat however long it runs.
 //! Emails and mobiles are derived from ever-increasing counters through
-//! injective functions, so they are unique forever without keeping a set.
+//! injective functions, so they are unique forever without keeping a set;
+//! the counters start at a seed-dependent base, so runs with different seeds
+//! do not reuse each other's values.
 //!
 //! Determinism: every choice (ids, names, emails, mobiles, statuses, which
 //! changes are bad and how) comes from one `fastrand::Rng` seeded from
@@ -254,8 +256,8 @@ impl Generator {
             pool: Vec::new(),
             pool_next: 0,
             published: 0,
-            next_email: 0,
-            next_mobile: 0,
+            next_email: counter_base(seed),
+            next_mobile: counter_base(seed),
             clock: Clock::default(),
         }
     }
@@ -689,6 +691,15 @@ const OFFSETS: &[(i64, &str)] = &[
     (-660, "-11:00"),
 ];
 
+/// Where a generator's email and mobile counters start: a function of the
+/// seed, so a restarted source (a new seed) hands out emails and mobiles that
+/// do not collide with those of its earlier runs, while the same seed still
+/// gives the same sequence. Ranges of different seeds overlap only if their
+/// bases fall within a run's length of each other in 10^12.
+fn counter_base(seed: u64) -> u64 {
+    mix(seed ^ 0x5EED_C0DE) % 1_000_000_000_000
+}
+
 /// A fixed scramble of a counter, so consecutive users get varied words.
 fn mix(n: u64) -> u64 {
     let mut z = n.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -1013,6 +1024,33 @@ mod tests {
             assert!(emails.insert(e));
             assert!(mobiles.insert(m));
         }
+    }
+
+    #[test]
+    fn different_seeds_hand_out_different_emails_and_mobiles() {
+        let contacts = |seed: u64| -> HashSet<String> {
+            let mut generator = Generator::new(seed, 0.0);
+            let mut batch = Batch::new();
+            let mut seen = HashSet::new();
+            for _ in 0..2_000 {
+                generator.next_batch(&mut batch);
+                for change in batch.iter() {
+                    let value: serde_json::Value = serde_json::from_slice(change).unwrap();
+                    for key in ["email", "mobile"] {
+                        seen.insert(field(&value, key).unwrap().to_string());
+                    }
+                }
+            }
+            seen
+        };
+        let (first, second) = (contacts(1), contacts(2));
+        assert!(first.len() > 10_000);
+        assert_eq!(
+            first.intersection(&second).count(),
+            0,
+            "a restarted source must not reuse contacts"
+        );
+        assert_eq!(contacts(1), first, "the same seed gives the same contacts");
     }
 
     #[test]
