@@ -138,7 +138,10 @@ impl Running {
     /// Stops fetching, lets the current page finish and its cursor be
     /// stored, and returns within `SHUTDOWN_TIMEOUT_SECS`.
     pub fn shutdown(mut self) {
-        let deadline = Instant::now() + self.shutdown_timeout;
+        // Keep a margin for joining the servers and leaving the process, so
+        // the whole exit fits in SHUTDOWN_TIMEOUT_SECS.
+        let margin = (self.shutdown_timeout / 5).min(Duration::from_millis(500));
+        let deadline = Instant::now() + self.shutdown_timeout - margin;
         self.stopping.store(true, Ordering::Release);
         self.wake_sync.take();
         if let Some(handle) = self.sync_thread.take() {

@@ -419,7 +419,7 @@ impl Syncer {
                 // Writers finish what they hold unless the database is away;
                 // don't let that hold shutdown past its budget.
                 let deadline = *give_up_at.get_or_insert_with(|| {
-                    Instant::now() + self.config.shutdown_timeout.mul_f64(0.8)
+                    Instant::now() + self.config.shutdown_timeout.mul_f64(0.6)
                 });
                 if Instant::now() >= deadline {
                     return Err(RoundError(format!(

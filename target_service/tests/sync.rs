@@ -355,7 +355,10 @@ fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
     let metrics = get(&format!("http://{}/metrics", target.addr)).1;
     assert!(metrics.contains("sync_cursor 3456"), "{metrics}");
     assert!(metrics.contains("sync_source_lag 0"));
-    assert!(metrics.contains("sync_queue_depth 0"), "the queue drains when idle");
+    assert!(
+        metrics.contains("sync_queue_depth 0"),
+        "the queue drains when idle"
+    );
     assert!(metrics.contains("profiles_synced_total 3456"));
     target.shutdown();
 }
