@@ -214,3 +214,32 @@ fn sigterm_stops_the_binary_with_exit_0_and_the_password_is_never_logged() {
         "the password leaked into the log:\n{log}"
     );
 }
+
+#[test]
+fn the_schema_applies_again_and_from_several_replicas_at_once() {
+    let db = TestDb::new();
+    let appliers: Vec<_> = (0..6)
+        .map(|_| {
+            let url = db.url.clone();
+            thread::spawn(move || {
+                let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                target_service::store::apply_schema(&mut client)
+            })
+        })
+        .collect();
+    for applier in appliers {
+        applier
+            .join()
+            .unwrap()
+            .expect("concurrent schema application succeeds");
+    }
+    let mut client = db.client();
+    target_service::store::apply_schema(&mut client).expect("applying again is a no-op");
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' \
+             AND table_name IN ('users', 'sync_rejections', 'sync_state')"
+        ),
+        3
+    );
+}
