@@ -28,7 +28,6 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
 -- A replayed change is recorded once: the same raw element is the same change.
 CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_payload_key ON sync_rejections (md5(payload));
 CREATE INDEX IF NOT EXISTS sync_rejections_profile_id_idx ON sync_rejections (profile_id);
-CREATE INDEX IF NOT EXISTS sync_rejections_received_at_idx ON sync_rejections (received_at);
 
 -- Where syncing stands, one row per source URL.
 CREATE TABLE IF NOT EXISTS sync_state (

@@ -197,6 +197,7 @@ fn run_pipeline(
         .max_size(config.db_pool_size)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(2))
+        .connection_customizer(Box::new(writer::SessionSettings))
         .build_unchecked(manager);
     if !prepare_database(&config, &metrics, &status, &stopping) {
         return;

@@ -32,6 +32,16 @@ use crate::store::{self, Failure, RejectionWrite, StatusMark, StoredUser, UserWr
 
 pub type DbPool = Pool<PostgresConnectionManager<NoTls>>;
 
+/// Applies [`store::prepare_session`] to each new pooled connection.
+#[derive(Debug)]
+pub struct SessionSettings;
+
+impl r2d2::CustomizeConnection<Client, postgres::Error> for SessionSettings {
+    fn on_acquire(&self, client: &mut Client) -> Result<(), postgres::Error> {
+        store::prepare_session(client)
+    }
+}
+
 /// Most changes a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
 
