@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench.sh — builds release and prints one "bench: <name>: <value> <unit> (<context>)" line per figure: machine, source, raw PostgreSQL ceiling, target catch-up and replay, target RSS.
+set -euo pipefail
+
+# Environment (all optional):
+#   BENCH_PROFILES     changes preloaded into the source (default 1000000)
+#   BENCH_SKIP_SOURCE  1: skip scripts/bench-source.sh (the source's own figures)
+#   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
+#   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
+#                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
+#   BENCH_PERF         1: record `perf record -g` of target_service during the
+#                      catch-up and the replay (target/bench/perf-*.data)
+#   BENCH_TIMEOUT_SECS give up on a catch-up or replay after this long (1800)
+# Everything runs on a throwaway PostgreSQL cluster and on free ports; logs go
+# to target/bench/. Every process started here is stopped on exit.
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+# shellcheck source=scripts/lib/pg.sh
+source scripts/lib/pg.sh
+
+PROFILES=${BENCH_PROFILES:-1000000}
+TIMEOUT_SECS=${BENCH_TIMEOUT_SECS:-1800}
+read -r -a target_extra_env <<<"${BENCH_TARGET_ENV:-}"
+
+logs=$CARGO_TARGET_DIR/bench
+rm -rf "$logs"
+mkdir -p "$logs"
+bin=$CARGO_TARGET_DIR/release
+
+src_pid="" tgt_pid="" perf_pid=""
+
+# Stops one process we started: SIGTERM, up to 20 s, then SIGKILL.
+# Returns the process's exit status.
+stop_pid() {
+  local pid=$1 waited=0 status=0
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [[ $waited -lt 200 ]]; do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "bench: pid $pid did not stop within 20 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || status=$?
+  return "$status"
+}
+
+# shellcheck disable=SC2317 # reached through the EXIT trap
+cleanup() {
+  trap - INT TERM HUP
+  stop_pid "$perf_pid" || true
+  stop_pid "$tgt_pid" || true
+  stop_pid "$src_pid" || true
+  pg_stop_throwaway
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+die() {
+  echo "bench: $*" >&2
+  exit 1
+}
+
+now_ns() { date +%s%N; }
+# seconds between two now_ns values, 3 decimals
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+verdict() { # verdict VALUE OP LIMIT -> "met" or "MISSED"
+  awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+    ok = (op == ">=") ? v >= l : (op == "<") ? v < l : 0
+    print ok ? "met" : "MISSED" }'
+}
+
+# ---------------------------------------------------------------- machine
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem_gib=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
+echo "bench: machine: $(nproc) cpus ($cpu, ${mem_gib} GiB RAM, $(uname -sr))"
+
+# ---------------------------------------------------------------- source's own figures
+if [[ ${BENCH_SKIP_SOURCE:-0} != 1 ]]; then
+  scripts/bench-source.sh 2>"$logs/bench-source.stderr" | sed -u 's/^/bench: source: /' ||
+    die "scripts/bench-source.sh failed; see $logs/bench-source.stderr"
+fi
+
+# ---------------------------------------------------------------- build
+cargo build --release -q -p source_service -p target_service --bin source_service --bin target_service
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
+psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+pg_version=$(psql_admin -c 'SHOW server_version')
+pg_conf=$(psql_admin -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'full_page_writes')")
+echo "bench: postgresql: $pg_version (throwaway cluster on 127.0.0.1:$PG_THROWAWAY_PORT; $pg_conf)"
+
+# ---------------------------------------------------------------- source with the data set
+# The log keeps twice the preload so that the changes the target's idle rounds
+# generate never push the first ones out: the replay starts from 0 again.
+src_log=$logs/source.log
+env SOURCE_ADDR=127.0.0.1:0 SOURCE_PRELOAD="$PROFILES" SOURCE_INVALID_RATE=0 SOURCE_SEED=7 \
+  SOURCE_LOG_CAPACITY=$((PROFILES * 2)) LOG_LEVEL=info "$bin/source_service" 2>"$src_log" &
+src_pid=$!
+src_addr=""
+for _ in $(seq 1 600); do
+  kill -0 "$src_pid" 2>/dev/null || { cat "$src_log" >&2; die "source_service exited early"; }
+  src_addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$src_log" | head -n 1)
+  [[ -n $src_addr ]] && curl -fsS -o /dev/null "http://$src_addr/healthz" 2>/dev/null && break
+  src_addr=""
+  sleep 0.1
+done
+[[ -n $src_addr ]] || die "source_service did not become healthy"
+src_url="http://$src_addr/users/changes"
+
+# The head, without making the source generate anything (there are changes
+# after 0, so it just answers one).
+source_head() {
+  curl -fsS -o /dev/null -D - "$src_url?since=0&limit=1" |
+    tr -d '\r' | sed -n 's/^[Xx]-[Hh]ead-[Cc]ursor: *//p'
+}
+head0=$(source_head)
+[[ $head0 =~ ^[0-9]+$ ]] || die "no X-Head-Cursor from the source"
+
+# ---------------------------------------------------------------- raw ceiling
+raw_empty_rate=""
+if [[ ${BENCH_SKIP_RAW:-0} != 1 ]]; then
+  tsv=$logs/profiles.tsv
+  # Pages the whole log (limit 10000) into COPY text format.
+  python3 - "$src_url" "$tsv" >"$logs/page.out" <<'PY'
+import json, sys, time, urllib.request
+url, out = sys.argv[1], sys.argv[2]
+def esc(s):
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+since, rows, started = 0, 0, time.monotonic()
+with open(out, "w", encoding="utf-8") as f:
+    while True:
+        with urllib.request.urlopen(f"{url}?since={since}&limit=10000") as r:
+            nxt, head = int(r.headers["X-Next-Cursor"]), int(r.headers["X-Head-Cursor"])
+            page = json.load(r)
+        for p in page:
+            f.write("\t".join(esc(p[k]) for k in ("id", "name", "email", "mobile", "status", "last_updated_at")))
+            f.write("\n")
+        rows += len(page)
+        since = nxt
+        if nxt >= head:
+            break
+print(rows, since, round(time.monotonic() - started, 3))
+PY
+  read -r raw_rows raw_head page_secs <"$logs/page.out"
+  [[ $raw_head == "$head0" && $raw_rows == "$head0" ]] ||
+    die "paged $raw_rows rows up to $raw_head, expected $head0"
+  echo "bench: raw: paged to TSV: $raw_rows profiles in ${page_secs} s (python3, limit 10000; not part of the rates below)"
+
+  raw_db=bench_raw
+  pg_create_database "$PG_ADMIN_URL" "$raw_db"
+  raw_url=$(pg_url_with_db "$PG_ADMIN_URL" "$raw_db")
+  psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
+  # One transaction: COPY into a temporary table, newest change per id, one
+  # set-based upsert that only overwrites older rows.
+  cat >"$logs/raw.sql" <<SQL
+\\timing on
+BEGIN;
+CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz) ON COMMIT DROP;
+\\copy tmp FROM '$tsv'
+INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message)
+SELECT DISTINCT ON (id) id, name, email, mobile, status, last_updated_at, 'synced', 'created'
+FROM tmp ORDER BY id, last_updated_at DESC
+ON CONFLICT (id) DO UPDATE SET
+  name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status,
+  last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated'
+WHERE u.last_updated_at < excluded.last_updated_at;
+COMMIT;
+SQL
+  # run_raw NAME: times raw.sql, prints its line, sets $raw_rate.
+  run_raw() {
+    local name=$1 t0 t1 s out copy_ms insert_ms inserted
+    psql "$raw_url" -w -X -q -c CHECKPOINT
+    t0=$(now_ns)
+    out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$logs/raw.sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
+    t1=$(now_ns)
+    echo "$out" >"$logs/raw-$name.out"
+    s=$(secs "$t0" "$t1")
+    raw_rate=$(rate "$raw_rows" "$s")
+    copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
+    insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
+    inserted=$(awk '/^INSERT/ { print $3 }' <<<"$out")
+    echo "bench: raw $name: $raw_rate rows/s ($raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written)"
+  }
+  run_raw empty-table
+  raw_empty_rate=$raw_rate
+  run_raw all-stale
+  users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
+  echo "bench: raw: distinct ids: $users (users rows after both runs)"
+  psql_admin -c "DROP DATABASE $raw_db"
+fi
+
+# ---------------------------------------------------------------- target_service
+e2e_db=bench_e2e
+pg_create_database "$PG_ADMIN_URL" "$e2e_db"
+e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" "$e2e_db")
+db_cursor() {
+  psql "$e2e_url" -w -X -q -t -A -c "SELECT coalesce(max(cursor), 0) FROM sync_state" 2>/dev/null || echo 0
+}
+metric() { # metric TEXT NAME -> value (0 when absent)
+  awk -v n="$2" '$1 == n { v = $2 } END { printf "%.0f", v + 0 }' <<<"$1"
+}
+
+# run_target NAME HEAD: starts the target, waits until the stored cursor
+# reaches HEAD, sampling VmRSS every 100 ms; stops it (it must exit 0).
+# Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics.
+run_target() {
+  local name=$1 head=$2 log t0 t_done="" rss cur deadline
+  log=$logs/target-$name.log
+  local tgt_addr=""
+  run_peak_kib=0 run_hwm_kib=0
+  psql "$e2e_url" -w -X -q -c CHECKPOINT
+  t0=$(now_ns)
+  # Started from target/bench so no .env of the working tree is read.
+  (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
+    METRICS_ADDR=127.0.0.1:0 LOG_LEVEL=info "${target_extra_env[@]}" "$bin/target_service") 2>"$log" &
+  tgt_pid=$!
+  if [[ ${BENCH_PERF:-0} == 1 ]]; then
+    perf record -g -F 499 -p "$tgt_pid" -o "$logs/perf-$name.data" >"$logs/perf-$name.out" 2>&1 &
+    perf_pid=$!
+  fi
+  deadline=$((t0 + TIMEOUT_SECS * 1000000000))
+  while :; do
+    kill -0 "$tgt_pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "target_service exited during $name"; }
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$tgt_pid/status" 2>/dev/null || echo 0)
+    [[ ${rss:-0} -gt $run_peak_kib ]] && run_peak_kib=$rss
+    cur=$(db_cursor)
+    if [[ $cur =~ ^[0-9]+$ ]] && [[ $cur -ge $head ]]; then
+      t_done=$(now_ns)
+      break
+    fi
+    [[ $(now_ns) -lt $deadline ]] || die "$name: cursor at $cur after ${TIMEOUT_SECS}s, head $head"
+    sleep 0.1
+  done
+  run_secs=$(secs "$t0" "$t_done")
+  tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
+  run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
+  echo "$run_metrics" >"$logs/metrics-$name.txt"
+  run_hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$tgt_pid/status")
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    perf_pid=""
+  fi
+  local pid=$tgt_pid status=0
+  tgt_pid=""
+  stop_pid "$pid" || status=$?
+  [[ $status -eq 0 ]] || die "target_service exited with $status after SIGTERM ($name)"
+}
+
+target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}"
+
+# 3. Catch-up into an empty database.
+run_target catch-up "$head0"
+catch_rate=$(rate "$head0" "$run_secs")
+catch_peak=$run_peak_kib catch_hwm=$run_hwm_kib
+synced=$(metric "$run_metrics" profiles_synced_total)
+skipped=$(metric "$run_metrics" profiles_skipped_total)
+stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
+inactive=$(metric "$run_metrics" 'profiles_rejected_total{reason="inactive_status"}')
+echo "bench: catch-up: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); $head0 changes from cursor 0 to the head in $run_secs s from process start; $target_settings; synced $synced, stale $stale, inactive $inactive, skipped in all $skipped)"
+if [[ -n $raw_empty_rate ]]; then
+  ratio=$(awk -v a="$catch_rate" -v b="$raw_empty_rate" 'BEGIN { printf "%.2f", a / b }')
+  echo "bench: catch-up vs raw: $ratio of the raw empty-table rate (target >= 0.7: $(verdict "$ratio" '>=' 0.7); $catch_rate / $raw_empty_rate rows/s)"
+fi
+
+# 4. Replay of the whole log: every change is stale.
+psql "$e2e_url" -w -X -q -v ON_ERROR_STOP=1 -c 'UPDATE sync_state SET cursor = 0'
+head1=$(source_head)
+run_target replay "$head1"
+replay_rate=$(rate "$head1" "$run_secs")
+replay_peak=$run_peak_kib replay_hwm=$run_hwm_kib
+synced=$(metric "$run_metrics" profiles_synced_total)
+stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
+skipped=$(metric "$run_metrics" profiles_skipped_total)
+echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all already stored; synced $synced, stale $stale, skipped in all $skipped)"
+
+# 5. Memory.
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+peak=$(printf '%s\n' "$catch_peak" "$catch_hwm" "$replay_peak" "$replay_hwm" | sort -n | tail -n 1)
+peak_mib=$(mib "$peak")
+echo "bench: target peak RSS: $peak_mib MiB (target < 100 MiB: $(verdict "$peak_mib" '<' 100); catch-up VmHWM $(mib "$catch_hwm") MiB, max sampled VmRSS $(mib "$catch_peak") MiB; replay VmHWM $(mib "$replay_hwm") MiB, max sampled VmRSS $(mib "$replay_peak") MiB)"
