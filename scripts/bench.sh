@@ -8,8 +8,10 @@ set -euo pipefail
 #   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
-#   BENCH_PERF         1: record `perf record -g` of target_service during the
+#   BENCH_PERF         1: `perf record -a -g` (whole machine) during the
 #                      catch-up and the replay (target/bench/perf-*.data)
+#   BENCH_PG_STATS     1: load pg_stat_statements and save the top statements
+#                      of each target run (target/bench/pgss-*.txt)
 #   BENCH_TIMEOUT_SECS give up on a catch-up or replay after this long (1800)
 # Everything runs on a throwaway PostgreSQL cluster and on free ports; logs go
 # to target/bench/. Every process started here is stopped on exit.
@@ -76,6 +78,23 @@ verdict() { # verdict VALUE OP LIMIT -> "met" or "MISSED"
     print ok ? "met" : "MISSED" }'
 }
 
+# CPU time in clock ticks: of one process (all its threads), of every
+# postgres process (with its reaped children: backends that ended), and of
+# the whole machine (busy and idle).
+clk_tck=$(getconf CLK_TCK)
+pid_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+postgres_ticks() {
+  local f line sum=0
+  for f in /proc/[0-9]*/stat; do
+    line=$(cat "$f" 2>/dev/null) || continue
+    [[ $line == *" (postgres) "* ]] || continue
+    sum=$((sum + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' <<<"$line")))
+  done
+  echo "$sum"
+}
+idle_ticks() { awk '$1 == "cpu" { print $5 + $6 }' /proc/stat; }
+ticks_s() { awk -v t="$1" -v c="$clk_tck" 'BEGIN { printf "%.1f", t / c }'; }
+
 # ---------------------------------------------------------------- machine
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 mem_gib=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
@@ -83,6 +102,7 @@ echo "bench: machine: $(nproc) cpus ($cpu, ${mem_gib} GiB RAM, $(uname -sr))"
 
 # ---------------------------------------------------------------- source's own figures
 if [[ ${BENCH_SKIP_SOURCE:-0} != 1 ]]; then
+  # It pages and loads its own source_service; nothing else runs meanwhile.
   scripts/bench-source.sh 2>"$logs/bench-source.stderr" | sed -u 's/^/bench: source: /' ||
     die "scripts/bench-source.sh failed; see $logs/bench-source.stderr"
 fi
@@ -93,6 +113,10 @@ cargo build --release -q -p source_service -p target_service --bin source_servic
 # ---------------------------------------------------------------- PostgreSQL
 pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
+  psql_admin -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+  pg_throwaway_restart_server >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
+fi
 pg_version=$(psql_admin -c 'SHOW server_version')
 pg_conf=$(psql_admin -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'full_page_writes')")
 echo "bench: postgresql: $pg_version (throwaway cluster on 127.0.0.1:$PG_THROWAWAY_PORT; $pg_conf)"
@@ -214,16 +238,20 @@ metric() { # metric TEXT NAME -> value (0 when absent)
 run_target() {
   local name=$1 head=$2 log t0 t_done="" rss cur deadline
   log=$logs/target-$name.log
-  local tgt_addr=""
+  local tgt_addr="" pg0 idle0 src0
   run_peak_kib=0 run_hwm_kib=0
   psql "$e2e_url" -w -X -q -c CHECKPOINT
+  if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
+    PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' >/dev/null
+  fi
+  pg0=$(postgres_ticks) idle0=$(idle_ticks) src0=$(pid_ticks "$src_pid")
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
   (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
     METRICS_ADDR=127.0.0.1:0 LOG_LEVEL=info "${target_extra_env[@]}" "$bin/target_service") 2>"$log" &
   tgt_pid=$!
   if [[ ${BENCH_PERF:-0} == 1 ]]; then
-    perf record -g -F 499 -p "$tgt_pid" -o "$logs/perf-$name.data" >"$logs/perf-$name.out" 2>&1 &
+    perf record -a -g -F 499 -o "$logs/perf-$name.data" >"$logs/perf-$name.out" 2>&1 &
     perf_pid=$!
   fi
   deadline=$((t0 + TIMEOUT_SECS * 1000000000))
@@ -240,6 +268,18 @@ run_target() {
     sleep 0.1
   done
   run_secs=$(secs "$t0" "$t_done")
+  local tgt_s pg_s src_s idle_s
+  tgt_s=$(ticks_s "$(pid_ticks "$tgt_pid")")
+  pg_s=$(ticks_s $(($(postgres_ticks) - pg0)))
+  src_s=$(ticks_s $(($(pid_ticks "$src_pid") - src0)))
+  idle_s=$(ticks_s $(($(idle_ticks) - idle0)))
+  echo "bench: $name cpu: target_service $tgt_s s, postgres $pg_s s, source_service $src_s s, idle $idle_s s (of $(nproc) cpus x $run_secs s wall)"
+  if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
+    psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
+      "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
+              shared_blks_hit + shared_blks_read AS blks, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
+  fi
   tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
   run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
   echo "$run_metrics" >"$logs/metrics-$name.txt"
