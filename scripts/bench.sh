@@ -115,7 +115,7 @@ pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
 if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
   psql_admin -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
-  pg_throwaway_restart_server >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
+  pg_throwaway_restart_server fast >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
 fi
 pg_version=$(psql_admin -c 'SHOW server_version')
 pg_conf=$(psql_admin -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'full_page_writes')")
