@@ -93,6 +93,7 @@ postgres_ticks() {
   echo "$sum"
 }
 idle_ticks() { awk '$1 == "cpu" { print $5 + $6 }' /proc/stat; }
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 ticks_s() { awk -v t="$1" -v c="$clk_tck" 'BEGIN { printf "%.1f", t / c }'; }
 
 # ---------------------------------------------------------------- machine
@@ -228,23 +229,33 @@ e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" "$e2e_db")
 db_cursor() {
   psql "$e2e_url" -w -X -q -t -A -c "SELECT coalesce(max(cursor), 0) FROM sync_state" 2>/dev/null || echo 0
 }
+# The target's sync_cursor gauge is set right after the cursor's UPDATE
+# commits, so polling it is polling sync_state.cursor without a PostgreSQL
+# connection (and a backend start-up) every 100 ms; the stored value is
+# checked once at the end.
+metrics_cursor() {
+  local text=""
+  [[ -z $1 ]] || text=$(curl -fsS --max-time 1 "http://$1/metrics" 2>/dev/null) || text=""
+  awk '$1 == "sync_cursor" { v = $2 } END { printf "%.0f", v + 0 }' <<<"$text"
+}
 metric() { # metric TEXT NAME -> value (0 when absent)
   awk -v n="$2" '$1 == n { v = $2 } END { printf "%.0f", v + 0 }' <<<"$1"
 }
 
 # run_target NAME HEAD: starts the target, waits until the stored cursor
 # reaches HEAD, sampling VmRSS every 100 ms; stops it (it must exit 0).
-# Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics.
+# Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics
+# and $run_cpu (a line saying where the CPU time went).
 run_target() {
   local name=$1 head=$2 log t0 t_done="" rss cur deadline
   log=$logs/target-$name.log
-  local tgt_addr="" pg0 idle0 src0
+  local tgt_addr="" pg0 idle0 busy0 src0
   run_peak_kib=0 run_hwm_kib=0
   psql "$e2e_url" -w -X -q -c CHECKPOINT
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' >/dev/null
   fi
-  pg0=$(postgres_ticks) idle0=$(idle_ticks) src0=$(pid_ticks "$src_pid")
+  pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) src0=$(pid_ticks "$src_pid")
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
   (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
@@ -259,7 +270,9 @@ run_target() {
     kill -0 "$tgt_pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "target_service exited during $name"; }
     rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$tgt_pid/status" 2>/dev/null || echo 0)
     [[ ${rss:-0} -gt $run_peak_kib ]] && run_peak_kib=$rss
-    cur=$(db_cursor)
+    [[ -n $tgt_addr ]] ||
+      tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
+    cur=$(metrics_cursor "$tgt_addr")
     if [[ $cur =~ ^[0-9]+$ ]] && [[ $cur -ge $head ]]; then
       t_done=$(now_ns)
       break
@@ -268,19 +281,21 @@ run_target() {
     sleep 0.1
   done
   run_secs=$(secs "$t0" "$t_done")
-  local tgt_s pg_s src_s idle_s
-  tgt_s=$(ticks_s "$(pid_ticks "$tgt_pid")")
-  pg_s=$(ticks_s $(($(postgres_ticks) - pg0)))
-  src_s=$(ticks_s $(($(pid_ticks "$src_pid") - src0)))
-  idle_s=$(ticks_s $(($(idle_ticks) - idle0)))
-  echo "bench: $name cpu: target_service $tgt_s s, postgres $pg_s s, source_service $src_s s, idle $idle_s s (of $(nproc) cpus x $run_secs s wall)"
+  local tgt_t pg_t src_t idle_t other_t stored
+  tgt_t=$(pid_ticks "$tgt_pid")
+  pg_t=$(($(postgres_ticks) - pg0))
+  src_t=$(($(pid_ticks "$src_pid") - src0))
+  idle_t=$(($(idle_ticks) - idle0))
+  other_t=$(($(busy_ticks) - busy0 - tgt_t - pg_t - src_t))
+  stored=$(db_cursor)
+  [[ $stored -ge $head ]] || die "$name: sync_cursor says $cur but sync_state.cursor is $stored"
+  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall)"
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
       "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
               shared_blks_hit + shared_blks_read AS blks, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
   fi
-  tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
   run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
   echo "$run_metrics" >"$logs/metrics-$name.txt"
   run_hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$tgt_pid/status")
@@ -310,6 +325,7 @@ if [[ -n $raw_empty_rate ]]; then
   ratio=$(awk -v a="$catch_rate" -v b="$raw_empty_rate" 'BEGIN { printf "%.2f", a / b }')
   echo "bench: catch-up vs raw: $ratio of the raw empty-table rate (target >= 0.7: $(verdict "$ratio" '>=' 0.7); $catch_rate / $raw_empty_rate rows/s)"
 fi
+echo "$run_cpu"
 
 # 4. Replay of the whole log: every change is stale.
 psql "$e2e_url" -w -X -q -v ON_ERROR_STOP=1 -c 'UPDATE sync_state SET cursor = 0'
@@ -321,6 +337,7 @@ synced=$(metric "$run_metrics" profiles_synced_total)
 stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
 skipped=$(metric "$run_metrics" profiles_skipped_total)
 echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all already stored; synced $synced, stale $stale, skipped in all $skipped)"
+echo "$run_cpu"
 
 # 5. Memory.
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
