@@ -13,6 +13,10 @@ set -euo pipefail
 #   BENCH_PG_STATS     1: load pg_stat_statements and save the top statements
 #                      of each target run (target/bench/pgss-*.txt)
 #   BENCH_TIMEOUT_SECS give up on a catch-up or replay after this long (1800)
+#   BENCH_QUIET_SECS   before each timed step, wait up to this long (120) for
+#                      a second in which the machine is at least 90% idle, so
+#                      other work on a shared machine skews the figures less;
+#                      0 does not wait. Each step's CPU line shows what else ran.
 # Everything runs on a throwaway PostgreSQL cluster and on free ports; logs go
 # to target/bench/. Every process started here is stopped on exit.
 
@@ -78,28 +82,48 @@ verdict() { # verdict VALUE OP LIMIT -> "met" or "MISSED"
     print ok ? "met" : "MISSED" }'
 }
 
-# CPU time in clock ticks: of one process (all its threads), of every
-# postgres process (with its reaped children: backends that ended), and of
-# the whole machine (busy and idle).
+# CPU time in clock ticks: of one process (all its threads), of the
+# throwaway cluster (with its reaped children: backends that ended), and of
+# the whole machine (busy, idle, and stolen by the hypervisor). Other work on
+# the machine (another checkout's tests, say) shows as "anything else".
 clk_tck=$(getconf CLK_TCK)
 pid_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-postgres_ticks() {
-  local f line sum=0
-  for f in /proc/[0-9]*/stat; do
-    line=$(cat "$f" 2>/dev/null) || continue
-    [[ $line == *" (postgres) "* ]] || continue
-    sum=$((sum + $(awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' <<<"$line")))
-  done
-  echo "$sum"
+postgres_ticks() { # of our throwaway cluster only: its postmaster and children
+  local pm
+  pm=$(head -n 1 "$PG_THROWAWAY_DATA/postmaster.pid")
+  # One line per process; a process that ends meanwhile is skipped by cat.
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{
+      pid = $1; sub(/^.*\) /, "")
+      if (pid == pm || $2 == pm) sum += $12 + $13 + $14 + $15
+    } END { print sum + 0 }'
 }
 idle_ticks() { awk '$1 == "cpu" { print $5 + $6 }' /proc/stat; }
-busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+steal_ticks() { awk '$1 == "cpu" { print $9 }' /proc/stat; }
+# Waits (up to BENCH_QUIET_SECS) for a second with the machine >= 90% idle.
+wait_quiet() {
+  local limit=${BENCH_QUIET_SECS:-120} waited=0 b0 i0 pct
+  while :; do
+    b0=$(busy_ticks) i0=$(idle_ticks)
+    sleep 1
+    pct=$(awk -v b="$(($(busy_ticks) - b0))" -v i="$(($(idle_ticks) - i0))" 'BEGIN { printf "%.0f", 100 * i / (b + i + 1e-9) }')
+    [[ $pct -ge 90 ]] && return 0
+    waited=$((waited + 1))
+    if [[ $waited -ge $limit ]]; then
+      echo "bench: the machine is still busy ($pct% idle) after ${limit}s; measuring anyway" >&2
+      return 0
+    fi
+  done
+}
 ticks_s() { awk -v t="$1" -v c="$clk_tck" 'BEGIN { printf "%.1f", t / c }'; }
 
 # ---------------------------------------------------------------- machine
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 mem_gib=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
-echo "bench: machine: $(nproc) cpus ($cpu, ${mem_gib} GiB RAM, $(uname -sr))"
+b0=$(busy_ticks) i0=$(idle_ticks)
+sleep 1
+quiet=$(awk -v b="$(($(busy_ticks) - b0))" -v i="$(($(idle_ticks) - i0))" 'BEGIN { printf "%.0f", 100 * i / (b + i) }')
+echo "bench: machine: $(nproc) cpus ($cpu, ${mem_gib} GiB RAM, $(uname -sr); ${quiet}% idle in the second before the run, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 
 # ---------------------------------------------------------------- source's own figures
 if [[ ${BENCH_SKIP_SOURCE:-0} != 1 ]]; then
@@ -201,18 +225,22 @@ COMMIT;
 SQL
   # run_raw NAME: times raw.sql, prints its line, sets $raw_rate.
   run_raw() {
-    local name=$1 t0 t1 s out copy_ms insert_ms inserted
+    local name=$1 t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t
     psql "$raw_url" -w -X -q -c CHECKPOINT
+    wait_quiet
+    pg0=$(postgres_ticks) busy0=$(busy_ticks)
     t0=$(now_ns)
     out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$logs/raw.sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
     t1=$(now_ns)
+    pg_t=$(($(postgres_ticks) - pg0))
+    other_t=$(($(busy_ticks) - busy0 - pg_t))
     echo "$out" >"$logs/raw-$name.out"
     s=$(secs "$t0" "$t1")
     raw_rate=$(rate "$raw_rows" "$s")
     copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
     insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
     inserted=$(awk '/^INSERT/ { print $3 }' <<<"$out")
-    echo "bench: raw $name: $raw_rate rows/s ($raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written)"
+    echo "bench: raw $name: $raw_rate rows/s ($raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
   }
   run_raw empty-table
   raw_empty_rate=$raw_rate
@@ -249,13 +277,14 @@ metric() { # metric TEXT NAME -> value (0 when absent)
 run_target() {
   local name=$1 head=$2 log t0 t_done="" rss cur deadline
   log=$logs/target-$name.log
-  local tgt_addr="" pg0 idle0 busy0 src0
+  local tgt_addr="" pg0 idle0 busy0 steal0 src0
   run_peak_kib=0 run_hwm_kib=0
   psql "$e2e_url" -w -X -q -c CHECKPOINT
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' >/dev/null
   fi
-  pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) src0=$(pid_ticks "$src_pid")
+  wait_quiet
+  pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$src_pid")
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
   (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
@@ -281,15 +310,16 @@ run_target() {
     sleep 0.1
   done
   run_secs=$(secs "$t0" "$t_done")
-  local tgt_t pg_t src_t idle_t other_t stored
+  local tgt_t pg_t src_t idle_t other_t steal_t stored
   tgt_t=$(pid_ticks "$tgt_pid")
   pg_t=$(($(postgres_ticks) - pg0))
   src_t=$(($(pid_ticks "$src_pid") - src0))
   idle_t=$(($(idle_ticks) - idle0))
   other_t=$(($(busy_ticks) - busy0 - tgt_t - pg_t - src_t))
+  steal_t=$(($(steal_ticks) - steal0))
   stored=$(db_cursor)
   [[ $stored -ge $head ]] || die "$name: sync_cursor says $cur but sync_state.cursor is $stored"
-  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall)"
+  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall)"
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
       "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
