@@ -8,6 +8,9 @@ set -euo pipefail
 #   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
+#   BENCH_DB_SETTINGS  NAME=VALUE words set on the target's database (ALTER
+#                      DATABASE ... SET), e.g. "random_page_cost=1.1", to see
+#                      how the target's queries react to planner settings
 #   BENCH_PERF         1: `perf record -a -g` (whole machine) during the
 #                      catch-up and the replay (target/bench/perf-*.data)
 #   BENCH_PG_STATS     1: load pg_stat_statements and save the top statements
@@ -254,6 +257,10 @@ fi
 e2e_db=bench_e2e
 pg_create_database "$PG_ADMIN_URL" "$e2e_db"
 e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" "$e2e_db")
+read -r -a db_settings <<<"${BENCH_DB_SETTINGS:-}"
+for setting in "${db_settings[@]}"; do
+  psql_admin -c "ALTER DATABASE $e2e_db SET ${setting%%=*} = '${setting#*=}'"
+done
 db_cursor() {
   psql "$e2e_url" -w -X -q -t -A -c "SELECT coalesce(max(cursor), 0) FROM sync_state" 2>/dev/null || echo 0
 }
@@ -340,7 +347,7 @@ run_target() {
   [[ $status -eq 0 ]] || die "target_service exited with $status after SIGTERM ($name)"
 }
 
-target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}"
+target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_DB_SETTINGS:+; database: $BENCH_DB_SETTINGS}"
 
 # 3. Catch-up into an empty database.
 run_target catch-up "$head0"
