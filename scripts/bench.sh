@@ -264,15 +264,6 @@ done
 db_cursor() {
   psql "$e2e_url" -w -X -q -t -A -c "SELECT coalesce(max(cursor), 0) FROM sync_state" 2>/dev/null || echo 0
 }
-# The target's sync_cursor gauge is set right after the cursor's UPDATE
-# commits, so polling it is polling sync_state.cursor without a PostgreSQL
-# connection (and a backend start-up) every 100 ms; the stored value is
-# checked once at the end.
-metrics_cursor() {
-  local text=""
-  [[ -z $1 ]] || text=$(curl -fsS --max-time 1 "http://$1/metrics" 2>/dev/null) || text=""
-  awk '$1 == "sync_cursor" { v = $2 } END { printf "%.0f", v + 0 }' <<<"$text"
-}
 metric() { # metric TEXT NAME -> value (0 when absent)
   awk -v n="$2" '$1 == n { v = $2 } END { printf "%.0f", v + 0 }' <<<"$1"
 }
@@ -282,7 +273,7 @@ metric() { # metric TEXT NAME -> value (0 when absent)
 # Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics
 # and $run_cpu (a line saying where the CPU time went).
 run_target() {
-  local name=$1 head=$2 log t0 t_done="" rss cur deadline
+  local name=$1 head=$2 log t0 t_done=""
   log=$logs/target-$name.log
   local tgt_addr="" pg0 idle0 busy0 steal0 src0
   run_peak_kib=0 run_hwm_kib=0
@@ -301,21 +292,50 @@ run_target() {
     perf record -a -g -F 499 -o "$logs/perf-$name.data" >"$logs/perf-$name.out" 2>&1 &
     perf_pid=$!
   fi
-  deadline=$((t0 + TIMEOUT_SECS * 1000000000))
-  while :; do
-    kill -0 "$tgt_pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "target_service exited during $name"; }
-    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$tgt_pid/status" 2>/dev/null || echo 0)
-    [[ ${rss:-0} -gt $run_peak_kib ]] && run_peak_kib=$rss
-    [[ -n $tgt_addr ]] ||
-      tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
-    cur=$(metrics_cursor "$tgt_addr")
-    if [[ $cur =~ ^[0-9]+$ ]] && [[ $cur -ge $head ]]; then
-      t_done=$(now_ns)
-      break
-    fi
-    [[ $(now_ns) -lt $deadline ]] || die "$name: cursor at $cur after ${TIMEOUT_SECS}s, head $head"
-    sleep 0.1
-  done
+  # One python3 process polls (a shell loop forks ~10 processes per 100 ms,
+  # a few percent of two cores): VmRSS of the target and its sync_cursor
+  # gauge every 100 ms, until the cursor reaches the head. The gauge is set
+  # right after the cursor's UPDATE commits; sync_state.cursor itself is
+  # checked once at the end.
+  local poll
+  poll=$(python3 - "$tgt_pid" "$log" "$head" "$((t0 + TIMEOUT_SECS * 1000000000))" <<'PY'
+import re, sys, time, urllib.request
+pid, log, head, deadline = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+addr, peak, cursor = None, 0, 0
+while True:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    peak = max(peak, int(line.split()[1]))
+    except OSError:
+        print("exited", cursor, peak); sys.exit(0)
+    if addr is None:
+        with open(log, errors="replace") as f:
+            m = re.search(r"metrics and health on http://([^ ;]+)", f.read())
+            addr = m and m.group(1)
+    if addr:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/metrics", timeout=1) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("sync_cursor "):
+                        cursor = int(float(line.split()[1]))
+        except OSError:
+            pass
+    if cursor >= head:
+        print("done", time.time_ns(), peak); sys.exit(0)
+    if time.time_ns() > deadline:
+        print("timeout", cursor, peak); sys.exit(0)
+    time.sleep(0.1)
+PY
+)
+  local outcome value
+  read -r outcome value run_peak_kib <<<"$poll"
+  case $outcome in
+    done) t_done=$value ;;
+    exited) tail -n 20 "$log" >&2; die "target_service exited during $name (cursor at $value)" ;;
+    *) die "$name: cursor at $value after ${TIMEOUT_SECS}s, head $head" ;;
+  esac
   run_secs=$(secs "$t0" "$t_done")
   local tgt_t pg_t src_t idle_t other_t steal_t stored
   tgt_t=$(pid_ticks "$tgt_pid")
@@ -325,7 +345,7 @@ run_target() {
   other_t=$(($(busy_ticks) - busy0 - tgt_t - pg_t - src_t))
   steal_t=$(($(steal_ticks) - steal0))
   stored=$(db_cursor)
-  [[ $stored -ge $head ]] || die "$name: sync_cursor says $cur but sync_state.cursor is $stored"
+  [[ $stored -ge $head ]] || die "$name: sync_cursor reached $head but sync_state.cursor is $stored"
   run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall)"
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
@@ -333,6 +353,7 @@ run_target() {
               shared_blks_hit + shared_blks_read AS blks, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
        FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
   fi
+  tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
   run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
   echo "$run_metrics" >"$logs/metrics-$name.txt"
   run_hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$tgt_pid/status")
