@@ -226,9 +226,9 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE u.last_updated_at < excluded.last_updated_at;
 COMMIT;
 SQL
-  # run_raw NAME: times raw.sql, prints its line, sets $raw_rate.
+  # run_raw NAME REFERENCE: times raw.sql, prints its line, sets $raw_rate.
   run_raw() {
-    local name=$1 t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t
+    local name=$1 reference=$2 t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t
     psql "$raw_url" -w -X -q -c CHECKPOINT
     wait_quiet
     pg0=$(postgres_ticks) busy0=$(busy_ticks)
@@ -243,11 +243,11 @@ SQL
     copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
     insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
     inserted=$(awk '/^INSERT/ { print $3 }' <<<"$out")
-    echo "bench: raw $name: $raw_rate rows/s ($raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
+    echo "bench: raw $name: $raw_rate rows/s (earlier reference on this machine about $reference; $raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
   }
-  run_raw empty-table
+  run_raw empty-table 52000
   raw_empty_rate=$raw_rate
-  run_raw all-stale
+  run_raw all-stale 110000
   users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
   echo "bench: raw: distinct ids: $users (users rows after both runs)"
   psql_admin -c "DROP DATABASE $raw_db"
@@ -394,7 +394,7 @@ replay_peak=$run_peak_kib replay_hwm=$run_hwm_kib
 synced=$(metric "$run_metrics" profiles_synced_total)
 stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
 skipped=$(metric "$run_metrics" profiles_skipped_total)
-echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all already stored; synced $synced, stale $stale, skipped in all $skipped)"
+echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all stored by the catch-up but the $((head1 - head0)) its last fetch made the source generate; synced $synced, stale $stale, skipped in all $skipped)"
 echo "$run_cpu"
 
 # 5. Memory.
