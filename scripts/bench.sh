@@ -1,0 +1,404 @@
+#!/usr/bin/env bash
+# Usage: scripts/bench.sh — builds release and prints one "bench: <name>: <value> <unit> (<context>)" line per figure: machine, source, raw PostgreSQL ceiling, target catch-up and replay, target RSS.
+set -euo pipefail
+
+# Environment (all optional):
+#   BENCH_PROFILES     changes preloaded into the source (default 1000000)
+#   BENCH_SKIP_SOURCE  1: skip scripts/bench-source.sh (the source's own figures)
+#   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
+#   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
+#                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
+#   BENCH_DB_SETTINGS  NAME=VALUE words set on the target's database (ALTER
+#                      DATABASE ... SET), e.g. "random_page_cost=1.1", to see
+#                      how the target's queries react to planner settings
+#   BENCH_PERF         1: `perf record -a -g` (whole machine) during the
+#                      catch-up and the replay (target/bench/perf-*.data)
+#   BENCH_PG_STATS     1: load pg_stat_statements and save the top statements
+#                      of each target run (target/bench/pgss-*.txt)
+#   BENCH_TIMEOUT_SECS give up on a catch-up or replay after this long (1800)
+#   BENCH_QUIET_SECS   before each timed step, wait up to this long (120) for
+#                      a second in which the machine is at least 90% idle, so
+#                      other work on a shared machine skews the figures less;
+#                      0 does not wait. Each step's CPU line shows what else ran.
+# Everything runs on a throwaway PostgreSQL cluster and on free ports; logs go
+# to target/bench/. Every process started here is stopped on exit.
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+# shellcheck source=scripts/lib/pg.sh
+source scripts/lib/pg.sh
+
+PROFILES=${BENCH_PROFILES:-1000000}
+TIMEOUT_SECS=${BENCH_TIMEOUT_SECS:-1800}
+read -r -a target_extra_env <<<"${BENCH_TARGET_ENV:-}"
+
+logs=$CARGO_TARGET_DIR/bench
+rm -rf "$logs"
+mkdir -p "$logs"
+bin=$CARGO_TARGET_DIR/release
+
+src_pid="" tgt_pid="" perf_pid=""
+
+# Stops one process we started: SIGTERM, up to 20 s, then SIGKILL.
+# Returns the process's exit status.
+stop_pid() {
+  local pid=$1 waited=0 status=0
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [[ $waited -lt 200 ]]; do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "bench: pid $pid did not stop within 20 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || status=$?
+  return "$status"
+}
+
+# shellcheck disable=SC2317 # reached through the EXIT trap
+cleanup() {
+  trap - INT TERM HUP
+  stop_pid "$perf_pid" || true
+  stop_pid "$tgt_pid" || true
+  stop_pid "$src_pid" || true
+  pg_stop_throwaway
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+die() {
+  echo "bench: $*" >&2
+  exit 1
+}
+
+now_ns() { date +%s%N; }
+# seconds between two now_ns values, 3 decimals
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'; }
+verdict() { # verdict VALUE OP LIMIT -> "met" or "MISSED"
+  awk -v v="$1" -v op="$2" -v l="$3" 'BEGIN {
+    ok = (op == ">=") ? v >= l : (op == "<") ? v < l : 0
+    print ok ? "met" : "MISSED" }'
+}
+
+# CPU time in clock ticks: of one process (all its threads), of the
+# throwaway cluster (with its reaped children: backends that ended), and of
+# the whole machine (busy, idle, and stolen by the hypervisor). Other work on
+# the machine (another checkout's tests, say) shows as "anything else".
+clk_tck=$(getconf CLK_TCK)
+pid_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+postgres_ticks() { # of our throwaway cluster only: its postmaster and children
+  local pm
+  pm=$(head -n 1 "$PG_THROWAWAY_DATA/postmaster.pid")
+  # One line per process; a process that ends meanwhile is skipped by cat.
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{
+      pid = $1; sub(/^.*\) /, "")
+      if (pid == pm || $2 == pm) sum += $12 + $13 + $14 + $15
+    } END { print sum + 0 }'
+}
+idle_ticks() { awk '$1 == "cpu" { print $5 + $6 }' /proc/stat; }
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+steal_ticks() { awk '$1 == "cpu" { print $9 }' /proc/stat; }
+# Waits (up to BENCH_QUIET_SECS) for a second with the machine >= 90% idle.
+wait_quiet() {
+  local limit=${BENCH_QUIET_SECS:-120} waited=0 b0 i0 pct
+  while :; do
+    b0=$(busy_ticks) i0=$(idle_ticks)
+    sleep 1
+    pct=$(awk -v b="$(($(busy_ticks) - b0))" -v i="$(($(idle_ticks) - i0))" 'BEGIN { printf "%.0f", 100 * i / (b + i + 1e-9) }')
+    [[ $pct -ge 90 ]] && return 0
+    waited=$((waited + 1))
+    if [[ $waited -ge $limit ]]; then
+      echo "bench: the machine is still busy ($pct% idle) after ${limit}s; measuring anyway" >&2
+      return 0
+    fi
+  done
+}
+ticks_s() { awk -v t="$1" -v c="$clk_tck" 'BEGIN { printf "%.1f", t / c }'; }
+
+# ---------------------------------------------------------------- machine
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+mem_gib=$(awk '/^MemTotal:/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)
+b0=$(busy_ticks) i0=$(idle_ticks)
+sleep 1
+quiet=$(awk -v b="$(($(busy_ticks) - b0))" -v i="$(($(idle_ticks) - i0))" 'BEGIN { printf "%.0f", 100 * i / (b + i) }')
+echo "bench: machine: $(nproc) cpus ($cpu, ${mem_gib} GiB RAM, $(uname -sr); ${quiet}% idle in the second before the run, load average $(cut -d' ' -f1-3 /proc/loadavg))"
+
+# ---------------------------------------------------------------- source's own figures
+if [[ ${BENCH_SKIP_SOURCE:-0} != 1 ]]; then
+  # It pages and loads its own source_service; nothing else runs meanwhile.
+  scripts/bench-source.sh 2>"$logs/bench-source.stderr" | sed -u 's/^/bench: source: /' ||
+    die "scripts/bench-source.sh failed; see $logs/bench-source.stderr"
+fi
+
+# ---------------------------------------------------------------- build
+cargo build --release -q -p source_service -p target_service --bin source_service --bin target_service
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
+psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
+  psql_admin -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
+  pg_throwaway_restart_server fast >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
+fi
+pg_version=$(psql_admin -c 'SHOW server_version')
+pg_conf=$(psql_admin -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'full_page_writes')")
+echo "bench: postgresql: $pg_version (throwaway cluster on 127.0.0.1:$PG_THROWAWAY_PORT; $pg_conf)"
+
+# ---------------------------------------------------------------- source with the data set
+# The log keeps twice the preload so that the changes the target's idle rounds
+# generate never push the first ones out: the replay starts from 0 again.
+src_log=$logs/source.log
+env SOURCE_ADDR=127.0.0.1:0 SOURCE_PRELOAD="$PROFILES" SOURCE_INVALID_RATE=0 SOURCE_SEED=7 \
+  SOURCE_LOG_CAPACITY=$((PROFILES * 2)) LOG_LEVEL=info "$bin/source_service" 2>"$src_log" &
+src_pid=$!
+src_addr=""
+for _ in $(seq 1 600); do
+  kill -0 "$src_pid" 2>/dev/null || { cat "$src_log" >&2; die "source_service exited early"; }
+  src_addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$src_log" | head -n 1)
+  [[ -n $src_addr ]] && curl -fsS -o /dev/null "http://$src_addr/healthz" 2>/dev/null && break
+  src_addr=""
+  sleep 0.1
+done
+[[ -n $src_addr ]] || die "source_service did not become healthy"
+src_url="http://$src_addr/users/changes"
+
+# The head, without making the source generate anything (there are changes
+# after 0, so it just answers one).
+source_head() {
+  curl -fsS -o /dev/null -D - "$src_url?since=0&limit=1" |
+    tr -d '\r' | sed -n 's/^[Xx]-[Hh]ead-[Cc]ursor: *//p'
+}
+head0=$(source_head)
+[[ $head0 =~ ^[0-9]+$ ]] || die "no X-Head-Cursor from the source"
+
+# ---------------------------------------------------------------- raw ceiling
+raw_empty_rate=""
+if [[ ${BENCH_SKIP_RAW:-0} != 1 ]]; then
+  tsv=$logs/profiles.tsv
+  # Pages the whole log (limit 10000) into COPY text format.
+  python3 - "$src_url" "$tsv" >"$logs/page.out" <<'PY'
+import json, sys, time, urllib.request
+url, out = sys.argv[1], sys.argv[2]
+def esc(s):
+    return s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+since, rows, started = 0, 0, time.monotonic()
+with open(out, "w", encoding="utf-8") as f:
+    while True:
+        with urllib.request.urlopen(f"{url}?since={since}&limit=10000") as r:
+            nxt, head = int(r.headers["X-Next-Cursor"]), int(r.headers["X-Head-Cursor"])
+            page = json.load(r)
+        for p in page:
+            f.write("\t".join(esc(p[k]) for k in ("id", "name", "email", "mobile", "status", "last_updated_at")))
+            f.write("\n")
+        rows += len(page)
+        since = nxt
+        if nxt >= head:
+            break
+print(rows, since, round(time.monotonic() - started, 3))
+PY
+  read -r raw_rows raw_head page_secs <"$logs/page.out"
+  [[ $raw_head == "$head0" && $raw_rows == "$head0" ]] ||
+    die "paged $raw_rows rows up to $raw_head, expected $head0"
+  echo "bench: raw: paged to TSV: $raw_rows profiles in ${page_secs} s (python3, limit 10000; not part of the rates below)"
+
+  raw_db=bench_raw
+  pg_create_database "$PG_ADMIN_URL" "$raw_db"
+  raw_url=$(pg_url_with_db "$PG_ADMIN_URL" "$raw_db")
+  psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
+  # One transaction: COPY into a temporary table, newest change per id, one
+  # set-based upsert that only overwrites older rows.
+  cat >"$logs/raw.sql" <<SQL
+\\timing on
+BEGIN;
+CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz) ON COMMIT DROP;
+\\copy tmp FROM '$tsv'
+INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message)
+SELECT DISTINCT ON (id) id, name, email, mobile, status, last_updated_at, 'synced', 'created'
+FROM tmp ORDER BY id, last_updated_at DESC
+ON CONFLICT (id) DO UPDATE SET
+  name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status,
+  last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated'
+WHERE u.last_updated_at < excluded.last_updated_at;
+COMMIT;
+SQL
+  # run_raw NAME REFERENCE: times raw.sql, prints its line, sets $raw_rate.
+  run_raw() {
+    local name=$1 reference=$2 t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t
+    psql "$raw_url" -w -X -q -c CHECKPOINT
+    wait_quiet
+    pg0=$(postgres_ticks) busy0=$(busy_ticks)
+    t0=$(now_ns)
+    out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$logs/raw.sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
+    t1=$(now_ns)
+    pg_t=$(($(postgres_ticks) - pg0))
+    other_t=$(($(busy_ticks) - busy0 - pg_t))
+    echo "$out" >"$logs/raw-$name.out"
+    s=$(secs "$t0" "$t1")
+    raw_rate=$(rate "$raw_rows" "$s")
+    copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
+    insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
+    inserted=$(awk '/^INSERT/ { print $3 }' <<<"$out")
+    echo "bench: raw $name: $raw_rate rows/s (earlier reference on this machine about $reference; $raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
+  }
+  run_raw empty-table 52000
+  raw_empty_rate=$raw_rate
+  run_raw all-stale 110000
+  users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
+  echo "bench: raw: distinct ids: $users (users rows after both runs)"
+  psql_admin -c "DROP DATABASE $raw_db"
+fi
+
+# ---------------------------------------------------------------- target_service
+e2e_db=bench_e2e
+pg_create_database "$PG_ADMIN_URL" "$e2e_db"
+e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" "$e2e_db")
+read -r -a db_settings <<<"${BENCH_DB_SETTINGS:-}"
+for setting in "${db_settings[@]}"; do
+  psql_admin -c "ALTER DATABASE $e2e_db SET ${setting%%=*} = '${setting#*=}'"
+done
+db_cursor() {
+  psql "$e2e_url" -w -X -q -t -A -c "SELECT coalesce(max(cursor), 0) FROM sync_state" 2>/dev/null || echo 0
+}
+metric() { # metric TEXT NAME -> value (0 when absent)
+  awk -v n="$2" '$1 == n { v = $2 } END { printf "%.0f", v + 0 }' <<<"$1"
+}
+
+# run_target NAME HEAD: starts the target, waits until the stored cursor
+# reaches HEAD, sampling VmRSS every 100 ms; stops it (it must exit 0).
+# Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics
+# and $run_cpu (a line saying where the CPU time went).
+run_target() {
+  local name=$1 head=$2 log t0 t_done=""
+  log=$logs/target-$name.log
+  local tgt_addr="" pg0 idle0 busy0 steal0 src0
+  run_peak_kib=0 run_hwm_kib=0
+  psql "$e2e_url" -w -X -q -c CHECKPOINT
+  if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
+    PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' >/dev/null
+  fi
+  wait_quiet
+  pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$src_pid")
+  t0=$(now_ns)
+  # Started from target/bench so no .env of the working tree is read.
+  (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
+    METRICS_ADDR=127.0.0.1:0 LOG_LEVEL=info "${target_extra_env[@]}" "$bin/target_service") 2>"$log" &
+  tgt_pid=$!
+  if [[ ${BENCH_PERF:-0} == 1 ]]; then
+    perf record -a -g -F 499 -o "$logs/perf-$name.data" >"$logs/perf-$name.out" 2>&1 &
+    perf_pid=$!
+  fi
+  # One python3 process polls (a shell loop forks ~10 processes per 100 ms,
+  # a few percent of two cores): VmRSS of the target and its sync_cursor
+  # gauge every 100 ms, until the cursor reaches the head. The gauge is set
+  # right after the cursor's UPDATE commits; sync_state.cursor itself is
+  # checked once at the end.
+  local poll
+  poll=$(python3 - "$tgt_pid" "$log" "$head" "$((t0 + TIMEOUT_SECS * 1000000000))" <<'PY'
+import re, sys, time, urllib.request
+pid, log, head, deadline = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+addr, peak, cursor = None, 0, 0
+while True:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    peak = max(peak, int(line.split()[1]))
+    except OSError:
+        print("exited", cursor, peak); sys.exit(0)
+    if addr is None:
+        with open(log, errors="replace") as f:
+            m = re.search(r"metrics and health on http://([^ ;]+)", f.read())
+            addr = m and m.group(1)
+    if addr:
+        try:
+            with urllib.request.urlopen(f"http://{addr}/metrics", timeout=1) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("sync_cursor "):
+                        cursor = int(float(line.split()[1]))
+        except OSError:
+            pass
+    if cursor >= head:
+        print("done", time.time_ns(), peak); sys.exit(0)
+    if time.time_ns() > deadline:
+        print("timeout", cursor, peak); sys.exit(0)
+    time.sleep(0.1)
+PY
+)
+  local outcome value
+  read -r outcome value run_peak_kib <<<"$poll"
+  case $outcome in
+    done) t_done=$value ;;
+    exited) tail -n 20 "$log" >&2; die "target_service exited during $name (cursor at $value)" ;;
+    *) die "$name: cursor at $value after ${TIMEOUT_SECS}s, head $head" ;;
+  esac
+  run_secs=$(secs "$t0" "$t_done")
+  local tgt_t pg_t src_t idle_t other_t steal_t stored
+  tgt_t=$(pid_ticks "$tgt_pid")
+  pg_t=$(($(postgres_ticks) - pg0))
+  src_t=$(($(pid_ticks "$src_pid") - src0))
+  idle_t=$(($(idle_ticks) - idle0))
+  other_t=$(($(busy_ticks) - busy0 - tgt_t - pg_t - src_t))
+  steal_t=$(($(steal_ticks) - steal0))
+  stored=$(db_cursor)
+  [[ $stored -ge $head ]] || die "$name: sync_cursor reached $head but sync_state.cursor is $stored"
+  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall)"
+  if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
+    psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
+      "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
+              shared_blks_hit + shared_blks_read AS blks, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
+  fi
+  tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
+  run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
+  echo "$run_metrics" >"$logs/metrics-$name.txt"
+  run_hwm_kib=$(awk '/^VmHWM:/ { print $2 }' "/proc/$tgt_pid/status")
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    perf_pid=""
+  fi
+  local pid=$tgt_pid status=0
+  tgt_pid=""
+  stop_pid "$pid" || status=$?
+  [[ $status -eq 0 ]] || die "target_service exited with $status after SIGTERM ($name)"
+}
+
+target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_DB_SETTINGS:+; database: $BENCH_DB_SETTINGS}"
+
+# 3. Catch-up into an empty database.
+run_target catch-up "$head0"
+catch_rate=$(rate "$head0" "$run_secs")
+catch_peak=$run_peak_kib catch_hwm=$run_hwm_kib
+synced=$(metric "$run_metrics" profiles_synced_total)
+skipped=$(metric "$run_metrics" profiles_skipped_total)
+stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
+inactive=$(metric "$run_metrics" 'profiles_rejected_total{reason="inactive_status"}')
+echo "bench: catch-up: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); $head0 changes from cursor 0 to the head in $run_secs s from process start; $target_settings; synced $synced, stale $stale, inactive $inactive, skipped in all $skipped)"
+if [[ -n $raw_empty_rate ]]; then
+  ratio=$(awk -v a="$catch_rate" -v b="$raw_empty_rate" 'BEGIN { printf "%.2f", a / b }')
+  echo "bench: catch-up vs raw: $ratio of the raw empty-table rate (target >= 0.7: $(verdict "$ratio" '>=' 0.7); $catch_rate / $raw_empty_rate rows/s)"
+fi
+echo "$run_cpu"
+
+# 4. Replay of the whole log: every change is stale.
+psql "$e2e_url" -w -X -q -v ON_ERROR_STOP=1 -c 'UPDATE sync_state SET cursor = 0'
+head1=$(source_head)
+run_target replay "$head1"
+replay_rate=$(rate "$head1" "$run_secs")
+replay_peak=$run_peak_kib replay_hwm=$run_hwm_kib
+synced=$(metric "$run_metrics" profiles_synced_total)
+stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
+skipped=$(metric "$run_metrics" profiles_skipped_total)
+echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all stored by the catch-up but the $((head1 - head0)) its last fetch made the source generate; synced $synced, stale $stale, skipped in all $skipped)"
+echo "$run_cpu"
+
+# 5. Memory.
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+peak=$(printf '%s\n' "$catch_peak" "$catch_hwm" "$replay_peak" "$replay_hwm" | sort -n | tail -n 1)
+peak_mib=$(mib "$peak")
+echo "bench: target peak RSS: $peak_mib MiB (target < 100 MiB: $(verdict "$peak_mib" '<' 100); catch-up VmHWM $(mib "$catch_hwm") MiB, max sampled VmRSS $(mib "$catch_peak") MiB; replay VmHWM $(mib "$replay_hwm") MiB, max sampled VmRSS $(mib "$replay_peak") MiB)"
