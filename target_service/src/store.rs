@@ -103,10 +103,11 @@ pub struct StoredUser {
     pub mobile: String,
 }
 
-/// Reads and locks the rows of `ids` (sorted, so concurrent lockers cannot
-/// deadlock on each other), so no other transaction changes them until this
-/// one decides and commits.
-pub fn lock_users(
+/// Reads the rows of `ids`. They are not locked: all changes to one id go to
+/// one writer, and the guards in [`upsert_users`] and [`mark_users`] keep a
+/// stale decision (possible only while two replicas overlap) from ever
+/// overwriting newer data.
+pub fn read_users(
     client: &mut impl GenericClient,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, StoredUser>, postgres::Error> {
@@ -114,7 +115,7 @@ pub fn lock_users(
         return Ok(HashMap::new());
     }
     let rows = client.query(
-        "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1)",
         &[&ids],
     )?;
     rows.iter()

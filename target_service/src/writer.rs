@@ -1,11 +1,11 @@
 //! Writer threads: take parsed changes off their channel, decide each one's
-//! fate against the locked rows, and commit a whole batch in one transaction.
+//! fate against the stored rows, and commit a whole batch in one transaction.
 //!
 //! Every id is always routed to the same writer (see [`shard_of`]), and a
 //! writer handles its changes in sequence order, so the result for an id
 //! never depends on how the threads happen to interleave. Inside a batch,
 //! [`plan_batch`] replays the changes one by one in memory against the rows
-//! it has locked, exactly as if they were written one at a time, and then the
+//! it has read, exactly as if they were written one at a time, and then the
 //! batch is written with a few set-based statements.
 //!
 //! A batch that meets a transient PostgreSQL error is retried with backoff
@@ -224,7 +224,7 @@ fn sleep_unless_stopping(total: Duration, stopping: &AtomicBool) {
     }
 }
 
-/// One transaction: lock, decide, write. `row_by_row` isolates each users
+/// One transaction: read, decide, write. `row_by_row` isolates each users
 /// write in a savepoint so one refused row becomes a rejection of its own.
 fn write_batch(
     client: &mut Client,
@@ -238,7 +238,7 @@ fn write_batch(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let stored = store::lock_users(&mut tx, &ids)?;
+    let stored = store::read_users(&mut tx, &ids)?;
     // Only a change newer than its row can claim an email or mobile, and a
     // row's own values cannot belong to anyone else: a replayed backlog
     // skips this look-up entirely.
@@ -350,7 +350,7 @@ struct SimulatedRow {
 /// Decides every change of a batch in order, as if each were written alone:
 /// a change not strictly newer than its row is stale; an email or mobile
 /// held by another id is a conflict; anything else is synced and becomes the
-/// row that later changes are compared with. `stored` are the locked rows of
+/// row that later changes are compared with. `stored` are the stored rows of
 /// the batch's ids, `owners` the rows holding any of its emails or mobiles.
 pub fn plan_batch<'a>(
     changes: impl Iterator<Item = &'a Change>,
