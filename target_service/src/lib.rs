@@ -13,6 +13,7 @@ pub mod config;
 pub mod fetcher;
 pub mod http;
 pub mod metrics;
+pub mod pool;
 pub mod profile;
 pub mod status;
 pub mod store;
@@ -28,12 +29,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
-use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::pool::DbPool;
 use crate::status::StatusBoard;
-use crate::writer::DbPool;
 
 const HTTP_THREADS: usize = 2;
 
@@ -192,12 +192,11 @@ fn run_pipeline(
     stopping: Arc<AtomicBool>,
     wake: crossbeam_channel::Receiver<()>,
 ) {
-    let manager = PostgresConnectionManager::new(config.database.connection.clone(), NoTls);
+    let manager = pool::Manager::new(config.database.connection.clone());
     let pool: DbPool = r2d2::Pool::builder()
         .max_size(config.db_pool_size)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(2))
-        .connection_customizer(Box::new(writer::SessionSettings))
         .build_unchecked(manager);
     if !prepare_database(&config, &metrics, &status, &stopping) {
         return;
@@ -272,7 +271,7 @@ fn prepare_database(
         let result = config
             .database
             .connection
-            .connect(NoTls)
+            .connect(postgres::NoTls)
             .and_then(|mut client| store::apply_schema(&mut client))
             .map_err(|err| err.to_string());
         match result {
@@ -308,7 +307,7 @@ fn probe_database(pool: &DbPool, status: &StatusBoard, stopping: &AtomicBool) {
     while !stopping.load(Ordering::Acquire) {
         let reachable = pool
             .get()
-            .map(|mut conn| store::ping(&mut *conn).is_ok())
+            .map(|mut conn| store::ping(&mut conn.client).is_ok())
             .unwrap_or(false);
         status.set_database_reachable(reachable);
         for _ in 0..20 {

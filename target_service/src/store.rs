@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient};
+use postgres::{Client, GenericClient, Statement};
 use uuid::Uuid;
 
 /// The schema, embedded so the binary needs no file beside it.
@@ -95,6 +95,51 @@ pub fn save_state(
     Ok(())
 }
 
+/// The statements a writer runs for every batch, prepared once per connection.
+pub struct Statements {
+    read_users: Statement,
+    owners_of: Statement,
+    upsert_users: Statement,
+    insert_rejections: Statement,
+    mark_users: Statement,
+}
+
+impl Statements {
+    pub fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+        Ok(Statements {
+            read_users: client.prepare(READ_USERS)?,
+            owners_of: client.prepare(OWNERS_OF)?,
+            upsert_users: client.prepare(UPSERT_USERS)?,
+            insert_rejections: client.prepare(INSERT_REJECTIONS)?,
+            mark_users: client.prepare(MARK_USERS)?,
+        })
+    }
+}
+
+const READ_USERS: &str = "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1)";
+
+const OWNERS_OF: &str =
+    "SELECT id, email, mobile FROM users WHERE email = ANY($1) OR mobile = ANY($2)";
+
+const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
+         SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+              AS c(id, name, email, mobile, status, last_updated_at, message) \
+         ON CONFLICT (id) DO UPDATE SET \
+              name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status, \
+              last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = excluded.sync_message \
+         WHERE u.last_updated_at < excluded.last_updated_at \
+         RETURNING u.id";
+
+const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
+         ON CONFLICT ((md5(payload))) DO NOTHING";
+
+const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
+         WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
+           AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)";
+
 /// A `users` row as the writer needs to see it before deciding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredUser {
@@ -109,15 +154,13 @@ pub struct StoredUser {
 /// overwriting newer data.
 pub fn read_users(
     client: &mut impl GenericClient,
+    statements: &Statements,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, StoredUser>, postgres::Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = client.query(
-        "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1)",
-        &[&ids],
-    )?;
+    let rows = client.query(&statements.read_users, &[&ids])?;
     rows.iter()
         .map(|row| {
             Ok((
@@ -135,13 +178,11 @@ pub fn read_users(
 /// The rows that hold any of these emails or mobiles: `(id, email, mobile)`.
 pub fn owners_of(
     client: &mut impl GenericClient,
+    statements: &Statements,
     emails: &[&str],
     mobiles: &[&str],
 ) -> Result<Vec<(Uuid, String, String)>, postgres::Error> {
-    let rows = client.query(
-        "SELECT id, email, mobile FROM users WHERE email = ANY($1) OR mobile = ANY($2)",
-        &[&emails, &mobiles],
-    )?;
+    let rows = client.query(&statements.owners_of, &[&emails, &mobiles])?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
         .collect()
@@ -165,6 +206,7 @@ pub struct UserWrite<'a> {
 /// last line of defence for "a stale change never overwrites data".
 pub fn upsert_users(
     client: &mut impl GenericClient,
+    statements: &Statements,
     writes: &[UserWrite<'_>],
 ) -> Result<Vec<Uuid>, postgres::Error> {
     if writes.is_empty() {
@@ -178,16 +220,10 @@ pub fn upsert_users(
     let times: Vec<DateTime<Utc>> = writes.iter().map(|w| w.last_updated_at).collect();
     let messages: Vec<&str> = writes.iter().map(|w| w.message).collect();
     let rows = client.query(
-        "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
-         SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
-              AS c(id, name, email, mobile, status, last_updated_at, message) \
-         ON CONFLICT (id) DO UPDATE SET \
-              name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status, \
-              last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = excluded.sync_message \
-         WHERE u.last_updated_at < excluded.last_updated_at \
-         RETURNING u.id",
-        &[&ids, &names, &emails, &mobiles, &statuses, &times, &messages],
+        &statements.upsert_users,
+        &[
+            &ids, &names, &emails, &mobiles, &statuses, &times, &messages,
+        ],
     )?;
     rows.iter().map(|row| row.try_get(0)).collect()
 }
@@ -207,6 +243,7 @@ pub struct RejectionWrite {
 /// a replayed change records nothing twice.
 pub fn insert_rejections(
     client: &mut impl GenericClient,
+    statements: &Statements,
     rejections: &[RejectionWrite],
 ) -> Result<(), postgres::Error> {
     if rejections.is_empty() {
@@ -219,9 +256,7 @@ pub fn insert_rejections(
     let payloads: Vec<&str> = rejections.iter().map(|r| r.payload.as_str()).collect();
     let times: Vec<Option<DateTime<Utc>>> = rejections.iter().map(|r| r.changed_at).collect();
     client.execute(
-        "INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
-         ON CONFLICT ((md5(payload))) DO NOTHING",
+        &statements.insert_rejections,
         &[&ids, &outcomes, &reasons, &messages, &payloads, &times],
     )?;
     Ok(())
@@ -241,6 +276,7 @@ pub struct StatusMark {
 /// is not rewritten, so a replay costs no writes.
 pub fn mark_users(
     client: &mut impl GenericClient,
+    statements: &Statements,
     marks: &[StatusMark],
 ) -> Result<(), postgres::Error> {
     if marks.is_empty() {
@@ -251,10 +287,7 @@ pub fn mark_users(
     let outcomes: Vec<&str> = marks.iter().map(|m| m.outcome).collect();
     let messages: Vec<&str> = marks.iter().map(|m| m.message.as_str()).collect();
     client.execute(
-        "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
-         WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
-           AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)",
+        &statements.mark_users,
         &[&ids, &times, &outcomes, &messages],
     )?;
     Ok(())

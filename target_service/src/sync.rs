@@ -24,10 +24,11 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::fetcher::{FetchError, Fetcher};
 use crate::metrics::{Counted, Metrics};
+use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Timestamp};
 use crate::status::{StatusBoard, SyncState};
 use crate::store;
-use crate::writer::{self, Change, DbPool, PageProgress, WorkItem};
+use crate::writer::{self, Change, PageProgress, WorkItem};
 
 /// Why a round ended early. The round is retried from the stored cursor.
 #[derive(Debug)]
@@ -465,7 +466,7 @@ impl Syncer {
         let mut delay = Duration::from_millis(100);
         loop {
             let attempt = match self.pool.get() {
-                Ok(mut conn) => work(&mut conn).map_err(|err| err.to_string()),
+                Ok(mut conn) => work(&mut conn.client).map_err(|err| err.to_string()),
                 Err(err) => Err(err.to_string()),
             };
             match attempt {

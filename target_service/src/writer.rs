@@ -21,26 +21,13 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, warn};
 use postgres::Client;
-use r2d2::Pool;
-use r2d2_postgres::{postgres::NoTls, PostgresConnectionManager};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::metrics::{Counted, Metrics};
+use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Rejection};
-use crate::store::{self, Failure, RejectionWrite, StatusMark, StoredUser, UserWrite};
-
-pub type DbPool = Pool<PostgresConnectionManager<NoTls>>;
-
-/// Applies [`store::prepare_session`] to each new pooled connection.
-#[derive(Debug)]
-pub struct SessionSettings;
-
-impl r2d2::CustomizeConnection<Client, postgres::Error> for SessionSettings {
-    fn on_acquire(&self, client: &mut Client) -> Result<(), postgres::Error> {
-        store::prepare_session(client)
-    }
-}
+use crate::store::{self, Failure, RejectionWrite, Statements, StatusMark, StoredUser, UserWrite};
 
 /// Most changes a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
@@ -170,8 +157,14 @@ fn write_with_retry(
             .get()
             .map_err(|err| (Failure::Transient, err.to_string()))
             .and_then(|mut conn| {
-                write_batch(&mut conn, batch, row_by_row)
-                    .map_err(|err| (store::classify(&err), err.to_string()))
+                let result = conn.with_statements().and_then(|(client, statements)| {
+                    write_batch(client, statements, batch, row_by_row)
+                });
+                if result.is_err() {
+                    // Prepared again next time, in case the schema changed under them.
+                    conn.forget_statements();
+                }
+                result.map_err(|err| (store::classify(&err), err.to_string()))
             });
         let failure = match attempt {
             Ok(counts) => return Some(counts),
@@ -228,6 +221,7 @@ fn sleep_unless_stopping(total: Duration, stopping: &AtomicBool) {
 /// write in a savepoint so one refused row becomes a rejection of its own.
 fn write_batch(
     client: &mut Client,
+    statements: &Statements,
     batch: &[WorkItem],
     row_by_row: bool,
 ) -> Result<Vec<(Counted, u64)>, postgres::Error> {
@@ -238,7 +232,7 @@ fn write_batch(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let stored = store::read_users(&mut tx, &ids)?;
+    let stored = store::read_users(&mut tx, statements, &ids)?;
     // Only a change newer than its row can claim an email or mobile, and a
     // row's own values cannot belong to anyone else: a replayed backlog
     // skips this look-up entirely.
@@ -259,18 +253,18 @@ fn write_batch(
     let owners = if emails.is_empty() && mobiles.is_empty() {
         Vec::new()
     } else {
-        store::owners_of(&mut tx, &emails, &mobiles)?
+        store::owners_of(&mut tx, statements, &emails, &mobiles)?
     };
 
     let mut plan = plan_batch(batch.iter().map(|item| &item.change), &stored, &owners);
     let written = if row_by_row {
-        write_rows_one_by_one(&mut tx, &mut plan, &stored)?
+        write_rows_one_by_one(&mut tx, statements, &mut plan, &stored)?
     } else {
-        store::upsert_users(&mut tx, &plan.writes)?
+        store::upsert_users(&mut tx, statements, &plan.writes)?
     };
     plan.demote_unwritten(&written);
-    store::insert_rejections(&mut tx, &plan.rejections)?;
-    store::mark_users(&mut tx, &plan.marks)?;
+    store::insert_rejections(&mut tx, statements, &plan.rejections)?;
+    store::mark_users(&mut tx, statements, &plan.marks)?;
     tx.commit()?;
     Ok(plan.counts())
 }
@@ -286,6 +280,7 @@ fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
 /// conflict or `db_error` rejection. Returns the ids written.
 fn write_rows_one_by_one(
     tx: &mut postgres::Transaction<'_>,
+    statements: &Statements,
     plan: &mut BatchPlan<'_>,
     stored: &HashMap<Uuid, StoredUser>,
 ) -> Result<Vec<Uuid>, postgres::Error> {
@@ -293,7 +288,7 @@ fn write_rows_one_by_one(
     let writes = plan.writes.clone();
     for write in &writes {
         let mut savepoint = tx.savepoint("one_row")?;
-        match store::upsert_users(&mut savepoint, std::slice::from_ref(write)) {
+        match store::upsert_users(&mut savepoint, statements, std::slice::from_ref(write)) {
             Ok(ids) => {
                 savepoint.commit()?;
                 written.extend(ids);
