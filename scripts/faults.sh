@@ -503,10 +503,10 @@ drill_source_restart() {
   t0=$(now_secs)
   wait_caught_up "$epoch2"
   say "epoch 2 stored and caught up with its head $(since "$t0")s after the target resumed"
-  # The generator derives emails and mobiles from counters that start again
-  # with the process, so most of epoch 2's users conflict with epoch 1's:
-  # the oracle expects those conflicts rather than both users' rows.
-  verify "epoch 1: $head1 changes, epoch 2: $(source_head) changes, epoch 2 repeats epoch 1's emails and mobiles" "$dump1"
+  # Another seed starts the generator's email and mobile counters elsewhere,
+  # so the expected table is the union of both epochs' users; the oracle
+  # still applies the conflict rule in case any value were shared.
+  verify "epoch 1: $head1 changes, epoch 2: $(source_head) changes" "$dump1"
 }
 
 drill_failover() {
