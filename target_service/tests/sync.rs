@@ -488,3 +488,30 @@ fn concurrent_writers_racing_for_the_same_emails_lose_no_change() {
     assert_eq!(rejected(&target, "email_taken"), 380);
     target.shutdown();
 }
+
+#[test]
+fn a_slow_source_times_out_as_a_fetch_error() {
+    let db = TestDb::new();
+    let source = ScriptedSource::new(|_| {
+        std::thread::sleep(Duration::from_millis(1500));
+        Reply::json(200, &json!([profile(1, "2025-07-01T10:00:00Z")]))
+    });
+    let target = start_target(&db, &source.url, &[("HTTP_TIMEOUT_SECS", "0.3")]);
+    wait_until(
+        "a timed-out fetch is counted",
+        Duration::from_secs(10),
+        || target.metrics.fetch_errors.get() >= 1,
+    );
+    assert_eq!(target.metrics.fetched.get(), 0);
+    assert_eq!(db.count("SELECT count(*) FROM users"), 0);
+    let (_, status) = get(&format!("http://{}/status", target.addr));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("source"),
+        "{status}"
+    );
+    target.shutdown();
+}
