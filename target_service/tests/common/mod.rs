@@ -224,6 +224,8 @@ fn parse_query(url: &str) -> HashMap<String, String> {
 pub struct CursorLog {
     pub changes: Arc<Mutex<Vec<Value>>>,
     pub epoch: Arc<Mutex<String>>,
+    /// Changes up to this sequence number are no longer held (410 below it).
+    pub dropped: Arc<Mutex<u64>>,
 }
 
 impl CursorLog {
@@ -231,6 +233,7 @@ impl CursorLog {
         CursorLog {
             changes: Arc::new(Mutex::new(changes)),
             epoch: Arc::new(Mutex::new("epoch-1".to_owned())),
+            dropped: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -251,8 +254,12 @@ impl CursorLog {
             .get("limit")
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000);
-        if since > head {
-            return Reply::json(410, &json!({"error": "cursor beyond head"}));
+        let dropped = *self.dropped.lock().unwrap();
+        if since > head || since < dropped {
+            return Reply::json(
+                410,
+                &json!({"error": "cursor outside the log", "min_since": dropped, "head_cursor": head}),
+            );
         }
         let end = (since + limit).min(head);
         let page: Vec<Value> = changes[since as usize..end as usize].to_vec();
