@@ -58,8 +58,10 @@ pub struct Syncer {
     writers: Vec<Sender<WorkItem>>,
     page_done_tx: Sender<u64>,
     page_done_rx: Receiver<u64>,
-    /// A connection of its own that holds the session advisory lock.
-    lock_holder: Option<Client>,
+    /// A connection of its own for the session advisory lock.
+    lock_connection: Option<Client>,
+    /// Whether `lock_connection` holds the lock.
+    holds_lock: bool,
     /// The source sent no cursor headers last time: fetch without parameters.
     source_without_cursor: bool,
     pages_sent: u64,
@@ -95,7 +97,8 @@ impl Syncer {
             writers,
             page_done_tx,
             page_done_rx,
-            lock_holder: None,
+            lock_connection: None,
+            holds_lock: false,
             source_without_cursor: false,
             pages_sent: 0,
             source_head: None,
@@ -151,32 +154,41 @@ impl Syncer {
     }
 
     /// Keeps (or takes) the advisory lock that makes this replica the one
-    /// that syncs. A lost connection means a lost lock: take it again.
+    /// that syncs. A lost connection means a lost lock: take it again. A
+    /// standby keeps its connection between attempts.
     fn hold_sync_lock(&mut self) -> bool {
-        if let Some(client) = self.lock_holder.as_mut() {
-            if store::ping(client).is_ok() {
-                return true;
+        if let Some(client) = self.lock_connection.as_mut() {
+            if store::ping(client).is_err() {
+                if self.holds_lock {
+                    warn!("lost the connection holding the sync lock; taking it again");
+                }
+                self.lock_connection = None;
+                self.holds_lock = false;
             }
-            warn!("lost the connection holding the sync lock; taking it again");
-            self.lock_holder = None;
         }
-        let mut client = match self.config.database.connection.connect(NoTls) {
-            Ok(client) => client,
-            Err(err) => {
-                self.metrics.db_errors.inc();
-                self.status
-                    .round_failed(&format!("cannot connect to PostgreSQL: {err}"));
-                warn!("cannot connect to PostgreSQL to take the sync lock: {err}");
-                return false;
-            }
+        if self.holds_lock {
+            return true;
+        }
+        let client = match self.lock_connection.as_mut() {
+            Some(client) => client,
+            None => match self.config.database.connection.connect(NoTls) {
+                Ok(client) => self.lock_connection.insert(client),
+                Err(err) => {
+                    self.metrics.db_errors.inc();
+                    self.status
+                        .round_failed(&format!("cannot connect to PostgreSQL: {err}"));
+                    warn!("cannot connect to PostgreSQL to take the sync lock: {err}");
+                    return false;
+                }
+            },
         };
-        match store::try_sync_lock(&mut client, self.fetcher.url()) {
+        match store::try_sync_lock(client, self.fetcher.url()) {
             Ok(true) => {
                 info!(
                     "holding the sync lock for {}; this replica syncs",
                     self.fetcher.url()
                 );
-                self.lock_holder = Some(client);
+                self.holds_lock = true;
                 true
             }
             Ok(false) => {
@@ -186,6 +198,7 @@ impl Syncer {
             Err(err) => {
                 self.metrics.db_errors.inc();
                 warn!("taking the sync lock failed: {err}");
+                self.lock_connection = None;
                 false
             }
         }
