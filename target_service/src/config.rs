@@ -63,12 +63,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 const MAX_THREADS: usize = 256;
+const HOUR: f64 = 3600.0;
+const DAY: f64 = 24.0 * HOUR;
 
 impl Config {
     /// Reads `.env` from the working directory (if present) and then the
     /// environment, which wins over the file.
     pub fn from_env() -> Result<Config, ConfigError> {
-        match dotenvy::dotenv() {
+        // Only the working directory's .env, not one further up the tree.
+        match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(err) if err.not_found() => {}
             Err(err) => {
@@ -78,7 +81,8 @@ impl Config {
                 })
             }
         }
-        Config::from_lookup(|name| std::env::var(name).ok())
+        // A value that is not UTF-8 is reported as bad rather than ignored.
+        Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
     }
 
     /// Builds the configuration from a lookup; unset and empty values take
@@ -91,16 +95,21 @@ impl Config {
             database: database_config(&vars)?,
             source_url: vars
                 .http_url("SOURCE_SERVICE_URL", "http://localhost:8080/users/changes")?,
-            sync_interval: vars.seconds("SYNC_INTERVAL", 15.0, false)?,
+            sync_interval: vars.seconds("SYNC_INTERVAL", 15.0, 0.001, DAY)?,
             metrics_addr: vars.socket_addr("METRICS_ADDR", "0.0.0.0:2112")?,
             writer_threads,
             db_pool_size: vars.number("DB_POOL_SIZE", default_pool, 2, 1024)?,
             fetch_limit: vars.number("FETCH_LIMIT", 1000, 1, 10_000)?,
             channel_capacity: vars.number("CHANNEL_CAPACITY", 4096, 1, 1 << 24)?,
-            http_timeout: vars.seconds("HTTP_TIMEOUT_SECS", 10.0, false)?,
+            http_timeout: vars.seconds("HTTP_TIMEOUT_SECS", 10.0, 0.001, HOUR)?,
             max_response_bytes: vars.number("MAX_RESPONSE_BYTES", 64 << 20, 1, 1 << 40)?,
-            max_future_skew: vars.seconds("MAX_FUTURE_SKEW_SECS", 300.0, true)?,
-            shutdown_timeout: vars.seconds("SHUTDOWN_TIMEOUT_SECS", 10.0, false)?,
+            max_future_skew: vars.seconds(
+                "MAX_FUTURE_SKEW_SECS",
+                300.0,
+                0.0,
+                10.0 * 365.0 * DAY,
+            )?,
+            shutdown_timeout: vars.seconds("SHUTDOWN_TIMEOUT_SECS", 10.0, 0.001, HOUR)?,
             log_level: log_level(&vars)?,
         })
     }
@@ -209,30 +218,26 @@ impl Vars<'_> {
         }
     }
 
+    /// A number of seconds within `min..=max` (fractions allowed). The
+    /// bounds keep every later use of the duration (timers, deadlines,
+    /// clock arithmetic) far from overflow.
     fn seconds(
         &self,
         name: &'static str,
         default: f64,
-        zero_allowed: bool,
+        min: f64,
+        max: f64,
     ) -> Result<Duration, ConfigError> {
         let Some(text) = self.get(name) else {
             return Ok(Duration::from_secs_f64(default));
         };
-        let bound = if zero_allowed {
-            "0 or more"
-        } else {
-            "more than 0"
-        };
         match text.trim().parse::<f64>() {
-            Ok(value) if value.is_finite() && (value > 0.0 || (zero_allowed && value == 0.0)) => {
-                Duration::try_from_secs_f64(value).map_err(|_| ConfigError {
-                    variable: name,
-                    problem: format!("{text:?} is too large a number of seconds"),
-                })
-            }
+            Ok(value) if (min..=max).contains(&value) => Ok(Duration::from_secs_f64(value)),
             _ => Err(ConfigError {
                 variable: name,
-                problem: format!("{text:?} is not a number of seconds {bound} (fractions allowed)"),
+                problem: format!(
+                    "{text:?} is not a number of seconds from {min} to {max} (fractions allowed)"
+                ),
             }),
         }
     }
@@ -363,6 +368,10 @@ mod tests {
             ("SYNC_INTERVAL", "-1"),
             ("SYNC_INTERVAL", "abc"),
             ("SYNC_INTERVAL", "NaN"),
+            ("SYNC_INTERVAL", "1e19"),
+            ("SYNC_INTERVAL", "1e-12"),
+            ("MAX_FUTURE_SKEW_SECS", "1e13"),
+            ("SHUTDOWN_TIMEOUT_SECS", "1e19"),
             ("WRITER_THREADS", "abc"),
             ("WRITER_THREADS", "0"),
             ("WRITER_THREADS", "-2"),

@@ -7,7 +7,12 @@
 use std::io::Read;
 use std::time::Duration;
 
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde_json::Value;
+
+/// The most elements taken from a source that sends no cursor (and so was
+/// given no limit): the largest page a cursor source may be asked for.
+const MAX_PAGE_WITHOUT_CURSOR: usize = 10_000;
 
 /// One response of the source.
 #[derive(Debug)]
@@ -103,20 +108,11 @@ impl Fetcher {
         let next_cursor = header_number("X-Next-Cursor")?;
         let head_cursor = header_number("X-Head-Cursor")?;
         let epoch = response.header("X-Source-Epoch").map(str::to_owned);
+        let most = cursor.map_or(MAX_PAGE_WITHOUT_CURSOR, |(_, limit)| limit);
         let body = self.read_body(response)?;
-        let elements = match serde_json::from_slice::<Value>(&body) {
-            Ok(Value::Array(elements)) => elements,
-            Ok(_) => {
-                return Err(FetchError::Failed(
-                    "the source sent JSON that is not an array".to_owned(),
-                ))
-            }
-            Err(err) => {
-                return Err(FetchError::Failed(format!(
-                    "the source sent a body that is not JSON: {err}"
-                )))
-            }
-        };
+        let elements = parse_page(&body, most).map_err(|why| {
+            FetchError::Failed(format!("the source sent a body that is not {why}"))
+        })?;
         Ok(Page {
             elements,
             next_cursor,
@@ -151,5 +147,91 @@ impl Fetcher {
             return Err(too_large());
         }
         Ok(body)
+    }
+}
+
+/// Parses a JSON array of at most `most` elements, failing as soon as there
+/// are more, so a page never holds more than it was asked for.
+fn parse_page(body: &[u8], most: usize) -> Result<Vec<Value>, String> {
+    struct Page(usize);
+
+    impl<'de> Visitor<'de> for Page {
+        type Value = Vec<Value>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a JSON array of at most {} elements", self.0)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+            let mut elements = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
+            while let Some(element) = seq.next_element::<Value>()? {
+                if elements.len() == self.0 {
+                    return Err(de::Error::custom(format!(
+                        "a JSON array of at most {} elements (it has more)",
+                        self.0
+                    )));
+                }
+                elements.push(element);
+            }
+            Ok(elements)
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Page {
+        type Value = Vec<Value>;
+
+        fn deserialize<D: de::Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<Vec<Value>, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let elements = Page(most)
+        .deserialize(&mut deserializer)
+        .map_err(|err| format!("a JSON array of at most {most} elements: {err}"))?;
+    deserializer
+        .end()
+        .map_err(|err| format!("a single JSON array: {err}"))?;
+    Ok(elements)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_page;
+
+    #[test]
+    fn a_page_is_a_json_array_of_at_most_the_limit() {
+        assert_eq!(
+            parse_page(b"[1, {\"a\": null}, \"x\"]", 3).unwrap().len(),
+            3
+        );
+        assert_eq!(parse_page(b" [] ", 3).unwrap().len(), 0);
+        assert!(parse_page(b"[1, 2, 3, 4]", 3)
+            .unwrap_err()
+            .contains("at most 3"));
+        for not_a_page in [
+            &b"{}"[..],
+            b"42",
+            b"null",
+            b"\"[1]\"",
+            b"[1] [2]",
+            b"[1,",
+            b"not json",
+            b"",
+        ] {
+            assert!(
+                parse_page(not_a_page, 3).is_err(),
+                "{}",
+                String::from_utf8_lossy(not_a_page)
+            );
+        }
+        let deep = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(
+            parse_page(deep.as_bytes(), 3).is_err(),
+            "deep nesting is an error, not a crash"
+        );
     }
 }

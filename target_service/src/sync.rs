@@ -356,9 +356,10 @@ impl Syncer {
     /// to its writer. Returns the page's number, reported when committed.
     fn dispatch(&mut self, elements: Vec<Value>) -> Result<u64, RoundError> {
         self.metrics.fetched.inc_by(elements.len() as u64);
-        let latest_allowed = Utc::now()
-            + chrono::Duration::from_std(self.config.max_future_skew)
-                .unwrap_or(chrono::Duration::MAX);
+        let latest_allowed = chrono::Duration::from_std(self.config.max_future_skew)
+            .ok()
+            .and_then(|skew| Utc::now().checked_add_signed(skew))
+            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
         let changes: Vec<Change> = elements
             .into_iter()
             .map(|raw| match Profile::parse(&raw, latest_allowed) {
