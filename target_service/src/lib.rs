@@ -15,6 +15,7 @@ pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod profile;
+pub mod routing;
 pub mod status;
 pub mod store;
 pub mod sync;

@@ -9,7 +9,7 @@
 //! lock for the source runs rounds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,9 +26,10 @@ use crate::fetcher::{FetchError, Fetcher};
 use crate::metrics::{Counted, Metrics};
 use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Timestamp};
+use crate::routing::Router;
 use crate::status::{StatusBoard, SyncState};
 use crate::store;
-use crate::writer::{self, Change, PageProgress, WorkItem};
+use crate::writer::{Change, PageProgress, WorkItem};
 
 /// Why a round ended early. The round is retried from the stored cursor.
 #[derive(Debug)]
@@ -69,7 +70,10 @@ pub struct Syncer {
     source_head: Option<u64>,
     /// Pages reported committed that are not yet at the front of the queue.
     completed_pages: HashSet<u64>,
-    unrouted: usize,
+    router: Router,
+    /// Changes handed to writers, and (counted by them) committed.
+    items_sent: u64,
+    items_committed: Arc<AtomicU64>,
 }
 
 impl Syncer {
@@ -82,6 +86,7 @@ impl Syncer {
         writers: Vec<Sender<WorkItem>>,
     ) -> Syncer {
         let (page_done_tx, page_done_rx) = crossbeam_channel::unbounded();
+        let writer_count = writers.len();
         let fetcher = Fetcher::new(
             &config.source_url,
             config.http_timeout,
@@ -103,7 +108,9 @@ impl Syncer {
             pages_sent: 0,
             source_head: None,
             completed_pages: HashSet::new(),
-            unrouted: 0,
+            router: Router::new(writer_count),
+            items_sent: 0,
+            items_committed: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -371,23 +378,58 @@ impl Syncer {
 
         self.pages_sent += 1;
         let page_no = self.pages_sent;
-        let progress = PageProgress::new(page_no, changes.len(), self.page_done_tx.clone());
-        let writers = self.writers.len();
+        let progress = PageProgress::new(
+            page_no,
+            changes.len(),
+            self.page_done_tx.clone(),
+            Arc::clone(&self.items_committed),
+        );
         for change in changes {
-            self.unrouted = self.unrouted.wrapping_add(1);
-            let shard = writer::shard_of(&change, writers, self.unrouted);
+            let writer = match self.router.route(&change, page_no) {
+                Some(writer) => writer,
+                None => {
+                    // Its id and its email or mobile are in flight on two
+                    // writers: let them commit, then no order is at stake.
+                    self.wait_for_all_sent()?;
+                    self.router.all_committed();
+                    self.router.route(&change, page_no).ok_or_else(|| {
+                        RoundError("routing found work in flight after it was committed".to_owned())
+                    })?
+                }
+            };
             let item = WorkItem {
                 change,
                 page: Arc::clone(&progress),
             };
             self.metrics.queue_depth.inc();
             // Blocks while that writer's queue is full: the bound on memory.
-            if self.writers[shard].send(item).is_err() {
+            if self.writers[writer].send(item).is_err() {
                 self.metrics.queue_depth.dec();
                 return Err(RoundError("the writer threads have stopped".to_owned()));
             }
+            self.items_sent += 1;
         }
         Ok(page_no)
+    }
+
+    /// Waits until every change handed to a writer so far is committed.
+    fn wait_for_all_sent(&self) -> Result<(), RoundError> {
+        let mut give_up_at: Option<Instant> = None;
+        while self.items_committed.load(Ordering::Acquire) < self.items_sent {
+            if self.stopping.load(Ordering::Acquire) {
+                let deadline = *give_up_at.get_or_insert_with(|| {
+                    Instant::now() + self.config.shutdown_timeout.mul_f64(0.6)
+                });
+                if Instant::now() >= deadline {
+                    return Err(RoundError(
+                        "shutting down with changes unwritten; they will be fetched again"
+                            .to_owned(),
+                    ));
+                }
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Waits until every page in flight is committed (or shutdown gives up
@@ -419,6 +461,7 @@ impl Syncer {
             {
                 if let Some(page) = in_flight.pop_front() {
                     self.completed_pages.remove(&page.page_no);
+                    self.router.page_committed(page.page_no);
                     reached = page.reaches.or(reached);
                 }
             }

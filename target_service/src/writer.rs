@@ -1,9 +1,10 @@
 //! Writer threads: take parsed changes off their channel, decide each one's
 //! fate against the stored rows, and commit a whole batch in one transaction.
 //!
-//! Every id is always routed to the same writer (see [`shard_of`]), and a
-//! writer handles its changes in sequence order, so the result for an id
-//! never depends on how the threads happen to interleave. Inside a batch,
+//! Changes that share an id, an email or a mobile are routed to one writer
+//! (see [`crate::routing`]), and a writer handles its changes in sequence
+//! order, so the result never depends on how the threads happen to
+//! interleave. Inside a batch,
 //! [`plan_batch`] replays the changes one by one in memory against the rows
 //! it has read, exactly as if they were written one at a time, and then the
 //! batch is written with a few set-based statements.
@@ -13,7 +14,7 @@
 //! cursor moves) before its commit.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub enum Change {
 }
 
 impl Change {
-    fn profile_id(&self) -> Option<Uuid> {
+    pub fn profile_id(&self) -> Option<Uuid> {
         match self {
             Change::Accepted { profile, .. } => Some(profile.id),
             Change::Rejected { rejection, .. } => rejection.profile_id,
@@ -62,15 +63,23 @@ pub struct PageProgress {
     pub page_no: u64,
     remaining: AtomicUsize,
     done: Sender<u64>,
+    /// Changes committed by all writers so far, shared by every page.
+    committed_total: Arc<AtomicU64>,
 }
 
 impl PageProgress {
     /// A page of `items` items; an empty page is reported done at once.
-    pub fn new(page_no: u64, items: usize, done: Sender<u64>) -> Arc<PageProgress> {
+    pub fn new(
+        page_no: u64,
+        items: usize,
+        done: Sender<u64>,
+        committed_total: Arc<AtomicU64>,
+    ) -> Arc<PageProgress> {
         let progress = Arc::new(PageProgress {
             page_no,
             remaining: AtomicUsize::new(items),
             done,
+            committed_total,
         });
         if items == 0 {
             let _ = progress.done.send(page_no);
@@ -79,19 +88,12 @@ impl PageProgress {
     }
 
     fn committed(&self, count: usize) {
+        self.committed_total
+            .fetch_add(count as u64, Ordering::AcqRel);
         if self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
             // The fetcher may have gone (shutdown); then nobody is waiting.
             let _ = self.done.send(self.page_no);
         }
-    }
-}
-
-/// The writer an id belongs to. Changes without a usable id have no row to
-/// order against, so any writer will do.
-pub fn shard_of(change: &Change, writers: usize, fallback: usize) -> usize {
-    match change.profile_id() {
-        Some(id) => (id.as_u64_pair().1 % writers as u64) as usize,
-        None => fallback % writers,
     }
 }
 
@@ -720,24 +722,5 @@ mod tests {
         assert_eq!(plan.marks[0].id, id(1));
         assert_eq!(plan.marks[0].outcome, "failed_validation");
         assert_eq!(plan.counts().iter().map(|(_, n)| n).sum::<u64>(), 4);
-    }
-
-    #[test]
-    fn shards_follow_the_id() {
-        let change = accepted(7, "2025-01-01T00:00:00Z", "a@x.io", "111");
-        let shard = shard_of(&change, 4, 0);
-        for fallback in 0..10 {
-            assert_eq!(shard_of(&change, 4, fallback), shard);
-        }
-        let anonymous = Change::Rejected {
-            rejection: Rejection {
-                reason: Reason::Malformed,
-                message: String::new(),
-                profile_id: None,
-                changed_at: None,
-            },
-            raw: json!(42),
-        };
-        assert_eq!(shard_of(&anonymous, 4, 6), 2);
     }
 }

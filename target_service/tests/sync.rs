@@ -226,7 +226,7 @@ fn an_email_or_mobile_held_by_another_id_is_a_recorded_conflict() {
         twin_b,
     ]);
     let source = log.source();
-    let target = start_target(&db, &source.url, &[("WRITER_THREADS", "1")]);
+    let target = start_target(&db, &source.url, &[("WRITER_THREADS", "4")]);
     wait_until("all handled", Duration::from_secs(10), || {
         target.metrics.synced.get() + target.metrics.skipped.get() == 5
     });
@@ -536,4 +536,42 @@ fn a_cursor_the_source_no_longer_holds_restarts_from_what_it_still_has() {
     assert_eq!(db.count("SELECT count(*) FROM users"), 40);
     assert!(user_row(&db, 61).is_some() && user_row(&db, 60).is_none());
     target.shutdown();
+}
+
+#[test]
+fn the_first_change_in_sequence_to_claim_an_email_keeps_it_whatever_the_writers() {
+    // Filler first, so the writers are busy when the two claims arrive; the
+    // two claimants' ids hash to different writers.
+    for round in 0..3 {
+        let db = TestDb::new();
+        let mut page: Vec<Value> = (100..1000)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect();
+        let mut first = profile(5000 + round, "2025-07-01T10:00:00Z");
+        first["email"] = json!("claimed@example.com");
+        let mut second = profile(1, "2025-07-01T10:00:00Z");
+        second["email"] = json!("claimed@example.com");
+        page.push(first);
+        page.push(second);
+        let source = CursorLog::new(page).source();
+        let target = start_target(
+            &db,
+            &source.url,
+            &[("WRITER_THREADS", "4"), ("FETCH_LIMIT", "10000")],
+        );
+        wait_until("all decided", Duration::from_secs(20), || {
+            target.metrics.synced.get() + target.metrics.skipped.get() == 902
+        });
+        assert_eq!(
+            user_row(&db, 5000 + round).map(|r| r.1),
+            Some("claimed@example.com".to_owned()),
+            "round {round}: the earlier claim wins"
+        );
+        assert!(
+            user_row(&db, 1).is_none(),
+            "round {round}: the later claim is a conflict"
+        );
+        assert_eq!(rejection_reasons(&db), ["email_taken"]);
+        target.shutdown();
+    }
 }
