@@ -11,33 +11,73 @@
 //! everything sent so far is committed before routing it home.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use uuid::Uuid;
 
 use crate::writer::Change;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Id(Uuid),
-    Email(String),
-    Mobile(String),
+/// A key is a hash of an id, an email or a mobile. Two values that collide
+/// only make routing more cautious (they follow each other), never wrong,
+/// and hashing keeps routing free of allocations on the hot path.
+type Key = u64;
+
+fn key(kind: u8, value: &[u8]) -> Key {
+    let mut hasher = std::hash::DefaultHasher::new();
+    hasher.write_u8(kind);
+    hasher.write(value);
+    hasher.finish()
 }
+
+fn id_key(id: Uuid) -> Key {
+    key(0, id.as_bytes())
+}
+
+fn email_key(email: &str) -> Key {
+    key(1, email.as_bytes())
+}
+
+fn mobile_key(mobile: &str) -> Key {
+    key(2, mobile.as_bytes())
+}
+
+/// Keys are hashes already: use them as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
 #[derive(Debug)]
 pub struct Router {
     writers: usize,
     /// Each key of uncommitted work: its writer and the last page that used it.
-    in_flight: HashMap<Key, (usize, u64)>,
+    in_flight: KeyMap<(usize, u64)>,
     /// The keys each uncommitted page registered.
     page_keys: HashMap<u64, Vec<Key>>,
     /// Spreads changes without any key over the writers.
     unkeyed: usize,
     /// The email and mobile each recently routed id last asked for: a change
     /// that gives them up must be ordered before a change that claims them.
-    last_contacts: HashMap<Uuid, (String, String)>,
+    last_contacts: HashMap<Uuid, (Key, Key)>,
 }
 
-/// How many ids' last contacts are remembered (about 10 MB); past it the
+/// How many ids' last contacts are remembered (a few MB); past it the
 /// memory starts afresh.
 const REMEMBERED_IDS: usize = 100_000;
 
@@ -45,7 +85,7 @@ impl Router {
     pub fn new(writers: usize) -> Router {
         Router {
             writers: writers.max(1),
-            in_flight: HashMap::new(),
+            in_flight: KeyMap::default(),
             page_keys: HashMap::new(),
             unkeyed: 0,
             last_contacts: HashMap::new(),
@@ -59,8 +99,7 @@ impl Router {
         let mut keys = keys_of(change);
         if let Change::Accepted { profile, .. } = change {
             if let Some((email, mobile)) = self.last_contacts.get(&profile.id) {
-                keys.push(Key::Email(email.clone()));
-                keys.push(Key::Mobile(mobile.clone()));
+                keys.extend([*email, *mobile]);
             }
         }
         let mut busy = keys
@@ -72,7 +111,7 @@ impl Router {
             Some(_) => return None,
         };
         for key in &keys {
-            self.in_flight.insert(key.clone(), (writer, page_no));
+            self.in_flight.insert(*key, (writer, page_no));
         }
         self.page_keys.entry(page_no).or_default().extend(keys);
         if let Change::Accepted { profile, .. } = change {
@@ -82,8 +121,8 @@ impl Router {
             self.last_contacts.insert(
                 profile.id,
                 (
-                    profile.email.as_str().to_owned(),
-                    profile.mobile.as_str().to_owned(),
+                    email_key(profile.email.as_str()),
+                    mobile_key(profile.mobile.as_str()),
                 ),
             );
         }
@@ -123,12 +162,12 @@ impl Router {
 fn keys_of(change: &Change) -> Vec<Key> {
     match change {
         Change::Accepted { profile, .. } => vec![
-            Key::Id(profile.id),
-            Key::Email(profile.email.as_str().to_owned()),
-            Key::Mobile(profile.mobile.as_str().to_owned()),
+            id_key(profile.id),
+            email_key(profile.email.as_str()),
+            mobile_key(profile.mobile.as_str()),
         ],
         Change::Rejected { rejection, .. } => {
-            rejection.profile_id.map(Key::Id).into_iter().collect()
+            rejection.profile_id.map(id_key).into_iter().collect()
         }
     }
 }
