@@ -23,10 +23,12 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
     message TEXT NOT NULL,              -- what was wrong, for people
     payload TEXT NOT NULL,              -- the raw element as JSON text
     changed_at TIMESTAMPTZ,             -- the change's last_updated_at, when it parses
+    payload_copy INTEGER NOT NULL DEFAULT 0, -- identical payloads before it in its page
     received_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
--- A replayed change is recorded once: the same raw element is the same change.
-CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_payload_key ON sync_rejections (md5(payload));
+-- A replayed change is recorded once: the same raw element at the same place
+-- among its identical twins of a page is the same change.
+CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_payload_key ON sync_rejections (md5(payload), payload_copy);
 CREATE INDEX IF NOT EXISTS sync_rejections_profile_id_idx ON sync_rejections (profile_id);
 
 -- Where syncing stands, one row per source URL.

@@ -274,7 +274,8 @@ mod tests {
                 profile_id: Some(Uuid::from_bytes([9; 16])),
                 changed_at: None,
             },
-            raw: json!({}),
+            payload: "{}".to_owned(),
+            copy: 0,
         };
         assert_eq!(router.route(&with_id, 1), Some(home_of(9, 3)));
         let unkeyed = || Change::Rejected {
@@ -284,7 +285,8 @@ mod tests {
                 profile_id: None,
                 changed_at: None,
             },
-            raw: json!(1),
+            payload: "1".to_owned(),
+            copy: 0,
         };
         let writers: std::collections::HashSet<_> =
             (0..3).filter_map(|_| router.route(&unkeyed(), 1)).collect();

@@ -131,9 +131,10 @@ const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, sta
          WHERE u.last_updated_at < excluded.last_updated_at \
          RETURNING u.id";
 
-const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[]) \
-         ON CONFLICT ((md5(payload))) DO NOTHING";
+const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
+              (profile_id, outcome, reason, message, payload, changed_at, payload_copy) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[]) \
+         ON CONFLICT ((md5(payload)), payload_copy) DO NOTHING";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
@@ -236,11 +237,14 @@ pub struct RejectionWrite {
     pub reason: &'static str,
     pub message: String,
     pub payload: String,
+    /// Identical payloads before this one in its page.
+    pub copy: i32,
     pub changed_at: Option<DateTime<Utc>>,
 }
 
-/// Records rejections; one already recorded (same payload) is left alone, so
-/// a replayed change records nothing twice.
+/// Records rejections; one already recorded (same payload, same place
+/// among identical payloads of its page) is left alone, so a replayed
+/// change records nothing twice.
 pub fn insert_rejections(
     client: &mut impl GenericClient,
     statements: &Statements,
@@ -255,9 +259,12 @@ pub fn insert_rejections(
     let messages: Vec<&str> = rejections.iter().map(|r| r.message.as_str()).collect();
     let payloads: Vec<&str> = rejections.iter().map(|r| r.payload.as_str()).collect();
     let times: Vec<Option<DateTime<Utc>>> = rejections.iter().map(|r| r.changed_at).collect();
+    let copies: Vec<i32> = rejections.iter().map(|r| r.copy).collect();
     client.execute(
         &statements.insert_rejections,
-        &[&ids, &outcomes, &reasons, &messages, &payloads, &times],
+        &[
+            &ids, &outcomes, &reasons, &messages, &payloads, &times, &copies,
+        ],
     )?;
     Ok(())
 }

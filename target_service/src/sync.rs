@@ -9,6 +9,7 @@
 //! lock for the source runs rounds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -367,11 +368,27 @@ impl Syncer {
             .ok()
             .and_then(|skew| Utc::now().checked_add_signed(skew))
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
+        // Identical payloads are numbered by a hash of their text; a hash
+        // collision only numbers two different payloads together, which
+        // still gives each replay the same numbers.
+        let mut copies: HashMap<u64, i32> = HashMap::new();
         let changes: Vec<Change> = elements
             .into_iter()
             .map(|raw| match Profile::parse(&raw, latest_allowed) {
                 Ok(profile) => Change::Accepted { profile, raw },
-                Err(rejection) => Change::Rejected { rejection, raw },
+                Err(rejection) => {
+                    let payload = raw.to_string();
+                    let mut hasher = std::hash::DefaultHasher::new();
+                    hasher.write(payload.as_bytes());
+                    let seen = copies.entry(hasher.finish()).or_insert(0);
+                    let copy = *seen;
+                    *seen += 1;
+                    Change::Rejected {
+                        rejection,
+                        payload,
+                        copy,
+                    }
+                }
             })
             .collect();
         let changes = drop_superseded_in_page(changes, &self.metrics);

@@ -43,8 +43,18 @@ pub struct WorkItem {
 
 #[derive(Debug)]
 pub enum Change {
-    Accepted { profile: Profile, raw: Value },
-    Rejected { rejection: Rejection, raw: Value },
+    Accepted {
+        profile: Profile,
+        raw: Value,
+    },
+    /// `payload` is the raw element as JSON text; `copy` counts the
+    /// identical elements before it in the same page, so distinct changes
+    /// that look alike are each recorded while a replay records nothing twice.
+    Rejected {
+        rejection: Rejection,
+        payload: String,
+        copy: i32,
+    },
 }
 
 impl Change {
@@ -411,7 +421,7 @@ pub fn plan_batch<'a>(
                         Some(changed_at),
                         reason,
                         message,
-                        raw.to_string(),
+                        (raw.to_string(), 0),
                     );
                     continue;
                 }
@@ -464,14 +474,18 @@ pub fn plan_batch<'a>(
                 );
                 plan.outcomes.push(Counted::Synced);
             }
-            Change::Rejected { rejection, raw } => {
+            Change::Rejected {
+                rejection,
+                payload,
+                copy,
+            } => {
                 plan.reject(
                     &mut rows,
                     rejection.profile_id,
                     rejection.changed_at.map(|t| t.as_datetime()),
                     rejection.reason,
                     rejection.message.clone(),
-                    raw.to_string(),
+                    (payload.clone(), *copy),
                 );
             }
         }
@@ -489,7 +503,7 @@ impl<'a> BatchPlan<'a> {
         changed_at: Option<chrono::DateTime<chrono::Utc>>,
         reason: Reason,
         message: String,
-        payload: String,
+        (payload, copy): (String, i32),
     ) {
         self.outcomes.push(Counted::NotSynced(reason));
         if let (Some(id), Some(at)) = (profile_id, changed_at) {
@@ -505,6 +519,7 @@ impl<'a> BatchPlan<'a> {
             reason: reason.as_str(),
             message,
             payload,
+            copy,
             changed_at,
         });
     }
@@ -557,6 +572,7 @@ impl<'a> BatchPlan<'a> {
             reason: reason.as_str(),
             message: message.to_owned(),
             payload: raw.to_string(),
+            copy: 0,
             changed_at: Some(write.last_updated_at),
         });
     }
@@ -620,7 +636,8 @@ mod tests {
                 profile_id: Some(id(n)),
                 changed_at: Some(crate::profile::Timestamp::parse(when).unwrap()),
             },
-            raw: json!({"id": id(n).to_string(), "last_updated_at": when}),
+            payload: json!({"id": id(n).to_string(), "last_updated_at": when}).to_string(),
+            copy: 0,
         }
     }
 

@@ -575,3 +575,18 @@ fn the_first_change_in_sequence_to_claim_an_email_keeps_it_whatever_the_writers(
         target.shutdown();
     }
 }
+
+#[test]
+fn identical_bad_elements_in_a_page_are_each_recorded_once() {
+    let db = TestDb::new();
+    let page = json!([null, null, 7, 7, {"id": "nope"}, {"id": "nope"}, {"id": "nope"}]);
+    let source = ScriptedSource::fixed_page(page);
+    let target = start_target(&db, &source.url, &[]);
+    wait_rounds(&target, 3);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 7);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE payload = '{\"id\":\"nope\"}'"),
+        3
+    );
+    target.shutdown();
+}
