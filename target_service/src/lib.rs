@@ -173,6 +173,19 @@ impl Drop for Running {
     }
 }
 
+/// Sleeps for `total`, or less if shutdown starts meanwhile: every backoff
+/// and poll interval goes through here so none of them delays shutdown.
+pub(crate) fn sleep_unless_stopping(total: Duration, stopping: &AtomicBool) {
+    let deadline = Instant::now() + total;
+    while !stopping.load(Ordering::Acquire) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(25)));
+    }
+}
+
 /// Joins a thread unless the deadline passes first (then leaves it be).
 fn join_until(handle: JoinHandle<()>, deadline: Instant) -> bool {
     while Instant::now() < deadline {
@@ -293,10 +306,7 @@ fn prepare_database(
                     "PostgreSQL at {} is not ready (attempt {attempt}), retrying in {delay:?}: {why}",
                     config.database.description
                 );
-                let until = Instant::now() + delay;
-                while Instant::now() < until && !stopping.load(Ordering::Acquire) {
-                    thread::sleep(Duration::from_millis(25));
-                }
+                sleep_unless_stopping(delay, stopping);
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;
             }
@@ -311,11 +321,6 @@ fn probe_database(pool: &DbPool, status: &StatusBoard, stopping: &AtomicBool) {
             .map(|mut conn| store::ping(&mut conn.client).is_ok())
             .unwrap_or(false);
         status.set_database_reachable(reachable);
-        for _ in 0..20 {
-            if stopping.load(Ordering::Acquire) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
+        sleep_unless_stopping(Duration::from_secs(1), stopping);
     }
 }

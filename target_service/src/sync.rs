@@ -28,6 +28,7 @@ use crate::metrics::{Counted, Metrics};
 use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Timestamp};
 use crate::routing::Router;
+use crate::sleep_unless_stopping;
 use crate::status::{StatusBoard, SyncState};
 use crate::store;
 use crate::writer::{Change, PageProgress, WorkItem};
@@ -75,6 +76,8 @@ pub struct Syncer {
     /// Changes handed to writers, and (counted by them) committed.
     items_sent: u64,
     items_committed: Arc<AtomicU64>,
+    /// When shutdown stops waiting for writers; set once shutdown starts.
+    give_up_at: Option<Instant>,
 }
 
 impl Syncer {
@@ -112,6 +115,7 @@ impl Syncer {
             router: Router::new(writer_count),
             items_sent: 0,
             items_committed: Arc::new(AtomicU64::new(0)),
+            give_up_at: None,
         }
     }
 
@@ -430,23 +434,31 @@ impl Syncer {
     }
 
     /// Waits until every change handed to a writer so far is committed.
-    fn wait_for_all_sent(&self) -> Result<(), RoundError> {
-        let mut give_up_at: Option<Instant> = None;
+    fn wait_for_all_sent(&mut self) -> Result<(), RoundError> {
         while self.items_committed.load(Ordering::Acquire) < self.items_sent {
-            if self.stopping.load(Ordering::Acquire) {
-                let deadline = *give_up_at.get_or_insert_with(|| {
-                    Instant::now() + self.config.shutdown_timeout.mul_f64(0.6)
-                });
-                if Instant::now() >= deadline {
-                    return Err(RoundError(
-                        "shutting down with changes unwritten; they will be fetched again"
-                            .to_owned(),
-                    ));
-                }
+            if self.shutdown_budget_spent() {
+                return Err(RoundError(
+                    "shutting down with changes unwritten; they will be fetched again".to_owned(),
+                ));
             }
             thread::sleep(Duration::from_millis(1));
         }
         Ok(())
+    }
+
+    /// Whether shutdown has started and waiting for writers has used up its
+    /// share of `SHUTDOWN_TIMEOUT_SECS`. Writers finish what they hold
+    /// unless the database is away; that must not hold shutdown past its
+    /// budget.
+    fn shutdown_budget_spent(&mut self) -> bool {
+        if !self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let budget = self.config.shutdown_timeout.mul_f64(0.6);
+        let give_up_at = *self
+            .give_up_at
+            .get_or_insert_with(|| Instant::now() + budget);
+        Instant::now() >= give_up_at
     }
 
     /// Waits until every page in flight is committed (or shutdown gives up
@@ -466,7 +478,6 @@ impl Syncer {
         committed: &mut store::SyncState,
         wait_for_all: bool,
     ) -> Result<(), RoundError> {
-        let mut give_up_at: Option<Instant> = None;
         loop {
             while let Ok(page_no) = self.page_done_rx.try_recv() {
                 self.completed_pages.insert(page_no);
@@ -490,18 +501,11 @@ impl Syncer {
             if in_flight.is_empty() || !wait_for_all {
                 return Ok(());
             }
-            if self.stopping.load(Ordering::Acquire) {
-                // Writers finish what they hold unless the database is away;
-                // don't let that hold shutdown past its budget.
-                let deadline = *give_up_at.get_or_insert_with(|| {
-                    Instant::now() + self.config.shutdown_timeout.mul_f64(0.6)
-                });
-                if Instant::now() >= deadline {
-                    return Err(RoundError(format!(
-                        "shutting down with {} pages unwritten; they will be fetched again",
-                        in_flight.len()
-                    )));
-                }
+            if self.shutdown_budget_spent() {
+                return Err(RoundError(format!(
+                    "shutting down with {} pages unwritten; they will be fetched again",
+                    in_flight.len()
+                )));
             }
             if let Ok(page_no) = self.page_done_rx.recv_timeout(Duration::from_millis(100)) {
                 self.completed_pages.insert(page_no);
@@ -551,7 +555,7 @@ impl Syncer {
                         return Err(RoundError(format!("{what} failed during shutdown: {why}")));
                     }
                     warn!("{what} failed, retrying in {delay:?}: {why}");
-                    thread::sleep(delay);
+                    sleep_unless_stopping(delay, &self.stopping);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }

@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -28,6 +27,7 @@ use uuid::Uuid;
 use crate::metrics::{Counted, Metrics};
 use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Rejection};
+use crate::sleep_unless_stopping;
 use crate::store::{self, Failure, RejectionWrite, Statements, StatusMark, StoredUser, UserWrite};
 
 /// Most changes a writer takes into one transaction.
@@ -217,15 +217,6 @@ fn write_with_retry(
                 }
             }
         }
-    }
-}
-
-fn sleep_unless_stopping(total: Duration, stopping: &AtomicBool) {
-    let step = Duration::from_millis(25);
-    let mut slept = Duration::ZERO;
-    while slept < total && !stopping.load(Ordering::Acquire) {
-        thread::sleep(step);
-        slept += step;
     }
 }
 
