@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SyncState {
+pub enum Activity {
     /// Holding the sync lock and working through a round.
     Syncing,
     /// Holding the sync lock, between rounds.
@@ -24,7 +24,7 @@ pub enum SyncState {
 
 #[derive(Debug, Default)]
 struct Progress {
-    state: Option<SyncState>,
+    state: Option<Activity>,
     cursor: u64,
     epoch: Option<String>,
     last_success: Option<DateTime<Utc>>,
@@ -53,7 +53,7 @@ impl StatusBoard {
             && self.schema_applied.load(Ordering::Acquire)
     }
 
-    pub fn set_state(&self, state: SyncState) {
+    pub fn set_state(&self, state: Activity) {
         self.with(|p| p.state = Some(state));
     }
 
@@ -95,9 +95,9 @@ impl StatusBoard {
             "waiting_for_database"
         } else {
             match progress.state {
-                Some(SyncState::Syncing) => "syncing",
-                Some(SyncState::Standby) => "standby",
-                Some(SyncState::Idle) | None => "idle",
+                Some(Activity::Syncing) => "syncing",
+                Some(Activity::Standby) => "standby",
+                Some(Activity::Idle) | None => "idle",
             }
         };
         let rejected: serde_json::Map<String, Value> = metrics

@@ -29,7 +29,7 @@ use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Timestamp};
 use crate::routing::Router;
 use crate::sleep_unless_stopping;
-use crate::status::{StatusBoard, SyncState};
+use crate::status::{Activity, StatusBoard};
 use crate::store;
 use crate::writer::{Change, PageProgress, WorkItem};
 
@@ -140,10 +140,10 @@ impl Syncer {
 
     fn round(&mut self) {
         if !self.hold_sync_lock() {
-            self.status.set_state(SyncState::Standby);
+            self.status.set_state(Activity::Standby);
             return;
         }
-        self.status.set_state(SyncState::Syncing);
+        self.status.set_state(Activity::Syncing);
         let started = Instant::now();
         let result = self.sync_pages();
         self.metrics
@@ -162,7 +162,7 @@ impl Syncer {
                 self.status.round_failed(&why);
             }
         }
-        self.status.set_state(SyncState::Idle);
+        self.status.set_state(Activity::Idle);
     }
 
     /// Keeps (or takes) the advisory lock that makes this replica the one
