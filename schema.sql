@@ -27,8 +27,14 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
     received_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 -- A replayed change is recorded once: the same raw element at the same place
--- among its identical twins of a page is the same change.
-CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_payload_key ON sync_rejections (md5(payload), payload_copy);
+-- among its identical twins of a page is the same change. The key is a UUID
+-- (an MD5 digest) rather than the text itself: a 16-byte index that is cheap
+-- to search on every insert. Tables made before the key existed get it here
+-- (computed for their rows) and lose the text index it replaces.
+ALTER TABLE sync_rejections ADD COLUMN IF NOT EXISTS change_key UUID
+    GENERATED ALWAYS AS (md5(payload || ':' || payload_copy::text)::uuid) STORED;
+CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_change_key ON sync_rejections (change_key);
+DROP INDEX IF EXISTS sync_rejections_payload_key;
 CREATE INDEX IF NOT EXISTS sync_rejections_profile_id_idx ON sync_rejections (profile_id);
 
 -- Where syncing stands, one row per source URL.

@@ -134,7 +134,7 @@ const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, sta
 const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
               (profile_id, outcome, reason, message, payload, changed_at, payload_copy) \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[]) \
-         ON CONFLICT ((md5(payload)), payload_copy) DO NOTHING";
+         ON CONFLICT (change_key) DO NOTHING";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
