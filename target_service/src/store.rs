@@ -137,7 +137,7 @@ const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, sta
               AS c(id, name, email, mobile, status, last_updated_at, message) \
          ON CONFLICT (id) DO UPDATE SET \
               name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status, \
-              last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = excluded.sync_message \
+              last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated' \
          WHERE u.last_updated_at < excluded.last_updated_at \
          RETURNING u.id";
 
@@ -208,13 +208,16 @@ pub struct UserWrite<'a> {
     pub mobile: &'a str,
     pub status: &'a str,
     pub last_updated_at: DateTime<Utc>,
-    /// `created` or `updated`.
+    /// `created` or `updated`, for a row that is inserted (one that already
+    /// existed is always `updated`).
     pub message: &'static str,
 }
 
 /// Inserts or updates `users` rows, each only if it is strictly newer than
-/// the stored row, and returns the ids actually written. The `WHERE` is the
-/// last line of defence for "a stale change never overwrites data".
+/// the stored row, and returns the ids actually written. The `WHERE` decides
+/// for rows the writer did not read, and is the last line of defence for "a
+/// stale change never overwrites data" for the rest. An email or mobile held
+/// by a row outside `writes` fails the whole statement (a unique violation).
 pub fn upsert_users(
     client: &mut impl GenericClient,
     statements: &Statements,
@@ -289,8 +292,9 @@ pub struct StatusMark {
     pub message: String,
 }
 
-/// Applies marks (at most one per id); a row already marked the same way
-/// is not rewritten, so a replay costs no writes.
+/// Applies marks (at most one per id) to rows older than the mark's change;
+/// a row already marked the same way is not rewritten, so a replay costs no
+/// writes. A mark for an id without a row changes nothing.
 pub fn mark_users(
     client: &mut impl GenericClient,
     statements: &Statements,

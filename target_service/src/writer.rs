@@ -12,8 +12,13 @@
 //! A batch that meets a transient PostgreSQL error is retried with backoff
 //! until it commits or shutdown starts; nothing is acknowledged (and so no
 //! cursor moves) before its commit.
+//!
+//! How much a batch reads before it decides is chosen per batch ([`Reading`]):
+//! while changes are mostly new and claim nobody's email or mobile, the
+//! guards of the write statements decide for ids that occur once in the
+//! batch, and a unique violation sends the batch back to be read in full.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +37,47 @@ use crate::store::{self, Failure, RejectionWrite, Statements, StatusMark, Stored
 
 /// Most changes a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
+
+/// What a batch reads from `users` before it decides. Both give the same
+/// outcomes; they differ in which is cheaper for the changes at hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Reads only the rows of ids that occur more than once in the batch.
+    /// For an id that occurs once, nothing in the batch depends on its row:
+    /// the upsert's `WHERE` decides stale or synced (and what it did not
+    /// write is counted stale), a mark's own guard decides whether it
+    /// applies, and an email or mobile held by a row outside the batch
+    /// makes the upsert fail with a unique violation, after which the batch
+    /// is decided again, carefully. Cheapest while catching up.
+    Optimistic,
+    /// Reads the row of every id and the rows holding every email and mobile
+    /// the batch claims, and decides everything in memory. Cheapest while
+    /// most changes are stale (a replay: they are never sent to the upsert)
+    /// or conflicts are common (no statement fails).
+    Careful,
+}
+
+impl Reading {
+    /// The reading for the batch after one that ended with `counts`.
+    fn after(counts: &[(Counted, u64)]) -> Reading {
+        let count = |wanted: Counted| -> u64 {
+            counts
+                .iter()
+                .filter(|(how, _)| *how == wanted)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        let synced = count(Counted::Synced);
+        let stale = count(Counted::NotSynced(Reason::Stale));
+        let conflicts = count(Counted::NotSynced(Reason::EmailTaken))
+            + count(Counted::NotSynced(Reason::MobileTaken));
+        if conflicts > 0 || stale > synced {
+            Reading::Careful
+        } else {
+            Reading::Optimistic
+        }
+    }
+}
 
 /// One element of a page, parsed, on its way to a writer.
 #[derive(Debug)]
@@ -115,6 +161,7 @@ pub fn run(
     stopping: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut reading = Reading::Optimistic;
     while let Ok(first) = inbox.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -124,8 +171,9 @@ pub fn run(
             }
         }
         metrics.queue_depth.sub(batch.len() as i64);
-        match write_with_retry(&batch, &pool, &metrics, &stopping) {
+        match write_with_retry(&batch, &pool, &metrics, &stopping, reading) {
             Some(counts) => {
+                reading = Reading::after(&counts);
                 for (how, count) in counts {
                     metrics.record(how, count);
                 }
@@ -160,6 +208,7 @@ fn write_with_retry(
     pool: &DbPool,
     metrics: &Metrics,
     stopping: &AtomicBool,
+    mut reading: Reading,
 ) -> Option<Vec<(Counted, u64)>> {
     let mut delay = Duration::from_millis(50);
     let mut unique_retries = 0;
@@ -170,7 +219,7 @@ fn write_with_retry(
             .map_err(|err| (Failure::Transient, err.to_string()))
             .and_then(|mut conn| {
                 let result = conn.with_statements().and_then(|(client, statements)| {
-                    write_batch(client, statements, batch, row_by_row)
+                    write_batch(client, statements, batch, reading, row_by_row)
                 });
                 if result.is_err() {
                     // Prepared again next time, in case the schema changed under them.
@@ -182,6 +231,13 @@ fn write_with_retry(
             Ok(counts) => return Some(counts),
             Err(failure) => failure,
         };
+        if let ((Failure::Unique(_), _), Reading::Optimistic) = (&failure, reading) {
+            // Someone outside the batch holds an email or mobile it claims:
+            // an expected way for an optimistic batch to end, not an error.
+            debug!("optimistic batch met a taken email or mobile; deciding it carefully");
+            reading = Reading::Careful;
+            continue;
+        }
         metrics.db_errors.inc();
         match failure {
             (Failure::Transient, message) => {
@@ -214,28 +270,85 @@ fn write_with_retry(
                 } else {
                     debug!("batch refused by the database, writing it row by row: {message}");
                     row_by_row = true;
+                    reading = Reading::Careful;
                 }
             }
         }
     }
 }
 
-/// One transaction: read, decide, write. `row_by_row` isolates each users
-/// write in a savepoint so one refused row becomes a rejection of its own.
+/// One transaction: read, decide, write. `row_by_row` (only ever with
+/// [`Reading::Careful`]) isolates each users write in a savepoint so one
+/// refused row becomes a rejection of its own.
 fn write_batch(
     client: &mut Client,
     statements: &Statements,
     batch: &[WorkItem],
+    reading: Reading,
     row_by_row: bool,
 ) -> Result<Vec<(Counted, u64)>, postgres::Error> {
     let mut tx = client.transaction()?;
-    let mut ids: Vec<Uuid> = batch
-        .iter()
-        .filter_map(|item| item.change.profile_id())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let (ids, unread) = ids_to_read(batch, reading);
     let stored = store::read_users(&mut tx, statements, &ids)?;
+    let owners = match reading {
+        Reading::Careful => read_owners(&mut tx, statements, batch, &stored)?,
+        Reading::Optimistic => Vec::new(),
+    };
+
+    let mut plan = plan_batch(
+        batch.iter().map(|item| &item.change),
+        &stored,
+        &owners,
+        &unread,
+    );
+    if plan.undecided {
+        tx.rollback()?;
+        return write_batch(client, statements, batch, Reading::Careful, row_by_row);
+    }
+    let written = if row_by_row {
+        write_rows_one_by_one(&mut tx, statements, &mut plan, &stored)?
+    } else {
+        store::upsert_users(&mut tx, statements, &plan.writes)?
+    };
+    plan.demote_unwritten(&written);
+    store::insert_rejections(&mut tx, statements, &plan.rejections)?;
+    store::mark_users(&mut tx, statements, &plan.marks)?;
+    tx.commit()?;
+    Ok(plan.counts())
+}
+
+/// The ids whose rows a batch reads (sorted, for the index's sake), and the
+/// ids it leaves unread: with [`Reading::Optimistic`], those that occur once.
+fn ids_to_read(batch: &[WorkItem], reading: Reading) -> (Vec<Uuid>, HashSet<Uuid>) {
+    let mut repeated: HashMap<Uuid, bool> = HashMap::with_capacity(batch.len());
+    for id in batch.iter().filter_map(|item| item.change.profile_id()) {
+        repeated
+            .entry(id)
+            .and_modify(|again| *again = true)
+            .or_insert(false);
+    }
+    let (mut ids, unread): (Vec<Uuid>, HashSet<Uuid>) = match reading {
+        Reading::Careful => (repeated.into_keys().collect(), HashSet::new()),
+        Reading::Optimistic => {
+            let (read, unread): (Vec<_>, Vec<_>) =
+                repeated.into_iter().partition(|(_, again)| *again);
+            (
+                read.into_iter().map(|(id, _)| id).collect(),
+                unread.into_iter().map(|(id, _)| id).collect(),
+            )
+        }
+    };
+    ids.sort_unstable();
+    (ids, unread)
+}
+
+/// The rows holding an email or mobile that a change of the batch may claim.
+fn read_owners(
+    tx: &mut postgres::Transaction<'_>,
+    statements: &Statements,
+    batch: &[WorkItem],
+    stored: &HashMap<Uuid, StoredUser>,
+) -> Result<Vec<(Uuid, String, String)>, postgres::Error> {
     // Only a change newer than its row can claim an email or mobile, and a
     // row's own values cannot belong to anyone else: a replayed backlog
     // skips this look-up entirely.
@@ -253,23 +366,10 @@ fn write_batch(
             mobiles.push(profile.mobile.as_str());
         }
     }
-    let owners = if emails.is_empty() && mobiles.is_empty() {
-        Vec::new()
-    } else {
-        store::owners_of(&mut tx, statements, &emails, &mobiles)?
-    };
-
-    let mut plan = plan_batch(batch.iter().map(|item| &item.change), &stored, &owners);
-    let written = if row_by_row {
-        write_rows_one_by_one(&mut tx, statements, &mut plan, &stored)?
-    } else {
-        store::upsert_users(&mut tx, statements, &plan.writes)?
-    };
-    plan.demote_unwritten(&written);
-    store::insert_rejections(&mut tx, statements, &plan.rejections)?;
-    store::mark_users(&mut tx, statements, &plan.marks)?;
-    tx.commit()?;
-    Ok(plan.counts())
+    if emails.is_empty() && mobiles.is_empty() {
+        return Ok(Vec::new());
+    }
+    store::owners_of(tx, statements, &emails, &mobiles)
 }
 
 fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
@@ -332,6 +432,12 @@ pub struct BatchPlan<'a> {
     pub outcomes: Vec<Counted>,
     /// For each write: its index into `outcomes` and its raw element.
     write_items: Vec<(usize, &'a Value)>,
+    /// Rejections (indexes into `rejections`) of ids whose rows were not
+    /// read: each marks its row if there is one and it is older.
+    unread_marks: Vec<usize>,
+    /// A conflict was decided that depends on a row that was not read: the
+    /// plan must not be written; decide again with [`Reading::Careful`].
+    pub undecided: bool,
 }
 
 /// The simulated state of one id while a batch is planned.
@@ -350,10 +456,14 @@ struct SimulatedRow {
 /// held by another id is a conflict; anything else is synced and becomes the
 /// row that later changes are compared with. `stored` are the stored rows of
 /// the batch's ids, `owners` the rows holding any of its emails or mobiles.
+/// `unread` are ids that occur once in the batch and whose rows were not
+/// read (see [`Reading::Optimistic`]): their change is planned as if the row
+/// were absent, and the statements' guards settle the rest.
 pub fn plan_batch<'a>(
     changes: impl Iterator<Item = &'a Change>,
     stored: &HashMap<Uuid, StoredUser>,
     owners: &[(Uuid, String, String)],
+    unread: &HashSet<Uuid>,
 ) -> BatchPlan<'a> {
     let mut rows: HashMap<Uuid, SimulatedRow> = stored
         .iter()
@@ -391,13 +501,15 @@ pub fn plan_batch<'a>(
                     plan.outcomes.push(Counted::NotSynced(Reason::Stale));
                     continue;
                 }
+                let email_holder = email_owner.get(profile.email.as_str());
+                let mobile_holder = mobile_owner.get(profile.mobile.as_str());
                 let taken = |owner: Option<&Uuid>| owner.is_some_and(|owner| *owner != profile.id);
-                let conflict = if taken(email_owner.get(profile.email.as_str())) {
+                let conflict = if taken(email_holder) {
                     Some((
                         Reason::EmailTaken,
                         format!("email {} belongs to another user", profile.email.as_str()),
                     ))
-                } else if taken(mobile_owner.get(profile.mobile.as_str())) {
+                } else if taken(mobile_holder) {
                     Some((
                         Reason::MobileTaken,
                         format!("mobile {} belongs to another user", profile.mobile.as_str()),
@@ -406,10 +518,16 @@ pub fn plan_batch<'a>(
                     None
                 };
                 if let Some((reason, message)) = conflict {
+                    // Whether this change is stale, or whether the holder's
+                    // own change was, hangs on a row that was not read.
+                    let holders = [Some(&profile.id), email_holder, mobile_holder];
+                    if holders.into_iter().flatten().any(|id| unread.contains(id)) {
+                        plan.undecided = true;
+                    }
                     plan.reject(
                         &mut rows,
-                        Some(profile.id),
-                        Some(changed_at),
+                        unread,
+                        (Some(profile.id), Some(changed_at)),
                         reason,
                         message,
                         (raw.to_string(), 0),
@@ -472,8 +590,11 @@ pub fn plan_batch<'a>(
             } => {
                 plan.reject(
                     &mut rows,
-                    rejection.profile_id,
-                    rejection.changed_at.map(|t| t.as_datetime()),
+                    unread,
+                    (
+                        rejection.profile_id,
+                        rejection.changed_at.map(|t| t.as_datetime()),
+                    ),
                     rejection.reason,
                     rejection.message.clone(),
                     (payload.clone(), *copy),
@@ -486,12 +607,13 @@ pub fn plan_batch<'a>(
 }
 
 impl<'a> BatchPlan<'a> {
-    /// Records a rejection, and marks its row when the change is newer.
+    /// Records a rejection of the change with this id and time, and marks
+    /// its row when the change is newer.
     fn reject(
         &mut self,
         rows: &mut HashMap<Uuid, SimulatedRow>,
-        profile_id: Option<Uuid>,
-        changed_at: Option<chrono::DateTime<chrono::Utc>>,
+        unread: &HashSet<Uuid>,
+        (profile_id, changed_at): (Option<Uuid>, Option<chrono::DateTime<chrono::Utc>>),
         reason: Reason,
         message: String,
         (payload, copy): (String, i32),
@@ -502,6 +624,8 @@ impl<'a> BatchPlan<'a> {
                 if at > row.last_updated_at {
                     row.mark = Some(self.rejections.len());
                 }
+            } else if unread.contains(&id) {
+                self.unread_marks.push(self.rejections.len());
             }
         }
         self.rejections.push(RejectionWrite {
@@ -515,14 +639,16 @@ impl<'a> BatchPlan<'a> {
         });
     }
 
-    /// Turns the rejection that last marked each row into that row's mark.
+    /// Turns the rejection that last marked each row into that row's mark,
+    /// and each rejection of an unread row into a mark its guard decides.
     fn drop_cleared_marks(&mut self, rows: &HashMap<Uuid, SimulatedRow>) {
-        for (id, row) in rows {
-            let Some(index) = row.mark else { continue };
+        let last_marks = rows.values().filter_map(|row| row.mark);
+        let marking: Vec<usize> = last_marks.chain(self.unread_marks.drain(..)).collect();
+        for index in marking {
             let rejection = &self.rejections[index];
-            if let Some(changed_at) = rejection.changed_at {
+            if let (Some(id), Some(changed_at)) = (rejection.profile_id, rejection.changed_at) {
                 self.marks.push(StatusMark {
-                    id: *id,
+                    id,
                     changed_at,
                     outcome: rejection.outcome,
                     message: rejection.message.clone(),
@@ -653,7 +779,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
         ];
-        let plan = plan_batch(changes.iter(), &HashMap::new(), &[]);
+        let plan = plan_batch(changes.iter(), &HashMap::new(), &[], &HashSet::new());
         assert_eq!(plan.outcomes, [Counted::Synced, Counted::Synced]);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].email, "b@x.io");
@@ -669,7 +795,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(1, "2025-01-03T00:00:00Z", "a@x.io", "111"),
         ];
-        let plan = plan_batch(changes.iter(), &rows, &[]);
+        let plan = plan_batch(changes.iter(), &rows, &[], &HashSet::new());
         let stale = Counted::NotSynced(Reason::Stale);
         assert_eq!(plan.outcomes, [stale, stale, Counted::Synced]);
         assert_eq!(plan.writes[0].message, "updated");
@@ -686,7 +812,7 @@ mod tests {
             accepted(1, "2025-01-05T00:00:00Z", "new@x.io", "999"),
             accepted(2, "2025-01-06T00:00:00Z", "a@x.io", "222"),
         ];
-        let plan = plan_batch(changes.iter(), &rows, &owners);
+        let plan = plan_batch(changes.iter(), &rows, &owners, &HashSet::new());
         assert_eq!(
             plan.outcomes,
             [
@@ -712,6 +838,40 @@ mod tests {
     }
 
     #[test]
+    fn unread_rows_are_planned_as_absent_and_left_to_the_guards() {
+        let unread: HashSet<Uuid> = [id(1), id(2)].into();
+        let changes = [
+            accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
+            rejected(2, "2025-01-02T00:00:00Z", Reason::InactiveStatus),
+        ];
+        let plan = plan_batch(changes.iter(), &HashMap::new(), &[], &unread);
+        assert!(!plan.undecided);
+        assert_eq!(plan.writes.len(), 1);
+        assert_eq!(plan.writes[0].message, "created", "the upsert says updated");
+        assert_eq!(plan.marks.len(), 1, "the mark's guard decides");
+        assert_eq!(plan.marks[0].id, id(2));
+    }
+
+    #[test]
+    fn a_conflict_that_hangs_on_an_unread_row_is_left_undecided() {
+        let claims = [
+            accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
+            accepted(2, "2025-01-01T00:00:00Z", "a@x.io", "222"),
+        ];
+        let plan = plan_batch(claims.iter(), &HashMap::new(), &[], &[id(1)].into());
+        assert!(
+            plan.undecided,
+            "id 1 may be stale, and then id 2 gets a@x.io"
+        );
+        let plan = plan_batch(claims.iter(), &HashMap::new(), &[], &HashSet::new());
+        assert!(!plan.undecided);
+        assert_eq!(
+            plan.outcomes,
+            [Counted::Synced, Counted::NotSynced(Reason::EmailTaken)]
+        );
+    }
+
+    #[test]
     fn a_newer_rejection_marks_the_row_and_a_later_sync_clears_the_mark() {
         let rows = stored(&[
             (1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
@@ -724,7 +884,7 @@ mod tests {
             accepted(2, "2025-01-03T00:00:00Z", "b@x.io", "222"),
             rejected(3, "2025-01-02T00:00:00Z", Reason::InvalidName),
         ];
-        let plan = plan_batch(changes.iter(), &rows, &[]);
+        let plan = plan_batch(changes.iter(), &rows, &[], &HashSet::new());
         assert_eq!(plan.rejections.len(), 3, "every rejection is recorded");
         assert_eq!(plan.marks.len(), 1, "{:?}", plan.marks);
         assert_eq!(plan.marks[0].id, id(1));

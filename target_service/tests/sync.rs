@@ -206,6 +206,88 @@ fn a_stale_or_invalid_change_never_overwrites_a_good_row() {
     target.shutdown();
 }
 
+/// Writers read only the rows of ids that occur more than once in a batch
+/// while catching up, and leave the rest to the statements' guards; every
+/// outcome must be the one a full read would have given.
+#[test]
+fn rows_a_batch_did_not_read_still_get_exactly_the_contract_s_outcomes() {
+    let db = TestDb::new();
+    let first: Vec<Value> = (1..=5)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let log = CursorLog::new(first);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("WRITER_THREADS", "1")]);
+    wait_until("first rows", Duration::from_secs(10), || {
+        target.metrics.synced.get() == 5
+    });
+
+    let inactive = |n: u32, at: &str| {
+        let mut change = profile(n, at);
+        change["status"] = json!("inactive");
+        change
+    };
+    let mut updated = profile(1, "2025-07-01T11:00:00Z");
+    updated["name"] = json!("Updated");
+    let mut stale = profile(2, "2025-07-01T09:00:00Z");
+    stale["name"] = json!("Stale");
+    log.changes.lock().unwrap().extend([
+        profile(6, "2025-07-01T10:00:00Z"),
+        updated,
+        stale,
+        inactive(3, "2025-07-01T11:00:00Z"),
+        inactive(4, "2025-07-01T09:00:00Z"),
+        inactive(7, "2025-07-01T11:00:00Z"),
+    ]);
+    wait_until("second page handled", Duration::from_secs(10), || {
+        target.metrics.fetched.get() == 11
+            && target.metrics.synced.get() + target.metrics.skipped.get() == 11
+    });
+    assert_eq!(target.metrics.synced.get(), 7);
+    assert_eq!(rejected(&target, "stale"), 1);
+    assert_eq!(rejected(&target, "inactive_status"), 3);
+    let status = |n: u32| user_row(&db, n).map(|r| (r.0, r.4, r.5));
+    let synced = |name: &str, message: &str| {
+        Some((
+            name.to_owned(),
+            "synced".to_owned(),
+            Some(message.to_owned()),
+        ))
+    };
+    assert_eq!(status(1), synced("Updated", "updated"));
+    assert_eq!(status(2), synced("User 2", "created"), "stale: untouched");
+    let marked = status(3).unwrap();
+    assert_eq!(
+        (marked.0.as_str(), marked.1.as_str()),
+        ("User 3", "skipped"),
+        "a newer inactive change marks the row and leaves its data"
+    );
+    assert!(marked.2.unwrap().contains("inactive"));
+    assert_eq!(status(4), synced("User 4", "created"), "older: not marked");
+    assert_eq!(status(6), synced("User 6", "created"));
+    assert_eq!(status(7), None);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'inactive_status'"),
+        3
+    );
+
+    // A claim on the email of a row the batch did not read, next to a change
+    // of that very row: the first in sequence wins.
+    let mut thief = profile(8, "2025-07-01T12:00:00Z");
+    thief["email"] = json!("user5@example.com");
+    let mut owner = profile(5, "2025-07-01T12:00:00Z");
+    owner["name"] = json!("Owner");
+    log.changes.lock().unwrap().extend([owner, thief]);
+    wait_until("third page handled", Duration::from_secs(10), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() == 13
+    });
+    assert_eq!(rejected(&target, "email_taken"), 1);
+    assert_eq!(status(5), synced("Owner", "updated"));
+    assert_eq!(status(8), None);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
 #[test]
 fn an_email_or_mobile_held_by_another_id_is_a_recorded_conflict() {
     let db = TestDb::new();
