@@ -326,16 +326,43 @@ impl Profile {
                 changed_at: None,
             });
         };
-        // What can be read of the id and timestamp goes with every rejection,
-        // so a newer bad change can still mark an existing row.
-        let profile_id = object
-            .get("id")
-            .and_then(Value::as_str)
-            .and_then(parse_uuid);
-        let changed_at = object
-            .get("last_updated_at")
-            .and_then(Value::as_str)
-            .and_then(|text| Timestamp::parse(text).ok());
+        let malformed = |message: String| {
+            // What can be read of the id and timestamp goes with every
+            // rejection, so a newer bad change can still mark an existing row.
+            let text_of = |field: &str| object.get(field).and_then(Value::as_str);
+            Rejection {
+                reason: Reason::Malformed,
+                message,
+                profile_id: text_of("id").and_then(parse_uuid),
+                changed_at: text_of("last_updated_at").and_then(|text| Timestamp::parse(text).ok()),
+            }
+        };
+        let mut text = [""; 6];
+        for (slot, field) in text.iter_mut().zip(FIELDS) {
+            match object.get(field) {
+                Some(Value::String(value)) => *slot = value,
+                Some(other) => {
+                    return Err(malformed(format!(
+                        "field {field} is {}, not a string",
+                        json_kind(other)
+                    )))
+                }
+                None => return Err(malformed(format!("field {field} is missing"))),
+            }
+        }
+        Profile::check(text, latest_allowed)
+    }
+
+    /// The checks after the first: each of the six fields, present and a
+    /// string, in [`FIELDS`] order, against its rule.
+    fn check(text: [&str; 6], latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
+        let [id, name, email, mobile, status, last_updated_at] = text;
+        // Each is parsed once: what can be read of the id and timestamp goes
+        // with every rejection, so a newer bad change can still mark an
+        // existing row.
+        let profile_id = parse_uuid(id);
+        let timestamp = Timestamp::parse(last_updated_at);
+        let changed_at = timestamp.as_ref().ok().copied();
         let reject = |reason: Reason, message: String| Rejection {
             reason,
             message,
@@ -343,34 +370,13 @@ impl Profile {
             changed_at,
         };
 
-        let mut text = [""; 6];
-        for (slot, field) in text.iter_mut().zip(FIELDS) {
-            match object.get(field) {
-                Some(Value::String(value)) => *slot = value,
-                Some(other) => {
-                    return Err(reject(
-                        Reason::Malformed,
-                        format!("field {field} is {}, not a string", json_kind(other)),
-                    ))
-                }
-                None => {
-                    return Err(reject(
-                        Reason::Malformed,
-                        format!("field {field} is missing"),
-                    ))
-                }
-            }
-        }
-        let [id, name, email, mobile, status, last_updated_at] = text;
-
-        let Some(id) = parse_uuid(id) else {
+        let Some(id) = profile_id else {
             return Err(reject(
                 Reason::InvalidId,
                 format!("id {:?} is not a hyphenated UUID", truncate_for_message(id)),
             ));
         };
-        let last_updated_at =
-            Timestamp::parse(last_updated_at).map_err(|m| reject(Reason::InvalidTimestamp, m))?;
+        let last_updated_at = timestamp.map_err(|m| reject(Reason::InvalidTimestamp, m))?;
         let email = Email::parse(email).map_err(|m| reject(Reason::InvalidEmail, m))?;
         let name = Name::parse(name).map_err(|m| reject(Reason::InvalidName, m))?;
         let mobile = Mobile::parse(mobile).map_err(|m| reject(Reason::InvalidMobile, m))?;
