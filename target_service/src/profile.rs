@@ -5,6 +5,11 @@
 //! [`Profile`] or a [`Rejection`] carrying the outcome and reason code of the
 //! first rule that failed, checked in the contract's order. Writers only ever
 //! see `Profile`s; nothing downstream re-checks a field.
+//!
+//! [`Profile::parse_json`], what the sync round uses, decides the same from
+//! an element's JSON text: the usual element, an object of six strings, is
+//! read straight into them (`wire`) without a `serde_json::Value`; any other
+//! goes through a `Value` and `Profile::parse`, so the two never differ.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -13,6 +18,8 @@ use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use regex::Regex;
 use serde_json::Value;
 use uuid::Uuid;
+
+mod wire;
 
 /// What became of a change that was not synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -353,6 +360,30 @@ impl Profile {
         Profile::check(text, latest_allowed)
     }
 
+    /// [`Profile::parse`] of one page element given as its JSON text, with
+    /// the same result in every case, but without building a `Value` for
+    /// the usual element: a plain object of six strings is read straight
+    /// into them. Anything else takes the `Value` path. An element that is
+    /// not valid JSON to a `Value` (a lone surrogate escape, a number out of
+    /// range) is `malformed`, keeping what can be read of its id and time.
+    pub fn parse_json(text: &str, latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
+        if let Some(wire::Fields(fields)) = wire::Fields::read(text) {
+            return Profile::check(fields.each_ref().map(|field| &**field), latest_allowed);
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(element) => Profile::parse(&element, latest_allowed),
+            Err(err) => {
+                let (id, at) = wire::id_and_time(text);
+                Err(Rejection {
+                    reason: Reason::Malformed,
+                    message: format!("element is not valid JSON: {err}"),
+                    profile_id: id.as_deref().and_then(parse_uuid),
+                    changed_at: at.and_then(|text| Timestamp::parse(&text).ok()),
+                })
+            }
+        }
+    }
+
     /// The checks after the first: each of the six fields, present and a
     /// string, in [`FIELDS`] order, against its rule.
     fn check(text: [&str; 6], latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
@@ -450,6 +481,8 @@ mod tests {
     use super::*;
     use chrono::Duration;
     use serde_json::json;
+    use std::borrow::Cow;
+    use std::collections::HashSet;
 
     fn now_limit() -> DateTime<Utc> {
         Utc::now() + Duration::seconds(300)
@@ -780,5 +813,259 @@ mod tests {
         assert_eq!(conflicts, [&Reason::EmailTaken, &Reason::MobileTaken]);
         assert_eq!(Reason::Stale.outcome().as_str(), "skipped");
         assert_eq!(Reason::InvalidEmail.outcome().as_str(), "failed_validation");
+    }
+
+    /// `parse_json` of `text` against `parse` of the same text read as a
+    /// `Value`: the fast path must never change an outcome or a message.
+    fn assert_agree(text: &str) -> Result<Profile, Rejection> {
+        let limit = now_limit();
+        let element: Value = serde_json::from_str(text).expect("the test element is valid JSON");
+        let fast = Profile::parse_json(text, limit);
+        assert_eq!(fast, Profile::parse(&element, limit), "{text}");
+        fast
+    }
+
+    /// `value` as JSON text with every character of every string written
+    /// as a `\uXXXX` escape, object members in reverse order if `reversed`.
+    fn escaped(value: &Value, reversed: bool) -> String {
+        fn string(text: &str) -> String {
+            let units: String = text
+                .encode_utf16()
+                .map(|unit| format!("\\u{unit:04x}"))
+                .collect();
+            format!("\"{units}\"")
+        }
+        match value {
+            Value::String(text) => string(text),
+            Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(|v| escaped(v, reversed)).collect();
+                format!("[{}]", items.join(","))
+            }
+            Value::Object(members) => {
+                let mut members: Vec<String> = members
+                    .iter()
+                    .map(|(key, v)| format!("{}:{}", string(key), escaped(v, reversed)))
+                    .collect();
+                if reversed {
+                    members.reverse();
+                }
+                format!("{{{}}}", members.join(","))
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// Elements for every row of the validation table and odd shapes
+    /// around them.
+    fn table() -> Vec<Value> {
+        let mut elements = vec![
+            valid(),
+            with("status", json!("pending")),
+            json!(null),
+            json!(true),
+            json!(42),
+            json!(-1.5),
+            json!("text"),
+            json!([]),
+            json!([valid()]),
+            json!(["id", "name", "email", "mobile", "status", "last_updated_at"]),
+            json!({}),
+        ];
+        for field in FIELDS {
+            elements.push(without(field));
+            for odd in [
+                json!(null),
+                json!(7),
+                json!(-0.5),
+                json!(true),
+                json!([]),
+                json!(["a@b.co"]),
+                json!({}),
+                json!({"nested": {"deeper": [1, "x", null]}}),
+                json!(""),
+                json!("x".repeat(10_000)),
+                json!("A \"quoted\" / \\ name é \u{0} \u{1F600}"),
+            ] {
+                elements.push(with(field, odd));
+            }
+        }
+        for (field, text) in [
+            ("id", "not-a-uuid"),
+            ("id", "3F1C2A9E-8B7D-4C6E-9A5F-1B2C3D4E5F60"),
+            ("id", "{3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60}"),
+            ("last_updated_at", "2025-07-01 10:13:04Z"),
+            ("last_updated_at", "2025-02-30T10:13:04Z"),
+            ("last_updated_at", "2025-07-01T10:13:04"),
+            ("last_updated_at", "2025-07-01T15:43:04+05:30"),
+            ("last_updated_at", "2025-07-01T10:13:04.123456789-08:00"),
+            ("last_updated_at", "2025-07-01t10:13:04z"),
+            ("last_updated_at", "2999-01-01T00:00:00Z"),
+            ("email", "a..b@example.com"),
+            ("email", "ü@example.com"),
+            ("email", "USER@EXAMPLE.COM"),
+            ("name", " "),
+            ("name", "nul\u{0}inside"),
+            ("name", "Zoë Ångström"),
+            ("name", &"é".repeat(256)),
+            ("mobile", "12"),
+            ("mobile", "+1234567890123456789"),
+            ("mobile", "١٢٣٤"),
+            ("status", "inactive"),
+            ("status", "Active"),
+            ("nickname", "an extra field"),
+            ("", "an empty key"),
+        ] {
+            elements.push(with(field, json!(text)));
+        }
+        elements.push(with("extra", json!({"nested": [1, 2, {"x": null}]})));
+        elements.push(with("extra", json!(1e300)));
+        elements.push(with("extra", json!(u64::MAX)));
+        let mut every_rule_broken = valid();
+        for field in FIELDS {
+            every_rule_broken[field] = json!("bad");
+        }
+        elements.push(every_rule_broken);
+        elements
+    }
+
+    #[test]
+    fn parse_json_agrees_with_parse_for_every_row_and_odd_shape() {
+        let mut reasons = HashSet::new();
+        for element in table() {
+            for text in [
+                element.to_string(),
+                serde_json::to_string_pretty(&element).unwrap(),
+                escaped(&element, false),
+                escaped(&element, true),
+            ] {
+                reasons.insert(assert_agree(&text).err().map(|r| r.reason));
+            }
+        }
+        // Every outcome parsing can give was among them.
+        for reason in &Reason::ALL[..8] {
+            assert!(reasons.contains(&Some(*reason)), "{reason:?}");
+        }
+        assert!(reasons.contains(&None));
+    }
+
+    #[test]
+    fn parse_json_agrees_with_parse_on_text_a_value_does_not_show() {
+        let id = "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60";
+        let rest = r#""name":"Ada","email":"ada@example.com","mobile":"+447700900123","status":"active","last_updated_at":"2025-07-01T15:43:04+05:30""#;
+        // Of duplicate keys a `Value` keeps the last.
+        let last_id_good = assert_agree(&format!(r#"{{"id":"bad","id":"{id}",{rest}}}"#));
+        assert!(last_id_good.is_ok());
+        let last_id_bad = assert_agree(&format!(r#"{{"id":"{id}",{rest},"id":"bad"}}"#));
+        assert_eq!(last_id_bad.unwrap_err().reason, Reason::InvalidId);
+        let last_null = assert_agree(&format!(r#"{{"id":"{id}",{rest},"status":null}}"#));
+        assert_eq!(last_null.unwrap_err().reason, Reason::Malformed);
+        assert_agree(&format!(r#"{{"id":7,"id":"{id}",{rest}}}"#)).unwrap();
+        assert_agree(&format!(r#"{{"id":"{id}","x":1,{rest},"x":"y"}}"#)).unwrap();
+        // Escaped keys, escapes of every kind, white space everywhere.
+        assert_agree(&format!(r#"{{"\u0069d":"{id}",{rest}}}"#)).unwrap();
+        let quoted = assert_agree(&format!(
+            r#"{{"id":"{id}",{rest},"name":"A \"q\" \/ \\ \u00e9 \ud83d\ude00"}}"#
+        ));
+        assert_eq!(quoted.unwrap().name.as_str(), "A \"q\" / \\ é 😀");
+        let nul = assert_agree(&format!(r#"{{"id":"{id}",{rest},"name":"a\u0000b"}}"#));
+        assert_eq!(nul.unwrap_err().reason, Reason::InvalidName);
+        assert_agree(&format!(" \n\t{{ \"id\" :\r\n\"{id}\" , {rest} }} \n")).unwrap();
+        // Extra members of any kind and depth a `Value` takes.
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        for extra in [
+            deep.as_str(),
+            "1.5e-400",
+            "-0",
+            "123456789012345678901234567890",
+            r#"{"id":5,"name":null}"#,
+            r#""\ud83d\ude00""#,
+        ] {
+            assert_agree(&format!(r#"{{"id":"{id}","extra":{extra},{rest}}}"#)).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_element_a_value_refuses_is_malformed_with_what_can_be_read() {
+        let limit = now_limit();
+        let id = "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60";
+        let element = |name: &str| {
+            format!(
+                r#"{{"id":"{id}","name":{name},"email":"ada@example.com","mobile":"+447700900123","status":"active","last_updated_at":"2025-07-01T15:43:04+05:30"}}"#
+            )
+        };
+        for text in [
+            element(r#""\ud800""#),
+            element(r#""trailing \udc00 alone""#),
+            element(r#""Ada","x":1e400"#),
+            element(r#""Ada","x":[-1e999]"#),
+            element(r#""Ada","x":{"\ud800":1}"#),
+            element(r#""Ada","last_updated_at":"2025-07-01T15:43:04+05:30","name":"\udfff""#),
+        ] {
+            assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+            let rejection = Profile::parse_json(&text, limit).unwrap_err();
+            assert_eq!(rejection.reason, Reason::Malformed, "{text}");
+            assert!(
+                rejection.message.starts_with("element is not valid JSON: "),
+                "{}",
+                rejection.message
+            );
+            assert_eq!(
+                rejection.profile_id.map(|u| u.to_string()).as_deref(),
+                Some(id)
+            );
+            assert_eq!(
+                rejection.changed_at.map(|at| at.to_string()).as_deref(),
+                Some("2025-07-01T10:13:04.000000Z")
+            );
+        }
+        for text in [
+            r#""\ud800""#.to_owned(),
+            "[1e400]".to_owned(),
+            r#"{"id":"\ud800","last_updated_at":"bad"}"#.to_owned(),
+            format!(r#"{{"\ud800":1,"id":"{id}"}}"#),
+            format!(r#"{{"id":"{id}","id":5,"x":"\ud800"}}"#),
+        ] {
+            let rejection = Profile::parse_json(&text, limit).unwrap_err();
+            assert_eq!(rejection.reason, Reason::Malformed, "{text}");
+            assert_eq!(rejection.profile_id, None, "{text}");
+            assert_eq!(rejection.changed_at, None, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_usual_element_is_read_without_a_value_and_odd_ones_are_not() {
+        for usual in [
+            valid(),
+            with("status", json!("inactive")),
+            with("id", json!("bad")),
+            with("nickname", json!([1, {"a": null}])),
+        ] {
+            assert!(wire::Fields::read(&usual.to_string()).is_some(), "{usual}");
+        }
+        let fields = wire::Fields::read(
+            r#"{"id":"a","name":"b\u00e9","email":"c","mobile":"d","status":"e","last_updated_at":"f"}"#,
+        )
+        .expect("six strings");
+        assert!(matches!(fields.0[0], Cow::Borrowed("a")), "borrowed");
+        assert!(matches!(&fields.0[1], Cow::Owned(name) if name == "bé"));
+        assert_eq!(
+            fields.0.each_ref().map(|f| &**f),
+            ["a", "bé", "c", "d", "e", "f"]
+        );
+        let six_strings = r#"["id","name","email","mobile","status","last_updated_at"]"#;
+        let twice = valid()
+            .to_string()
+            .replacen('{', r#"{"status":"active","#, 1);
+        for odd in [
+            "null".to_owned(),
+            six_strings.to_owned(),
+            with("id", json!(null)).to_string(),
+            with("name", json!(7)).to_string(),
+            without("mobile").to_string(),
+            twice,
+            valid().to_string().replacen('{', r#"{"x":1e400,"#, 1),
+        ] {
+            assert!(wire::Fields::read(&odd).is_none(), "{odd}");
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Properties of parsing that must hold for any input from outside: nothing
-//! panics, the same instant compares equal in any offset, and what the rules
-//! allow is accepted.
+//! panics, the same instant compares equal in any offset, what the rules
+//! allow is accepted, and reading an element's text directly decides exactly
+//! as reading it into a `Value` first.
 
 use chrono::{DateTime, Duration, FixedOffset, TimeZone, Utc};
 use proptest::prelude::*;
@@ -43,6 +44,107 @@ fn any_json() -> impl Strategy<Value = Value> {
     })
 }
 
+const FIELDS: [&str; 6] = ["id", "name", "email", "mobile", "status", "last_updated_at"];
+
+/// A value for `field`: mostly a string close to its rule (on either side
+/// of it), sometimes any JSON at all.
+fn value_for(field: &str) -> BoxedStrategy<Value> {
+    let plausible: BoxedStrategy<String> = match field {
+        "id" => "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-gA-F]{11,13}"
+            .boxed(),
+        "name" => "[ a-zA-Zé\u{0}\t\"\\\\/]{0,12}".boxed(),
+        "email" => "[a-z.\"]{0,6}@[a-z-]{1,6}\\.[a-z0-9]{1,3}".boxed(),
+        "mobile" => "\\+?[0-9]{1,21}".boxed(),
+        "status" => "active|pending|inactive|Active|".boxed(),
+        _ => "20[0-9]{2}-[01][0-9]-[0-3][0-9][Tt ][0-2][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?([Zz]|[+-][01][0-9]:[0-5][0-9])?"
+            .boxed(),
+    };
+    prop_oneof![6 => plausible.prop_map(Value::String), 1 => any_json()].boxed()
+}
+
+/// A JSON string with every character written as a `\uXXXX` escape.
+fn escaped_string(text: &str) -> String {
+    let units: String = text
+        .encode_utf16()
+        .map(|unit| format!("\\u{unit:04x}"))
+        .collect();
+    format!("\"{units}\"")
+}
+
+/// `value` as JSON text, its strings escaped character by character if
+/// `escape`.
+fn render(value: &Value, escape: bool) -> String {
+    match value {
+        Value::String(text) if escape => escaped_string(text),
+        Value::Array(items) if escape => {
+            let items: Vec<String> = items.iter().map(|v| render(v, escape)).collect();
+            format!("[{}]", items.join(","))
+        }
+        Value::Object(members) if escape => {
+            let members: Vec<(String, Value)> = members
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            render_object(&members, escape)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// An object with these members in this order, duplicates and all, which a
+/// `Value` cannot hold.
+fn render_object(members: &[(String, Value)], escape: bool) -> String {
+    let members: Vec<String> = members
+        .iter()
+        .map(|(key, value)| {
+            let key = if escape {
+                escaped_string(key)
+            } else {
+                Value::String(key.clone()).to_string()
+            };
+            format!("{key}:{}", render(value, escape))
+        })
+        .collect();
+    let gap = if escape { ", " } else { "," };
+    format!("{{{}}}", members.join(gap))
+}
+
+/// The text of a page element near a valid profile: each field close to
+/// its rule or any JSON, some fields missing or given twice, extra members,
+/// members in any order, strings escaped or not.
+fn element_text() -> impl Strategy<Value = String> {
+    let fields: Vec<BoxedStrategy<(String, Value)>> = FIELDS
+        .iter()
+        .map(|field| {
+            value_for(field)
+                .prop_map(move |value| (field.to_string(), value))
+                .boxed()
+        })
+        .collect();
+    let key = prop_oneof![
+        (0..FIELDS.len()).prop_map(|i| FIELDS[i].to_owned()),
+        "[a-z_]{0,8}",
+    ];
+    (
+        fields,
+        prop::collection::vec(0..FIELDS.len(), 0..2),
+        prop::collection::vec((key, any_json()), 0..3),
+        any::<bool>(),
+    )
+        .prop_flat_map(|(fields, missing, extra, escape)| {
+            let members: Vec<(String, Value)> = fields
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !missing.contains(i))
+                .map(|(_, member)| member)
+                .chain(extra)
+                .collect();
+            Just(members)
+                .prop_shuffle()
+                .prop_map(move |members| render_object(&members, escape))
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -61,6 +163,27 @@ proptest! {
             "status": status, "last_updated_at": at,
         });
         let _ = Profile::parse(&element, latest_allowed());
+    }
+
+    #[test]
+    fn reading_the_text_decides_as_reading_a_value_first(text in element_text()) {
+        let limit = latest_allowed();
+        let element: Value = serde_json::from_str(&text).unwrap();
+        prop_assert_eq!(Profile::parse_json(&text, limit), Profile::parse(&element, limit), "{}", text);
+    }
+
+    #[test]
+    fn reading_any_json_text_decides_as_reading_a_value_first(
+        element in any_json(), escape in any::<bool>(),
+    ) {
+        let limit = latest_allowed();
+        let text = render(&element, escape);
+        prop_assert_eq!(Profile::parse_json(&text, limit), Profile::parse(&element, limit), "{}", text);
+    }
+
+    #[test]
+    fn reading_any_text_never_panics(text in "\\PC{0,200}") {
+        let _ = Profile::parse_json(&text, latest_allowed());
     }
 
     #[test]
