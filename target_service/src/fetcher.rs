@@ -1,23 +1,38 @@
 //! Talks HTTP to the source: one GET, bounded in time and size, turned into
 //! a [`Page`] of raw JSON elements and the cursor headers that came with it.
 //!
-//! It knows nothing of PostgreSQL or of what a valid profile is; deciding
-//! what to ask for next is the sync round's job.
+//! The page keeps the body as it came and finds where each element of the
+//! array lies in it, checking the JSON syntax and nothing more; reading an
+//! element is left to [`crate::profile`], so an element that only a
+//! `serde_json::Value` refuses (a lone surrogate escape) cannot spoil its
+//! page. Nesting deeper than a `Value` takes still fails the page, as it
+//! always did. It knows nothing of PostgreSQL or of what a valid profile is;
+//! deciding what to ask for next is the sync round's job.
 
 use std::io::Read;
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The most elements taken from a source that sends no cursor (and so was
 /// given no limit): the largest page a cursor source may be asked for.
 const MAX_PAGE_WITHOUT_CURSOR: usize = 10_000;
 
+/// The deepest nesting of arrays and objects a `serde_json::Value` takes
+/// (its recursion limit); a deeper page is refused as it always was.
+const MAX_DEPTH: usize = 127;
+
 /// One response of the source.
 #[derive(Debug)]
 pub struct Page {
-    pub elements: Vec<Value>,
+    /// The body as the source sent it.
+    body: String,
+    /// Where each element of the array lies in `body`: char-boundary spans
+    /// inside it, so slicing by them cannot fail.
+    elements: Vec<Range<usize>>,
     /// `X-Next-Cursor`; absent from a source like the original.
     pub next_cursor: Option<u64>,
     /// `X-Head-Cursor`.
@@ -33,6 +48,14 @@ pub enum FetchError {
     Gone { min_since: Option<u64> },
     /// Down, slow, non-2xx, too large, or not a JSON array.
     Failed(String),
+}
+
+impl Page {
+    /// The elements' JSON text, exactly as the source sent it, in order.
+    pub fn elements(&self) -> impl ExactSizeIterator<Item = &str> {
+        // Every span was checked against `body` when the page was made.
+        self.elements.iter().map(|span| &self.body[span.clone()])
+    }
 }
 
 impl std::fmt::Display for FetchError {
@@ -109,11 +132,21 @@ impl Fetcher {
         let head_cursor = header_number("X-Head-Cursor")?;
         let epoch = response.header("X-Source-Epoch").map(str::to_owned);
         let most = cursor.map_or(MAX_PAGE_WITHOUT_CURSOR, |(_, limit)| limit);
-        let body = self.read_body(response)?;
-        let elements = parse_page(&body, most).map_err(|why| {
-            FetchError::Failed(format!("the source sent a body that is not {why}"))
+        let body = String::from_utf8(self.read_body(response)?).map_err(|_| {
+            FetchError::Failed("the source sent a body that is not UTF-8 text".to_owned())
         })?;
+        let elements = parse_page(&body, most)
+            .map_err(|why| FetchError::Failed(format!("the source sent a body that is not {why}")))?
+            .into_iter()
+            .map(|element| span_in(&body, element.get()))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                FetchError::Failed(
+                    "internal error: a page element lies outside its body".to_owned(),
+                )
+            })?;
         Ok(Page {
+            body,
             elements,
             next_cursor,
             head_cursor,
@@ -151,24 +184,31 @@ impl Fetcher {
 }
 
 /// Parses a JSON array of at most `most` elements, failing as soon as there
-/// are more, so a page never holds more than it was asked for.
-fn parse_page(body: &[u8], most: usize) -> Result<Vec<Value>, String> {
+/// are more, so a page never holds more than it was asked for. Each element
+/// is checked for syntax only and comes back as its text in `body`.
+fn parse_page(body: &str, most: usize) -> Result<Vec<&RawValue>, String> {
     struct Page(usize);
 
     impl<'de> Visitor<'de> for Page {
-        type Value = Vec<Value>;
+        type Value = Vec<&'de RawValue>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             write!(f, "a JSON array of at most {} elements", self.0)
         }
 
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Value>, A::Error> {
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
             let mut elements = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
-            while let Some(element) = seq.next_element::<Value>()? {
+            while let Some(element) = seq.next_element::<&RawValue>()? {
                 if elements.len() == self.0 {
                     return Err(de::Error::custom(format!(
                         "a JSON array of at most {} elements (it has more)",
                         self.0
+                    )));
+                }
+                // The array itself is one level.
+                if nests_deeper_than(element.get(), MAX_DEPTH - 1) {
+                    return Err(de::Error::custom(format!(
+                        "a JSON array nested at most {MAX_DEPTH} levels deep"
                     )));
                 }
                 elements.push(element);
@@ -178,17 +218,17 @@ fn parse_page(body: &[u8], most: usize) -> Result<Vec<Value>, String> {
     }
 
     impl<'de> DeserializeSeed<'de> for Page {
-        type Value = Vec<Value>;
+        type Value = Vec<&'de RawValue>;
 
         fn deserialize<D: de::Deserializer<'de>>(
             self,
             deserializer: D,
-        ) -> Result<Vec<Value>, D::Error> {
+        ) -> Result<Self::Value, D::Error> {
             deserializer.deserialize_any(self)
         }
     }
 
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let mut deserializer = serde_json::Deserializer::from_str(body);
     let elements = Page(most)
         .deserialize(&mut deserializer)
         .map_err(|err| format!("a JSON array of at most {most} elements: {err}"))?;
@@ -198,40 +238,140 @@ fn parse_page(body: &[u8], most: usize) -> Result<Vec<Value>, String> {
     Ok(elements)
 }
 
+/// Where `part`, a slice of `body`, lies in it; `None` if it is not one.
+fn span_in(body: &str, part: &str) -> Option<Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let span = start..start + part.len();
+    let found = body.get(span.clone())?;
+    (found.as_ptr() == part.as_ptr()).then_some(span)
+}
+
+/// Whether arrays and objects nest more than `limit` levels deep in `text`,
+/// which is valid JSON. `serde_json` reads a `RawValue` without limiting its
+/// nesting, as reading a `Value` did; this keeps that limit.
+fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
+    // Nothing nests deeper than it has brackets: the usual element is
+    // settled by this one quick count.
+    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= limit {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0, false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_page;
+    use super::{parse_page, span_in, MAX_DEPTH};
+    use serde_json::Value;
+
+    fn nested(depth: usize) -> String {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
 
     #[test]
     fn a_page_is_a_json_array_of_at_most_the_limit() {
-        assert_eq!(
-            parse_page(b"[1, {\"a\": null}, \"x\"]", 3).unwrap().len(),
-            3
-        );
-        assert_eq!(parse_page(b" [] ", 3).unwrap().len(), 0);
-        assert!(parse_page(b"[1, 2, 3, 4]", 3)
+        assert_eq!(parse_page("[1, {\"a\": null}, \"x\"]", 3).unwrap().len(), 3);
+        assert_eq!(parse_page(" [] ", 3).unwrap().len(), 0);
+        assert!(parse_page("[1, 2, 3, 4]", 3)
             .unwrap_err()
             .contains("at most 3"));
         for not_a_page in [
-            &b"{}"[..],
-            b"42",
-            b"null",
-            b"\"[1]\"",
-            b"[1] [2]",
-            b"[1,",
-            b"not json",
-            b"",
+            "{}",
+            "42",
+            "null",
+            "\"[1]\"",
+            "[1] [2]",
+            "[1,",
+            "[1 2]",
+            "[{\"a\" 1}]",
+            "[\"unterminated]",
+            "[\"bad escape \\x\"]",
+            "[\"raw control \u{1}\"]",
+            "[01]",
+            "not json",
+            "",
         ] {
-            assert!(
-                parse_page(not_a_page, 3).is_err(),
-                "{}",
-                String::from_utf8_lossy(not_a_page)
-            );
+            assert!(parse_page(not_a_page, 3).is_err(), "{not_a_page}");
         }
-        let deep = format!("[{}{}]", "[".repeat(10_000), "]".repeat(10_000));
+        let deep = format!("[{}]", nested(10_000));
         assert!(
-            parse_page(deep.as_bytes(), 3).is_err(),
+            parse_page(&deep, 3).is_err(),
             "deep nesting is an error, not a crash"
         );
+    }
+
+    #[test]
+    fn elements_are_the_text_the_source_sent() {
+        let body = "[ {\"b\": 1,  \"a\": \"\\u00e9\"} ,\n\"x\",[ ],-1.50e3 ]";
+        let elements = parse_page(body, 10).unwrap();
+        let texts: Vec<&str> = elements.iter().map(|e| e.get()).collect();
+        assert_eq!(
+            texts,
+            ["{\"b\": 1,  \"a\": \"\\u00e9\"}", "\"x\"", "[ ]", "-1.50e3"]
+        );
+        for element in elements {
+            let span = span_in(body, element.get()).unwrap();
+            assert_eq!(&body[span], element.get());
+        }
+        assert_eq!(span_in(body, "x"), None, "not a slice of the body");
+    }
+
+    #[test]
+    fn nesting_is_limited_exactly_as_a_value_limits_it() {
+        // The limit is serde_json's own; if it changes, so must MAX_DEPTH.
+        assert!(serde_json::from_str::<Value>(&nested(MAX_DEPTH)).is_ok());
+        assert!(serde_json::from_str::<Value>(&nested(MAX_DEPTH + 1)).is_err());
+        // The page's array is one of the levels.
+        let page = |depth| format!("[1, {}]", nested(depth - 1));
+        assert!(parse_page(&page(MAX_DEPTH), 3).is_ok());
+        assert!(parse_page(&page(MAX_DEPTH + 1), 3).is_err());
+        let objects = |depth: usize| {
+            format!(
+                "[{}{}]",
+                "{\"a\":".repeat(depth - 1),
+                "}".repeat(depth - 1).replacen('}', "1}", 1)
+            )
+        };
+        assert!(parse_page(&objects(MAX_DEPTH), 3).is_ok());
+        assert!(parse_page(&objects(MAX_DEPTH + 1), 3).is_err());
+        // Brackets inside strings do not count.
+        let in_strings = format!(
+            "[{{\"a\": \"{}\\\"{}\"}}]",
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(parse_page(&in_strings, 3).is_ok());
+    }
+
+    #[test]
+    fn an_element_a_value_refuses_does_not_spoil_its_page() {
+        // Checked for syntax only here; each becomes a malformed change.
+        let body = r#"[{"name": "\ud800"}, 1e400, {"id": "x"}]"#;
+        assert_eq!(parse_page(body, 3).unwrap().len(), 3);
+        assert!(serde_json::from_str::<Value>(body).is_err());
     }
 }

@@ -184,7 +184,10 @@ mod tests {
             "mobile": mobile, "status": "active", "last_updated_at": "2025-01-01T00:00:00Z",
         });
         let profile = Profile::parse(&raw, chrono::Utc::now()).unwrap();
-        Change::Accepted { profile, raw }
+        Change::Accepted {
+            profile,
+            payload: raw.to_string().into(),
+        }
     }
 
     fn home_of(id: u8, writers: usize) -> usize {

@@ -19,7 +19,6 @@ use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
 use postgres::{Client, NoTls};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -257,7 +256,7 @@ impl Syncer {
                 );
                 self.source_without_cursor = true;
                 self.finish(&mut in_flight, &mut committed)?;
-                let page_no = self.dispatch(page.elements)?;
+                let page_no = self.dispatch(page.elements())?;
                 in_flight.push_back(InFlight {
                     page_no,
                     reaches: None,
@@ -294,8 +293,8 @@ impl Syncer {
             if page.head_cursor.is_some() {
                 self.source_head = page.head_cursor;
             }
-            let count = page.elements.len();
-            let page_no = self.dispatch(page.elements)?;
+            let count = page.elements().len();
+            let page_no = self.dispatch(page.elements())?;
             in_flight.push_back(InFlight {
                 page_no,
                 reaches: Some(store::SyncState {
@@ -325,7 +324,7 @@ impl Syncer {
             info!("the source now sends cursors; paging with since from the next round");
             self.source_without_cursor = false;
         }
-        let page_no = self.dispatch(page.elements)?;
+        let page_no = self.dispatch(page.elements())?;
         let mut in_flight = VecDeque::from([InFlight {
             page_no,
             reaches: None,
@@ -366,7 +365,10 @@ impl Syncer {
 
     /// Parses a page, settles duplicates within it, and hands every change
     /// to its writer. Returns the page's number, reported when committed.
-    fn dispatch(&mut self, elements: Vec<Value>) -> Result<u64, RoundError> {
+    fn dispatch<'p>(
+        &mut self,
+        elements: impl ExactSizeIterator<Item = &'p str>,
+    ) -> Result<u64, RoundError> {
         self.metrics.fetched.inc_by(elements.len() as u64);
         let latest_allowed = chrono::Duration::from_std(self.config.max_future_skew)
             .ok()
@@ -374,22 +376,24 @@ impl Syncer {
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
         // Identical payloads are numbered by a hash of their text; a hash
         // collision only numbers two different payloads together, which
-        // still gives each replay the same numbers.
+        // still gives each replay the same numbers. The payload is the
+        // element's text as the source sent it.
         let mut copies: HashMap<u64, i32> = HashMap::new();
         let changes: Vec<Change> = elements
-            .into_iter()
-            .map(|raw| match Profile::parse(&raw, latest_allowed) {
-                Ok(profile) => Change::Accepted { profile, raw },
+            .map(|text| match Profile::parse_json(text, latest_allowed) {
+                Ok(profile) => Change::Accepted {
+                    profile,
+                    payload: text.into(),
+                },
                 Err(rejection) => {
-                    let payload = raw.to_string();
                     let mut hasher = std::hash::DefaultHasher::new();
-                    hasher.write(payload.as_bytes());
+                    hasher.write(text.as_bytes());
                     let seen = copies.entry(hasher.finish()).or_insert(0);
                     let copy = *seen;
                     *seen += 1;
                     Change::Rejected {
                         rejection,
-                        payload,
+                        payload: text.to_owned(),
                         copy,
                     }
                 }

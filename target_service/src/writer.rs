@@ -26,7 +26,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, warn};
 use postgres::Client;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::metrics::{Counted, Metrics};
@@ -89,10 +88,9 @@ pub struct WorkItem {
 
 #[derive(Debug)]
 pub enum Change {
-    Accepted {
-        profile: Profile,
-        raw: Value,
-    },
+    /// `payload` is the raw element as JSON text, recorded only if a
+    /// writer rejects the change after all.
+    Accepted { profile: Profile, payload: Box<str> },
     /// `payload` is the raw element as JSON text; `copy` counts the
     /// identical elements before it in the same page, so distinct changes
     /// that look alike are each recorded while a replay records nothing twice.
@@ -431,7 +429,7 @@ pub struct BatchPlan<'a> {
     /// How each change of the batch ended, in batch order.
     pub outcomes: Vec<Counted>,
     /// For each write: its index into `outcomes` and its raw element.
-    write_items: Vec<(usize, &'a Value)>,
+    write_items: Vec<(usize, &'a str)>,
     /// Rejections (indexes into `rejections`) of ids whose rows were not
     /// read: each marks its row if there is one and it is older.
     unread_marks: Vec<usize>,
@@ -494,7 +492,7 @@ pub fn plan_batch<'a>(
     let mut plan = BatchPlan::default();
     for change in changes {
         match change {
-            Change::Accepted { profile, raw } => {
+            Change::Accepted { profile, payload } => {
                 let row = rows.get(&profile.id);
                 let changed_at = profile.last_updated_at.as_datetime();
                 if row.is_some_and(|row| changed_at <= row.last_updated_at) {
@@ -530,7 +528,7 @@ pub fn plan_batch<'a>(
                         (Some(profile.id), Some(changed_at)),
                         reason,
                         message,
-                        (raw.to_string(), 0),
+                        (payload.to_string(), 0),
                     );
                     continue;
                 }
@@ -561,12 +559,12 @@ pub fn plan_batch<'a>(
                     // it still counts as synced, as it would have been alone.
                     Some(index) => {
                         plan.writes[index] = write;
-                        plan.write_items[index] = (plan.outcomes.len(), raw);
+                        plan.write_items[index] = (plan.outcomes.len(), payload);
                         index
                     }
                     None => {
                         plan.writes.push(write);
-                        plan.write_items.push((plan.outcomes.len(), raw));
+                        plan.write_items.push((plan.outcomes.len(), payload));
                         plan.writes.len() - 1
                     }
                 };
@@ -742,7 +740,10 @@ mod tests {
             "mobile": mobile, "status": "active", "last_updated_at": when,
         });
         let profile = Profile::parse(&raw, Utc::now()).expect("valid test profile");
-        Change::Accepted { profile, raw }
+        Change::Accepted {
+            profile,
+            payload: raw.to_string().into(),
+        }
     }
 
     fn rejected(n: u8, when: &str, reason: Reason) -> Change {

@@ -672,3 +672,67 @@ fn identical_bad_elements_in_a_page_are_each_recorded_once() {
     );
     target.shutdown();
 }
+
+#[test]
+fn an_element_serde_json_refuses_is_malformed_alone_and_kept_as_sent() {
+    let db = TestDb::new();
+    // A lone surrogate escape: valid JSON syntax, but no string. Before, it
+    // failed its whole page every round.
+    let lone_surrogate = format!(
+        r#"{{ "id": "{}", "name": "Ada \ud800", "email": "ada@example.com", "mobile": "+15550000002", "status": "active", "last_updated_at": "2025-07-01T10:00:00Z" }}"#,
+        id(2)
+    );
+    // Valid, but its email is user 1's: a writer rejects it, with its text.
+    let taken = format!(
+        r#"{{"status":"active" ,"id":"{}","name":"Taken","email":"user1@example.com","mobile":"+15550000004","last_updated_at":"2025-07-01T10:00:00Z"}}"#,
+        id(4)
+    );
+    let body = format!(
+        "[{},\n  {lone_surrogate} ,{},{taken}]",
+        profile(1, "2025-07-01T10:00:00Z"),
+        profile(3, "2025-07-01T10:00:00Z")
+    );
+    let source = ScriptedSource::new(move |_| Reply::raw(200, &body));
+    let target = start_target(&db, &source.url, &[("SYNC_INTERVAL", "3600")]);
+    wait_rounds(&target, 1);
+
+    assert_eq!(
+        target.metrics.fetch_errors.get(),
+        0,
+        "the page is not spoilt"
+    );
+    assert!(user_row(&db, 1).is_some());
+    assert!(user_row(&db, 3).is_some());
+    assert!(user_row(&db, 2).is_none());
+    assert!(user_row(&db, 4).is_none());
+    let rows: Vec<(String, Option<uuid::Uuid>, String, String)> = db
+        .client()
+        .query(
+            "SELECT reason, profile_id, message, payload FROM sync_rejections ORDER BY reason",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (reason, profile_id, message, payload) = &rows[0];
+    assert_eq!(reason, "email_taken");
+    assert_eq!(profile_id.map(|u| u.to_string()), Some(id(4)));
+    assert_eq!(payload, &taken, "the text as the source sent it: {message}");
+    let (reason, profile_id, message, payload) = &rows[1];
+    assert_eq!(reason, "malformed");
+    assert_eq!(
+        profile_id.map(|u| u.to_string()),
+        Some(id(2)),
+        "the id it has"
+    );
+    assert!(
+        message.starts_with("element is not valid JSON"),
+        "{message}"
+    );
+    assert_eq!(payload, &lone_surrogate);
+    assert_eq!(rejected(&target, "malformed"), 1);
+    assert_invariant(&target);
+    target.shutdown();
+}
