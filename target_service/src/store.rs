@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
+use postgres::types::ToSql;
 use postgres::{Client, GenericClient, Statement};
 use uuid::Uuid;
 
@@ -112,6 +113,7 @@ pub struct Statements {
     upsert_users: Statement,
     insert_rejections: Statement,
     mark_users: Statement,
+    write_plan: Statement,
 }
 
 impl Statements {
@@ -122,6 +124,7 @@ impl Statements {
             upsert_users: client.prepare(UPSERT_USERS)?,
             insert_rejections: client.prepare(INSERT_REJECTIONS)?,
             mark_users: client.prepare(MARK_USERS)?,
+            write_plan: client.prepare(&write_plan_sql())?,
         })
     }
 }
@@ -150,6 +153,32 @@ const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_me
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
          WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
            AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)";
+
+/// The upsert, the rejections and the marks of a batch as one statement:
+/// one round trip instead of three. The marks must be of ids the upsert does
+/// not write, for all parts see the same snapshot of `users`; the upsert's
+/// written ids are its result.
+fn write_plan_sql() -> String {
+    format!(
+        "WITH written AS ({UPSERT_USERS}), \
+              recorded AS ({}), \
+              marked AS ({}) \
+         SELECT id FROM written",
+        shift_parameters(INSERT_REJECTIONS, 7),
+        shift_parameters(MARK_USERS, 14),
+    )
+}
+
+/// Renumbers `$1`, `$2`… of `sql` to `$(1 + by)`, `$(2 + by)`….
+fn shift_parameters(sql: &str, by: usize) -> String {
+    let parameter = regex::Regex::new(r"\$([0-9]+)").expect("a valid pattern");
+    parameter
+        .replace_all(sql, |captures: &regex::Captures<'_>| {
+            let number: usize = captures[1].parse().expect("digits");
+            format!("${}", number + by)
+        })
+        .into_owned()
+}
 
 /// A `users` row as the writer needs to see it before deciding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,20 +255,46 @@ pub fn upsert_users(
     if writes.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = writes.iter().map(|w| w.id).collect();
-    let names: Vec<&str> = writes.iter().map(|w| w.name).collect();
-    let emails: Vec<&str> = writes.iter().map(|w| w.email).collect();
-    let mobiles: Vec<&str> = writes.iter().map(|w| w.mobile).collect();
-    let statuses: Vec<&str> = writes.iter().map(|w| w.status).collect();
-    let times: Vec<DateTime<Utc>> = writes.iter().map(|w| w.last_updated_at).collect();
-    let messages: Vec<&str> = writes.iter().map(|w| w.message).collect();
-    let rows = client.query(
-        &statements.upsert_users,
-        &[
-            &ids, &names, &emails, &mobiles, &statuses, &times, &messages,
-        ],
-    )?;
+    let columns = UserColumns::of(writes);
+    let rows = client.query(&statements.upsert_users, &columns.parameters())?;
     rows.iter().map(|row| row.try_get(0)).collect()
+}
+
+/// [`UserWrite`]s as the parallel arrays the statements take.
+struct UserColumns<'a> {
+    ids: Vec<Uuid>,
+    names: Vec<&'a str>,
+    emails: Vec<&'a str>,
+    mobiles: Vec<&'a str>,
+    statuses: Vec<&'a str>,
+    times: Vec<DateTime<Utc>>,
+    messages: Vec<&'a str>,
+}
+
+impl<'a> UserColumns<'a> {
+    fn of(writes: &[UserWrite<'a>]) -> UserColumns<'a> {
+        UserColumns {
+            ids: writes.iter().map(|w| w.id).collect(),
+            names: writes.iter().map(|w| w.name).collect(),
+            emails: writes.iter().map(|w| w.email).collect(),
+            mobiles: writes.iter().map(|w| w.mobile).collect(),
+            statuses: writes.iter().map(|w| w.status).collect(),
+            times: writes.iter().map(|w| w.last_updated_at).collect(),
+            messages: writes.iter().map(|w| w.message).collect(),
+        }
+    }
+
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.ids,
+            &self.names,
+            &self.emails,
+            &self.mobiles,
+            &self.statuses,
+            &self.times,
+            &self.messages,
+        ]
+    }
 }
 
 /// One row for `sync_rejections`.
@@ -266,20 +321,46 @@ pub fn insert_rejections(
     if rejections.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Option<Uuid>> = rejections.iter().map(|r| r.profile_id).collect();
-    let outcomes: Vec<&str> = rejections.iter().map(|r| r.outcome).collect();
-    let reasons: Vec<&str> = rejections.iter().map(|r| r.reason).collect();
-    let messages: Vec<&str> = rejections.iter().map(|r| r.message.as_str()).collect();
-    let payloads: Vec<&str> = rejections.iter().map(|r| r.payload.as_str()).collect();
-    let times: Vec<Option<DateTime<Utc>>> = rejections.iter().map(|r| r.changed_at).collect();
-    let copies: Vec<i32> = rejections.iter().map(|r| r.copy).collect();
-    client.execute(
-        &statements.insert_rejections,
-        &[
-            &ids, &outcomes, &reasons, &messages, &payloads, &times, &copies,
-        ],
-    )?;
+    let columns = RejectionColumns::of(rejections);
+    client.execute(&statements.insert_rejections, &columns.parameters())?;
     Ok(())
+}
+
+/// [`RejectionWrite`]s as the parallel arrays the statements take.
+struct RejectionColumns<'a> {
+    ids: Vec<Option<Uuid>>,
+    outcomes: Vec<&'a str>,
+    reasons: Vec<&'a str>,
+    messages: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+    times: Vec<Option<DateTime<Utc>>>,
+    copies: Vec<i32>,
+}
+
+impl<'a> RejectionColumns<'a> {
+    fn of(rejections: &'a [RejectionWrite]) -> RejectionColumns<'a> {
+        RejectionColumns {
+            ids: rejections.iter().map(|r| r.profile_id).collect(),
+            outcomes: rejections.iter().map(|r| r.outcome).collect(),
+            reasons: rejections.iter().map(|r| r.reason).collect(),
+            messages: rejections.iter().map(|r| r.message.as_str()).collect(),
+            payloads: rejections.iter().map(|r| r.payload.as_str()).collect(),
+            times: rejections.iter().map(|r| r.changed_at).collect(),
+            copies: rejections.iter().map(|r| r.copy).collect(),
+        }
+    }
+
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 7] {
+        [
+            &self.ids,
+            &self.outcomes,
+            &self.reasons,
+            &self.messages,
+            &self.payloads,
+            &self.times,
+            &self.copies,
+        ]
+    }
 }
 
 /// A rejected change that is newer than its row: the row's sync columns
@@ -303,15 +384,55 @@ pub fn mark_users(
     if marks.is_empty() {
         return Ok(());
     }
-    let ids: Vec<Uuid> = marks.iter().map(|m| m.id).collect();
-    let times: Vec<DateTime<Utc>> = marks.iter().map(|m| m.changed_at).collect();
-    let outcomes: Vec<&str> = marks.iter().map(|m| m.outcome).collect();
-    let messages: Vec<&str> = marks.iter().map(|m| m.message.as_str()).collect();
-    client.execute(
-        &statements.mark_users,
-        &[&ids, &times, &outcomes, &messages],
-    )?;
+    let columns = MarkColumns::of(marks);
+    client.execute(&statements.mark_users, &columns.parameters())?;
     Ok(())
+}
+
+/// [`StatusMark`]s as the parallel arrays the statements take.
+struct MarkColumns<'a> {
+    ids: Vec<Uuid>,
+    times: Vec<DateTime<Utc>>,
+    outcomes: Vec<&'a str>,
+    messages: Vec<&'a str>,
+}
+
+impl<'a> MarkColumns<'a> {
+    fn of(marks: &'a [StatusMark]) -> MarkColumns<'a> {
+        MarkColumns {
+            ids: marks.iter().map(|m| m.id).collect(),
+            times: marks.iter().map(|m| m.changed_at).collect(),
+            outcomes: marks.iter().map(|m| m.outcome).collect(),
+            messages: marks.iter().map(|m| m.message.as_str()).collect(),
+        }
+    }
+
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.ids, &self.times, &self.outcomes, &self.messages]
+    }
+}
+
+/// Writes a batch's plan in one statement (see [`write_plan_sql`]): the
+/// upsert of `writes`, `rejections`, and `marks`, which must not mark an id
+/// that `writes` writes. Returns the ids the upsert wrote.
+pub fn write_plan(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    writes: &[UserWrite<'_>],
+    rejections: &[RejectionWrite],
+    marks: &[StatusMark],
+) -> Result<Vec<Uuid>, postgres::Error> {
+    let users = UserColumns::of(writes);
+    let rejections = RejectionColumns::of(rejections);
+    let marks = MarkColumns::of(marks);
+    let parameters: Vec<&(dyn ToSql + Sync)> = users
+        .parameters()
+        .into_iter()
+        .chain(rejections.parameters())
+        .chain(marks.parameters())
+        .collect();
+    let rows = client.query(&statements.write_plan, &parameters)?;
+    rows.iter().map(|row| row.try_get(0)).collect()
 }
 
 /// How a failed statement should be handled.

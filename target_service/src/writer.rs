@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error, warn};
-use postgres::Client;
+use postgres::{Client, GenericClient};
 use uuid::Uuid;
 
 use crate::metrics::{Counted, Metrics};
@@ -285,34 +285,88 @@ fn write_batch(
     reading: Reading,
     row_by_row: bool,
 ) -> Result<Vec<(Counted, u64)>, postgres::Error> {
-    let mut tx = client.transaction()?;
     let (ids, unread) = ids_to_read(batch, reading);
-    let stored = store::read_users(&mut tx, statements, &ids)?;
-    let owners = match reading {
-        Reading::Careful => read_owners(&mut tx, statements, batch, &stored)?,
+    let to_write = ToWrite {
+        batch,
+        ids: &ids,
+        unread: &unread,
+        reading,
+        row_by_row,
+    };
+    // A batch that reads nothing is written by one statement: a transaction
+    // of its own, without BEGIN and COMMIT round trips.
+    let counts = if ids.is_empty() && reading == Reading::Optimistic && !row_by_row {
+        decide_and_write(client, statements, &to_write)?
+    } else {
+        let mut tx = client.transaction()?;
+        let counts = decide_and_write(&mut tx, statements, &to_write)?;
+        if counts.is_some() {
+            tx.commit()?;
+        }
+        counts
+    };
+    match counts {
+        Some(counts) => Ok(counts),
+        None => write_batch(client, statements, batch, Reading::Careful, row_by_row),
+    }
+}
+
+/// A batch and how [`write_batch`] is to write it.
+struct ToWrite<'a> {
+    batch: &'a [WorkItem],
+    /// The ids whose rows are read.
+    ids: &'a [Uuid],
+    unread: &'a HashSet<Uuid>,
+    reading: Reading,
+    row_by_row: bool,
+}
+
+/// Reads, decides and writes a batch on `client`; `None` (nothing written)
+/// when the plan is undecided and the batch must be read carefully.
+fn decide_and_write(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    to_write: &ToWrite<'_>,
+) -> Result<Option<Vec<(Counted, u64)>>, postgres::Error> {
+    let stored = store::read_users(client, statements, to_write.ids)?;
+    let owners = match to_write.reading {
+        Reading::Careful => read_owners(client, statements, to_write.batch, &stored)?,
         Reading::Optimistic => Vec::new(),
     };
-
     let mut plan = plan_batch(
-        batch.iter().map(|item| &item.change),
+        to_write.batch.iter().map(|item| &item.change),
         &stored,
         &owners,
-        &unread,
+        to_write.unread,
     );
     if plan.undecided {
-        tx.rollback()?;
-        return write_batch(client, statements, batch, Reading::Careful, row_by_row);
+        return Ok(None);
     }
-    let written = if row_by_row {
-        write_rows_one_by_one(&mut tx, statements, &mut plan, &stored)?
+    if to_write.row_by_row {
+        let written = write_rows_one_by_one(client, statements, &mut plan, &stored)?;
+        plan.demote_unwritten(&written);
+        store::insert_rejections(client, statements, &plan.rejections)?;
+        store::mark_users(client, statements, &plan.marks)?;
     } else {
-        store::upsert_users(&mut tx, statements, &plan.writes)?
-    };
-    plan.demote_unwritten(&written);
-    store::insert_rejections(&mut tx, statements, &plan.rejections)?;
-    store::mark_users(&mut tx, statements, &plan.marks)?;
-    tx.commit()?;
-    Ok(plan.counts())
+        // One statement sees one snapshot: a mark of a row this batch also
+        // writes goes in a statement of its own, after the write.
+        let written_ids: HashSet<Uuid> = plan.writes.iter().map(|w| w.id).collect();
+        let (marks_after, marks_now): (Vec<StatusMark>, Vec<StatusMark>) = plan
+            .marks
+            .iter()
+            .cloned()
+            .partition(|mark| written_ids.contains(&mark.id));
+        let written = store::write_plan(
+            client,
+            statements,
+            &plan.writes,
+            &plan.rejections,
+            &marks_now,
+        )?;
+        store::mark_users(client, statements, &marks_after)?;
+        plan.demote_unwritten(&written);
+    }
+    Ok(Some(plan.counts()))
 }
 
 /// The ids whose rows a batch reads (sorted, for the index's sake), and the
@@ -342,7 +396,7 @@ fn ids_to_read(batch: &[WorkItem], reading: Reading) -> (Vec<Uuid>, HashSet<Uuid
 
 /// The rows holding an email or mobile that a change of the batch may claim.
 fn read_owners(
-    tx: &mut postgres::Transaction<'_>,
+    client: &mut impl GenericClient,
     statements: &Statements,
     batch: &[WorkItem],
     stored: &HashMap<Uuid, StoredUser>,
@@ -367,7 +421,7 @@ fn read_owners(
     if emails.is_empty() && mobiles.is_empty() {
         return Ok(Vec::new());
     }
-    store::owners_of(tx, statements, &emails, &mobiles)
+    store::owners_of(client, statements, &emails, &mobiles)
 }
 
 fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
@@ -380,7 +434,7 @@ fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
 /// Each planned users write in its own savepoint; a refused one turns into a
 /// conflict or `db_error` rejection. Returns the ids written.
 fn write_rows_one_by_one(
-    tx: &mut postgres::Transaction<'_>,
+    client: &mut impl GenericClient,
     statements: &Statements,
     plan: &mut BatchPlan<'_>,
     stored: &HashMap<Uuid, StoredUser>,
@@ -388,7 +442,7 @@ fn write_rows_one_by_one(
     let mut written = Vec::with_capacity(plan.writes.len());
     let writes = plan.writes.clone();
     for write in &writes {
-        let mut savepoint = tx.savepoint("one_row")?;
+        let mut savepoint = client.transaction()?;
         match store::upsert_users(&mut savepoint, statements, std::slice::from_ref(write)) {
             Ok(ids) => {
                 savepoint.commit()?;
