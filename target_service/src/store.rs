@@ -156,14 +156,16 @@ const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_me
 
 /// The upsert, the rejections and the marks of a batch as one statement:
 /// one round trip instead of three. The marks must be of ids the upsert does
-/// not write, for all parts see the same snapshot of `users`; the upsert's
-/// written ids are its result.
+/// not write, for all parts see the same snapshot of `users`. Its result is
+/// the ids the upsert did not write (usually none, so a batch does not
+/// send back every id it wrote).
 fn write_plan_sql() -> String {
     format!(
         "WITH written AS ({UPSERT_USERS}), \
               recorded AS ({}), \
               marked AS ({}) \
-         SELECT id FROM written",
+         SELECT c.id FROM unnest($1::uuid[]) AS c(id) \
+         WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = c.id)",
         shift_parameters(INSERT_REJECTIONS, 7),
         shift_parameters(MARK_USERS, 14),
     )
@@ -414,7 +416,8 @@ impl<'a> MarkColumns<'a> {
 
 /// Writes a batch's plan in one statement (see [`write_plan_sql`]): the
 /// upsert of `writes`, `rejections`, and `marks`, which must not mark an id
-/// that `writes` writes. Returns the ids the upsert wrote.
+/// that `writes` writes. Returns the ids of `writes` the upsert did not
+/// write, their rows being as new already.
 pub fn write_plan(
     client: &mut impl GenericClient,
     statements: &Statements,

@@ -344,7 +344,11 @@ fn decide_and_write(
     }
     if to_write.row_by_row {
         let written = write_rows_one_by_one(client, statements, &mut plan, &stored)?;
-        plan.demote_unwritten(&written);
+        let written: HashSet<Uuid> = written.into_iter().collect();
+        let unwritten: Vec<Uuid> = (plan.writes.iter().map(|w| w.id))
+            .filter(|id| !written.contains(id))
+            .collect();
+        plan.demote_unwritten(&unwritten);
         store::insert_rejections(client, statements, &plan.rejections)?;
         store::mark_users(client, statements, &plan.marks)?;
     } else {
@@ -356,7 +360,7 @@ fn decide_and_write(
             .iter()
             .cloned()
             .partition(|mark| written_ids.contains(&mark.id));
-        let written = store::write_plan(
+        let unwritten = store::write_plan(
             client,
             statements,
             &plan.writes,
@@ -364,7 +368,7 @@ fn decide_and_write(
             &marks_now,
         )?;
         store::mark_users(client, statements, &marks_after)?;
-        plan.demote_unwritten(&written);
+        plan.demote_unwritten(&unwritten);
     }
     Ok(Some(plan.counts()))
 }
@@ -747,13 +751,15 @@ impl<'a> BatchPlan<'a> {
     }
 
     /// A planned write the database did not apply (its row was already as
-    /// new, written meanwhile by another replica) counts as stale.
-    fn demote_unwritten(&mut self, written: &[Uuid]) {
-        if written.len() == self.writes.len() {
+    /// new: a row the batch did not read, or one another replica wrote
+    /// meanwhile) counts as stale.
+    fn demote_unwritten(&mut self, unwritten: &[Uuid]) {
+        if unwritten.is_empty() {
             return;
         }
+        let unwritten: HashSet<&Uuid> = unwritten.iter().collect();
         for (write, (outcome_index, _)) in self.writes.iter().zip(&self.write_items) {
-            if !written.contains(&write.id) && self.outcomes[*outcome_index] == Counted::Synced {
+            if unwritten.contains(&write.id) && self.outcomes[*outcome_index] == Counted::Synced {
                 self.outcomes[*outcome_index] = Counted::NotSynced(Reason::Stale);
             }
         }
