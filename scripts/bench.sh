@@ -216,7 +216,7 @@ PY
   raw_db=bench_raw
   pg_create_database "$PG_ADMIN_URL" "$raw_db"
   raw_url=$(pg_url_with_db "$PG_ADMIN_URL" "$raw_db")
-  psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
+  PGOPTIONS="-c client_min_messages=warning" psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
   # One transaction: COPY into a temporary table, newest change per id, one
   # set-based upsert that only overwrites older rows.
   cat >"$logs/raw.sql" <<SQL
