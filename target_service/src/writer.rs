@@ -355,11 +355,10 @@ fn decide_and_write(
         // One statement sees one snapshot: a mark of a row this batch also
         // writes goes in a statement of its own, after the write.
         let written_ids: HashSet<Uuid> = plan.writes.iter().map(|w| w.id).collect();
-        let (marks_after, marks_now): (Vec<StatusMark>, Vec<StatusMark>) = plan
-            .marks
-            .iter()
-            .cloned()
-            .partition(|mark| written_ids.contains(&mark.id));
+        let (marks_after, marks_now): (Vec<StatusMark>, Vec<StatusMark>) =
+            std::mem::take(&mut plan.marks)
+                .into_iter()
+                .partition(|mark| written_ids.contains(&mark.id));
         let unwritten = store::write_plan(
             client,
             statements,
