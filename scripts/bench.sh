@@ -14,7 +14,9 @@ set -euo pipefail
 #   BENCH_PERF         1: `perf record -a -g` (whole machine) during the
 #                      catch-up and the replay (target/bench/perf-*.data)
 #   BENCH_PG_STATS     1: load pg_stat_statements and save the top statements
-#                      of each target run (target/bench/pgss-*.txt)
+#                      of each target run, and the tables' insert, update
+#                      and HOT-update counts so far, and its WAL figures
+#                      (target/bench/pgss-*.txt)
 #   BENCH_TIMEOUT_SECS give up on a catch-up or replay after this long (1800)
 #   BENCH_QUIET_SECS   before each timed step, wait up to this long (120) for
 #                      a second in which the machine is at least 90% idle, so
@@ -286,7 +288,7 @@ run_target() {
   run_peak_kib=0 run_hwm_kib=0
   psql "$e2e_url" -w -X -q -c CHECKPOINT
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
-    PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' >/dev/null
+    PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
   fi
   wait_quiet
   pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$src_pid")
@@ -358,7 +360,12 @@ PY
     psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
       "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
               shared_blks_hit + shared_blks_read AS blks, left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
-       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15"
+       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15" \
+      -c "SELECT relname, n_tup_ins AS inserted, n_tup_upd AS updated, n_tup_hot_upd AS hot_updated,
+              n_live_tup AS live, n_dead_tup AS dead, pg_size_pretty(pg_total_relation_size(relid)) AS size
+       FROM pg_stat_user_tables ORDER BY relname" \
+      -c "SELECT wal_records, wal_fpi, pg_size_pretty(wal_bytes) AS wal_bytes, wal_buffers_full, wal_write, wal_sync FROM pg_stat_wal" \
+      -c "SELECT checkpoints_timed, checkpoints_req, buffers_checkpoint, buffers_clean, buffers_backend FROM pg_stat_bgwriter"
   fi
   tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
   run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
