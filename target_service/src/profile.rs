@@ -439,15 +439,10 @@ impl Profile {
 
 /// A hyphenated UUID (8-4-4-4-12 hex digits, any case, any version).
 fn parse_uuid(text: &str) -> Option<Uuid> {
-    let hyphenated = text.len() == 36
-        && text.char_indices().all(|(i, c)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                c == '-'
-            } else {
-                c.is_ascii_hexdigit()
-            }
-        });
-    if hyphenated {
+    // Of the forms `Uuid::try_parse` accepts (simple, hyphenated, braced,
+    // URN), only the hyphenated one is 36 bytes long; it checks the hyphens'
+    // places and the hex digits itself.
+    if text.len() == 36 {
         Uuid::try_parse(text).ok()
     } else {
         None
@@ -587,6 +582,10 @@ mod tests {
             "urn:uuid:3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60",
             "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f6g",
             " 3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60",
+            // 36 bytes, but not hyphens in the 8-4-4-4-12 places
+            "3f1c2a9e8b7d4c6e9a5f1b2c3d4e5f60----",
+            "{3f1c2a9-8b7d-4c6e-9a5f-1b2c3d4e5f6}",
+            "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5fé",
         ] {
             assert_eq!(
                 reason_of(&with("id", json!(bad))),
