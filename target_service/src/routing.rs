@@ -11,9 +11,7 @@
 //! everything sent so far is committed before routing it home.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-use uuid::Uuid;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use crate::writer::Change;
 
@@ -21,25 +19,6 @@ use crate::writer::Change;
 /// only make routing more cautious (they follow each other), never wrong,
 /// and hashing keeps routing free of allocations on the hot path.
 type Key = u64;
-
-fn key(kind: u8, value: &[u8]) -> Key {
-    let mut hasher = std::hash::DefaultHasher::new();
-    hasher.write_u8(kind);
-    hasher.write(value);
-    hasher.finish()
-}
-
-fn id_key(id: Uuid) -> Key {
-    key(0, id.as_bytes())
-}
-
-fn email_key(email: &str) -> Key {
-    key(1, email.as_bytes())
-}
-
-fn mobile_key(mobile: &str) -> Key {
-    key(2, mobile.as_bytes())
-}
 
 /// Keys are hashes already: use them as they are.
 #[derive(Default)]
@@ -63,45 +42,102 @@ impl Hasher for KeyHasher {
 
 type KeyMap<V> = HashMap<Key, V, BuildHasherDefault<KeyHasher>>;
 
+/// The keys of one change: its id, email and mobile, and the email and
+/// mobile its id last asked for. At most five, so they live on the stack.
+#[derive(Default)]
+struct Keys {
+    keys: [Key; 5],
+    len: usize,
+}
+
+impl Keys {
+    fn push(&mut self, key: Key) {
+        if let Some(slot) = self.keys.get_mut(self.len) {
+            *slot = key;
+            self.len += 1;
+        }
+    }
+
+    fn as_slice(&self) -> &[Key] {
+        &self.keys[..self.len]
+    }
+}
+
 #[derive(Debug)]
 pub struct Router {
     writers: usize,
+    /// Hashes ids, emails and mobiles into keys; seeded per process, so
+    /// nobody can choose values that collide on purpose.
+    hasher: foldhash::fast::RandomState,
     /// Each key of uncommitted work: its writer and the last page that used it.
     in_flight: KeyMap<(usize, u64)>,
-    /// The keys each uncommitted page registered.
-    page_keys: HashMap<u64, Vec<Key>>,
+    /// The keys each uncommitted page registered (by page number: a few
+    /// distinct numbers, which need no hashing either).
+    page_keys: KeyMap<Vec<Key>>,
     /// Spreads changes without any key over the writers.
     unkeyed: usize,
-    /// The email and mobile each recently routed id last asked for: a change
-    /// that gives them up must be ordered before a change that claims them.
-    last_contacts: HashMap<Uuid, (Key, Key)>,
+    /// The email and mobile keys each recently routed id (by its key) last
+    /// asked for: a change that gives them up must be ordered before a
+    /// change that claims them.
+    last_contacts: KeyMap<(Key, Key)>,
 }
 
 /// How many ids' last contacts are remembered (a few MB); past it the
 /// memory starts afresh.
 const REMEMBERED_IDS: usize = 100_000;
 
+/// What a key hashes, so an id, an email and a mobile with the same bytes
+/// are different keys.
+#[derive(Clone, Copy)]
+enum KeyKind {
+    Id,
+    Email,
+    Mobile,
+}
+
 impl Router {
     pub fn new(writers: usize) -> Router {
         Router {
             writers: writers.max(1),
+            hasher: foldhash::fast::RandomState::default(),
             in_flight: KeyMap::default(),
-            page_keys: HashMap::new(),
+            page_keys: KeyMap::default(),
             unkeyed: 0,
-            last_contacts: HashMap::new(),
+            last_contacts: KeyMap::default(),
         }
+    }
+
+    fn key(&self, kind: KeyKind, value: &[u8]) -> Key {
+        self.hasher.hash_one((kind as u8, value))
     }
 
     /// The writer for `change`, recorded as in flight for `page_no`; `None`
     /// when its keys are in flight on several writers (wait for them to
     /// commit, call [`Router::all_committed`], and route it again).
     pub fn route(&mut self, change: &Change, page_no: u64) -> Option<usize> {
-        let mut keys = keys_of(change);
-        if let Change::Accepted { profile, .. } = change {
-            if let Some((email, mobile)) = self.last_contacts.get(&profile.id) {
-                keys.extend([*email, *mobile]);
+        let mut keys = Keys::default();
+        let mut contacts = None;
+        match change {
+            Change::Accepted { profile, .. } => {
+                let id = self.key(KeyKind::Id, profile.id.as_bytes());
+                let email = self.key(KeyKind::Email, profile.email.as_str().as_bytes());
+                let mobile = self.key(KeyKind::Mobile, profile.mobile.as_str().as_bytes());
+                keys.push(id);
+                keys.push(email);
+                keys.push(mobile);
+                if let Some((last_email, last_mobile)) = self.last_contacts.get(&id) {
+                    keys.push(*last_email);
+                    keys.push(*last_mobile);
+                }
+                contacts = Some((id, (email, mobile)));
+            }
+            Change::Rejected { rejection, .. } => {
+                if let Some(id) = rejection.profile_id {
+                    keys.push(self.key(KeyKind::Id, id.as_bytes()));
+                }
             }
         }
+        let keys = keys.as_slice();
         let mut busy = keys
             .iter()
             .filter_map(|key| self.in_flight.get(key).map(|(writer, _)| *writer));
@@ -110,21 +146,15 @@ impl Router {
             Some(first) if busy.all(|other| other == first) => first,
             Some(_) => return None,
         };
-        for key in &keys {
+        for key in keys {
             self.in_flight.insert(*key, (writer, page_no));
         }
         self.page_keys.entry(page_no).or_default().extend(keys);
-        if let Change::Accepted { profile, .. } = change {
+        if let Some((id, contacts)) = contacts {
             if self.last_contacts.len() >= REMEMBERED_IDS {
                 self.last_contacts.clear();
             }
-            self.last_contacts.insert(
-                profile.id,
-                (
-                    email_key(profile.email.as_str()),
-                    mobile_key(profile.mobile.as_str()),
-                ),
-            );
+            self.last_contacts.insert(id, contacts);
         }
         Some(writer)
     }
@@ -159,24 +189,12 @@ impl Router {
     }
 }
 
-fn keys_of(change: &Change) -> Vec<Key> {
-    match change {
-        Change::Accepted { profile, .. } => vec![
-            id_key(profile.id),
-            email_key(profile.email.as_str()),
-            mobile_key(profile.mobile.as_str()),
-        ],
-        Change::Rejected { rejection, .. } => {
-            rejection.profile_id.map(id_key).into_iter().collect()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::profile::{Profile, Reason, Rejection};
     use serde_json::json;
+    use uuid::Uuid;
 
     fn change(id: u8, email: &str, mobile: &str) -> Change {
         let raw = json!({

@@ -8,8 +8,7 @@
 //! a replay, never a change. Only the replica holding the PostgreSQL advisory
 //! lock for the source runs rounds.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::Hasher;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -374,11 +373,9 @@ impl Syncer {
             .ok()
             .and_then(|skew| Utc::now().checked_add_signed(skew))
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
-        // Identical payloads are numbered by a hash of their text; a hash
-        // collision only numbers two different payloads together, which
-        // still gives each replay the same numbers. The payload is the
+        // Identical payloads are numbered in page order. The payload is the
         // element's text as the source sent it.
-        let mut copies: HashMap<u64, i32> = HashMap::new();
+        let mut copies: foldhash::HashMap<&str, i32> = foldhash::HashMap::default();
         let changes: Vec<Change> = elements
             .map(|text| match Profile::parse_json(text, latest_allowed) {
                 Ok(profile) => Change::Accepted {
@@ -386,9 +383,7 @@ impl Syncer {
                     payload: text.into(),
                 },
                 Err(rejection) => {
-                    let mut hasher = std::hash::DefaultHasher::new();
-                    hasher.write(text.as_bytes());
-                    let seen = copies.entry(hasher.finish()).or_insert(0);
+                    let seen = copies.entry(text).or_insert(0);
                     let copy = *seen;
                     *seen += 1;
                     Change::Rejected {
@@ -571,7 +566,8 @@ impl Syncer {
 /// page" is stale: of the valid changes to one id in a page, only the newest
 /// (the first of equals) goes on; the rest are counted and dropped here.
 fn drop_superseded_in_page(changes: Vec<Change>, metrics: &Metrics) -> Vec<Change> {
-    let mut newest: HashMap<Uuid, (Timestamp, usize)> = HashMap::new();
+    let mut newest: foldhash::HashMap<Uuid, (Timestamp, usize)> =
+        foldhash::HashMap::with_capacity_and_hasher(changes.len(), Default::default());
     for (index, change) in changes.iter().enumerate() {
         if let Change::Accepted { profile, .. } = change {
             let at = profile.last_updated_at;
