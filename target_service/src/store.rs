@@ -4,6 +4,7 @@
 //! with the rows passed as arrays and unpacked by `unnest`, so a batch of a
 //! thousand changes costs a handful of round trips rather than a thousand.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -299,14 +300,15 @@ impl<'a> UserColumns<'a> {
     }
 }
 
-/// One row for `sync_rejections`.
+/// One row for `sync_rejections`, borrowing its text from the batch where
+/// it can.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RejectionWrite {
+pub struct RejectionWrite<'a> {
     pub profile_id: Option<Uuid>,
     pub outcome: &'static str,
     pub reason: &'static str,
-    pub message: String,
-    pub payload: String,
+    pub message: Cow<'a, str>,
+    pub payload: &'a str,
     /// Identical payloads before this one in its page.
     pub copy: i32,
     pub changed_at: Option<DateTime<Utc>>,
@@ -318,7 +320,7 @@ pub struct RejectionWrite {
 pub fn insert_rejections(
     client: &mut impl GenericClient,
     statements: &Statements,
-    rejections: &[RejectionWrite],
+    rejections: &[RejectionWrite<'_>],
 ) -> Result<(), postgres::Error> {
     if rejections.is_empty() {
         return Ok(());
@@ -340,13 +342,13 @@ struct RejectionColumns<'a> {
 }
 
 impl<'a> RejectionColumns<'a> {
-    fn of(rejections: &'a [RejectionWrite]) -> RejectionColumns<'a> {
+    fn of(rejections: &'a [RejectionWrite<'_>]) -> RejectionColumns<'a> {
         RejectionColumns {
             ids: rejections.iter().map(|r| r.profile_id).collect(),
             outcomes: rejections.iter().map(|r| r.outcome).collect(),
             reasons: rejections.iter().map(|r| r.reason).collect(),
-            messages: rejections.iter().map(|r| r.message.as_str()).collect(),
-            payloads: rejections.iter().map(|r| r.payload.as_str()).collect(),
+            messages: rejections.iter().map(|r| r.message.as_ref()).collect(),
+            payloads: rejections.iter().map(|r| r.payload).collect(),
             times: rejections.iter().map(|r| r.changed_at).collect(),
             copies: rejections.iter().map(|r| r.copy).collect(),
         }
@@ -368,11 +370,11 @@ impl<'a> RejectionColumns<'a> {
 /// A rejected change that is newer than its row: the row's sync columns
 /// say so, its data columns stay as they were.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StatusMark {
+pub struct StatusMark<'a> {
     pub id: Uuid,
     pub changed_at: DateTime<Utc>,
     pub outcome: &'static str,
-    pub message: String,
+    pub message: Cow<'a, str>,
 }
 
 /// Applies marks (at most one per id) to rows older than the mark's change;
@@ -381,7 +383,7 @@ pub struct StatusMark {
 pub fn mark_users(
     client: &mut impl GenericClient,
     statements: &Statements,
-    marks: &[StatusMark],
+    marks: &[StatusMark<'_>],
 ) -> Result<(), postgres::Error> {
     if marks.is_empty() {
         return Ok(());
@@ -400,12 +402,12 @@ struct MarkColumns<'a> {
 }
 
 impl<'a> MarkColumns<'a> {
-    fn of(marks: &'a [StatusMark]) -> MarkColumns<'a> {
+    fn of(marks: &'a [StatusMark<'_>]) -> MarkColumns<'a> {
         MarkColumns {
             ids: marks.iter().map(|m| m.id).collect(),
             times: marks.iter().map(|m| m.changed_at).collect(),
             outcomes: marks.iter().map(|m| m.outcome).collect(),
-            messages: marks.iter().map(|m| m.message.as_str()).collect(),
+            messages: marks.iter().map(|m| m.message.as_ref()).collect(),
         }
     }
 
@@ -422,8 +424,8 @@ pub fn write_plan(
     client: &mut impl GenericClient,
     statements: &Statements,
     writes: &[UserWrite<'_>],
-    rejections: &[RejectionWrite],
-    marks: &[StatusMark],
+    rejections: &[RejectionWrite<'_>],
+    marks: &[StatusMark<'_>],
 ) -> Result<Vec<Uuid>, postgres::Error> {
     let users = UserColumns::of(writes);
     let rejections = RejectionColumns::of(rejections);

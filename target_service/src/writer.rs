@@ -18,6 +18,7 @@
 //! guards of the write statements decide for ids that occur once in the
 //! batch, and a unique violation sends the batch back to be read in full.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -355,7 +356,7 @@ fn decide_and_write(
         // One statement sees one snapshot: a mark of a row this batch also
         // writes goes in a statement of its own, after the write.
         let written_ids: HashSet<Uuid> = plan.writes.iter().map(|w| w.id).collect();
-        let (marks_after, marks_now): (Vec<StatusMark>, Vec<StatusMark>) =
+        let (marks_after, marks_now): (Vec<StatusMark<'_>>, Vec<StatusMark<'_>>) =
             std::mem::take(&mut plan.marks)
                 .into_iter()
                 .partition(|mark| written_ids.contains(&mark.id));
@@ -375,7 +376,8 @@ fn decide_and_write(
 /// The ids whose rows a batch reads (sorted, for the index's sake), and the
 /// ids it leaves unread: with [`Reading::Optimistic`], those that occur once.
 fn ids_to_read(batch: &[WorkItem], reading: Reading) -> (Vec<Uuid>, HashSet<Uuid>) {
-    let mut repeated: HashMap<Uuid, bool> = HashMap::with_capacity(batch.len());
+    let mut repeated: foldhash::HashMap<Uuid, bool> =
+        foldhash::HashMap::with_capacity_and_hasher(batch.len(), Default::default());
     for id in batch.iter().filter_map(|item| item.change.profile_id()) {
         repeated
             .entry(id)
@@ -480,9 +482,9 @@ fn write_rows_one_by_one(
 pub struct BatchPlan<'a> {
     /// At most one per id: the newest accepted change.
     pub writes: Vec<UserWrite<'a>>,
-    pub rejections: Vec<RejectionWrite>,
+    pub rejections: Vec<RejectionWrite<'a>>,
     /// At most one per id, applied after `writes`.
-    pub marks: Vec<StatusMark>,
+    pub marks: Vec<StatusMark<'a>>,
     /// How each change of the batch ended, in batch order.
     pub outcomes: Vec<Counted>,
     /// For each write: its index into `outcomes` and its raw element.
@@ -496,10 +498,10 @@ pub struct BatchPlan<'a> {
 }
 
 /// The simulated state of one id while a batch is planned.
-struct SimulatedRow {
+struct SimulatedRow<'a> {
     last_updated_at: chrono::DateTime<chrono::Utc>,
-    email: String,
-    mobile: String,
+    email: &'a str,
+    mobile: &'a str,
     /// Index into `writes` of the change that last wrote it in this batch.
     write: Option<usize>,
     /// Index into `marks` of the rejection that last marked it.
@@ -516,34 +518,35 @@ struct SimulatedRow {
 /// were absent, and the statements' guards settle the rest.
 pub fn plan_batch<'a>(
     changes: impl Iterator<Item = &'a Change>,
-    stored: &HashMap<Uuid, StoredUser>,
-    owners: &[(Uuid, String, String)],
+    stored: &'a HashMap<Uuid, StoredUser>,
+    owners: &'a [(Uuid, String, String)],
     unread: &HashSet<Uuid>,
 ) -> BatchPlan<'a> {
-    let mut rows: HashMap<Uuid, SimulatedRow> = stored
+    // Everything the plan holds borrows from the batch and the rows read.
+    let mut rows: foldhash::HashMap<Uuid, SimulatedRow<'a>> = stored
         .iter()
         .map(|(id, row)| {
             (
                 *id,
                 SimulatedRow {
                     last_updated_at: row.last_updated_at,
-                    email: row.email.clone(),
-                    mobile: row.mobile.clone(),
+                    email: &row.email,
+                    mobile: &row.mobile,
                     write: None,
                     mark: None,
                 },
             )
         })
         .collect();
-    let mut email_owner: HashMap<String, Uuid> = HashMap::new();
-    let mut mobile_owner: HashMap<String, Uuid> = HashMap::new();
+    let mut email_owner: foldhash::HashMap<&'a str, Uuid> = foldhash::HashMap::default();
+    let mut mobile_owner: foldhash::HashMap<&'a str, Uuid> = foldhash::HashMap::default();
     for (id, email, mobile) in owners {
-        email_owner.insert(email.clone(), *id);
-        mobile_owner.insert(mobile.clone(), *id);
+        email_owner.insert(email, *id);
+        mobile_owner.insert(mobile, *id);
     }
     for (id, row) in stored {
-        email_owner.insert(row.email.clone(), *id);
-        mobile_owner.insert(row.mobile.clone(), *id);
+        email_owner.insert(&row.email, *id);
+        mobile_owner.insert(&row.mobile, *id);
     }
 
     let mut plan = BatchPlan::default();
@@ -584,23 +587,23 @@ pub fn plan_batch<'a>(
                         unread,
                         (Some(profile.id), Some(changed_at)),
                         reason,
-                        message,
-                        (payload.to_string(), 0),
+                        Cow::Owned(message),
+                        (payload, 0),
                     );
                     continue;
                 }
                 // Synced: this change is now the row.
                 let message = if row.is_some() { "updated" } else { "created" };
                 if let Some(row) = row {
-                    if email_owner.get(&row.email) == Some(&profile.id) {
-                        email_owner.remove(&row.email);
+                    if email_owner.get(row.email) == Some(&profile.id) {
+                        email_owner.remove(row.email);
                     }
-                    if mobile_owner.get(&row.mobile) == Some(&profile.id) {
-                        mobile_owner.remove(&row.mobile);
+                    if mobile_owner.get(row.mobile) == Some(&profile.id) {
+                        mobile_owner.remove(row.mobile);
                     }
                 }
-                email_owner.insert(profile.email.as_str().to_owned(), profile.id);
-                mobile_owner.insert(profile.mobile.as_str().to_owned(), profile.id);
+                email_owner.insert(profile.email.as_str(), profile.id);
+                mobile_owner.insert(profile.mobile.as_str(), profile.id);
                 let write = UserWrite {
                     id: profile.id,
                     name: profile.name.as_str(),
@@ -629,8 +632,8 @@ pub fn plan_batch<'a>(
                     profile.id,
                     SimulatedRow {
                         last_updated_at: changed_at,
-                        email: profile.email.as_str().to_owned(),
-                        mobile: profile.mobile.as_str().to_owned(),
+                        email: profile.email.as_str(),
+                        mobile: profile.mobile.as_str(),
                         write: Some(index),
                         // A synced write resets the row's sync columns.
                         mark: None,
@@ -651,8 +654,8 @@ pub fn plan_batch<'a>(
                         rejection.changed_at.map(|t| t.as_datetime()),
                     ),
                     rejection.reason,
-                    rejection.message.clone(),
-                    (payload.clone(), *copy),
+                    Cow::Borrowed(&rejection.message),
+                    (payload, *copy),
                 );
             }
         }
@@ -666,12 +669,12 @@ impl<'a> BatchPlan<'a> {
     /// its row when the change is newer.
     fn reject(
         &mut self,
-        rows: &mut HashMap<Uuid, SimulatedRow>,
+        rows: &mut foldhash::HashMap<Uuid, SimulatedRow<'a>>,
         unread: &HashSet<Uuid>,
         (profile_id, changed_at): (Option<Uuid>, Option<chrono::DateTime<chrono::Utc>>),
         reason: Reason,
-        message: String,
-        (payload, copy): (String, i32),
+        message: Cow<'a, str>,
+        (payload, copy): (&'a str, i32),
     ) {
         self.outcomes.push(Counted::NotSynced(reason));
         if let (Some(id), Some(at)) = (profile_id, changed_at) {
@@ -696,7 +699,7 @@ impl<'a> BatchPlan<'a> {
 
     /// Turns the rejection that last marked each row into that row's mark,
     /// and each rejection of an unread row into a mark its guard decides.
-    fn drop_cleared_marks(&mut self, rows: &HashMap<Uuid, SimulatedRow>) {
+    fn drop_cleared_marks(&mut self, rows: &foldhash::HashMap<Uuid, SimulatedRow<'a>>) {
         let last_marks = rows.values().filter_map(|row| row.mark);
         let marking: Vec<usize> = last_marks.chain(self.unread_marks.drain(..)).collect();
         for index in marking {
@@ -735,15 +738,15 @@ impl<'a> BatchPlan<'a> {
                 id: write.id,
                 changed_at: write.last_updated_at,
                 outcome: reason.outcome().as_str(),
-                message: message.to_owned(),
+                message: Cow::Owned(message.to_owned()),
             });
         }
         self.rejections.push(RejectionWrite {
             profile_id: Some(write.id),
             outcome: reason.outcome().as_str(),
             reason: reason.as_str(),
-            message: message.to_owned(),
-            payload: raw.to_string(),
+            message: Cow::Owned(message.to_owned()),
+            payload: raw,
             copy: 0,
             changed_at: Some(write.last_updated_at),
         });
@@ -839,7 +842,8 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
         ];
-        let plan = plan_batch(changes.iter(), &HashMap::new(), &[], &HashSet::new());
+        let no_rows = HashMap::new();
+        let plan = plan_batch(changes.iter(), &no_rows, &[], &HashSet::new());
         assert_eq!(plan.outcomes, [Counted::Synced, Counted::Synced]);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].email, "b@x.io");
@@ -904,7 +908,8 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             rejected(2, "2025-01-02T00:00:00Z", Reason::InactiveStatus),
         ];
-        let plan = plan_batch(changes.iter(), &HashMap::new(), &[], &unread);
+        let no_rows = HashMap::new();
+        let plan = plan_batch(changes.iter(), &no_rows, &[], &unread);
         assert!(!plan.undecided);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].message, "created", "the upsert says updated");
@@ -918,12 +923,14 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(2, "2025-01-01T00:00:00Z", "a@x.io", "222"),
         ];
-        let plan = plan_batch(claims.iter(), &HashMap::new(), &[], &[id(1)].into());
+        let no_rows = HashMap::new();
+        let plan = plan_batch(claims.iter(), &no_rows, &[], &[id(1)].into());
         assert!(
             plan.undecided,
             "id 1 may be stale, and then id 2 gets a@x.io"
         );
-        let plan = plan_batch(claims.iter(), &HashMap::new(), &[], &HashSet::new());
+        let no_rows = HashMap::new();
+        let plan = plan_batch(claims.iter(), &no_rows, &[], &HashSet::new());
         assert!(!plan.undecided);
         assert_eq!(
             plan.outcomes,
