@@ -929,7 +929,6 @@ mod tests {
             plan.undecided,
             "id 1 may be stale, and then id 2 gets a@x.io"
         );
-        let no_rows = HashMap::new();
         let plan = plan_batch(claims.iter(), &no_rows, &[], &HashSet::new());
         assert!(!plan.undecided);
         assert_eq!(
