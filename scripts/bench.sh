@@ -96,8 +96,9 @@ pid_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat" 2>/de
 postgres_ticks() { # of our throwaway cluster only: its postmaster and children
   local pm
   pm=$(head -n 1 "$PG_THROWAWAY_DATA/postmaster.pid")
-  # One line per process; a process that ends meanwhile is skipped by cat.
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v pm="$pm" '{
+  # One line per process. A process that ends meanwhile is skipped by cat,
+  # which then exits 1; under pipefail that must not end the benchmark.
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v pm="$pm" '{
       pid = $1; sub(/^.*\) /, "")
       if (pid == pm || $2 == pm) sum += $12 + $13 + $14 + $15
     } END { print sum + 0 }'
