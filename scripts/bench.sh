@@ -8,6 +8,10 @@ set -euo pipefail
 #   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
+#   BENCH_SERVER_SETTINGS  NAME=VALUE words set on the whole throwaway
+#                      server (ALTER SYSTEM, then a restart), e.g.
+#                      "shared_buffers=1GB", to see how both the raw ceiling
+#                      and the target react to the server's configuration
 #   BENCH_DB_SETTINGS  NAME=VALUE words set on the target's database (ALTER
 #                      DATABASE ... SET), e.g. "random_page_cost=1.1", to see
 #                      how the target's queries react to planner settings
@@ -144,9 +148,15 @@ cargo build --release -q -p source_service -p target_service --bin source_servic
 # ---------------------------------------------------------------- PostgreSQL
 pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+read -r -a server_settings <<<"${BENCH_SERVER_SETTINGS:-}"
+for setting in "${server_settings[@]}"; do
+  psql_admin -c "ALTER SYSTEM SET ${setting%%=*} = '${setting#*=}'"
+done
 if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
   psql_admin -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'"
-  pg_throwaway_restart_server fast >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with pg_stat_statements"
+fi
+if [[ ${BENCH_PG_STATS:-0} == 1 || ${#server_settings[@]} -gt 0 ]]; then
+  pg_throwaway_restart_server fast >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with the benchmark's settings"
 fi
 # Measure against a durable server, as PostgreSQL runs by default and as the
 # reference figures were taken: the throwaway cluster turns fsync and full
