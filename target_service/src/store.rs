@@ -107,6 +107,20 @@ pub fn save_state(
     Ok(())
 }
 
+/// What inserting a rejection does when the same change is already
+/// recorded (its `change_key` is in `sync_rejections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The insert skips it (`ON CONFLICT (change_key) DO NOTHING`), so a
+    /// replay records nothing twice.
+    Skip,
+    /// The statement fails with a unique violation. PostgreSQL then need
+    /// not look each key up before inserting it, which makes this cheaper
+    /// for batches that are not expected to repeat anything (a catch-up);
+    /// the writer writes a refused batch again with `Skip`.
+    Refuse,
+}
+
 /// The statements a writer runs for every batch, prepared once per connection.
 pub struct Statements {
     read_users: Statement,
@@ -114,7 +128,8 @@ pub struct Statements {
     upsert_users: Statement,
     insert_rejections: Statement,
     mark_users: Statement,
-    write_plan: Statement,
+    write_plan_skipping_recorded: Statement,
+    write_plan_refusing_recorded: Statement,
 }
 
 impl Statements {
@@ -123,9 +138,10 @@ impl Statements {
             read_users: client.prepare(READ_USERS)?,
             owners_of: client.prepare(OWNERS_OF)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
-            insert_rejections: client.prepare(INSERT_REJECTIONS)?,
+            insert_rejections: client.prepare(&format!("{INSERT_REJECTIONS}{SKIP_RECORDED}"))?,
             mark_users: client.prepare(MARK_USERS)?,
-            write_plan: client.prepare(&write_plan_sql())?,
+            write_plan_skipping_recorded: client.prepare(&write_plan_sql(Recorded::Skip))?,
+            write_plan_refusing_recorded: client.prepare(&write_plan_sql(Recorded::Refuse))?,
         })
     }
 }
@@ -147,8 +163,10 @@ const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, sta
 
 const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
               (profile_id, outcome, reason, message, payload, changed_at, payload_copy) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[]) \
-         ON CONFLICT (change_key) DO NOTHING";
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[])";
+
+/// Appended to [`INSERT_REJECTIONS`] for [`Recorded::Skip`].
+const SKIP_RECORDED: &str = " ON CONFLICT (change_key) DO NOTHING";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
@@ -160,10 +178,14 @@ const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_me
 /// not write, for all parts see the same snapshot of `users`. Its result is
 /// the ids the upsert did not write (usually none, so a batch does not
 /// send back every id it wrote).
-fn write_plan_sql() -> String {
+fn write_plan_sql(recorded: Recorded) -> String {
+    let on_recorded = match recorded {
+        Recorded::Skip => SKIP_RECORDED,
+        Recorded::Refuse => "",
+    };
     format!(
         "WITH written AS ({UPSERT_USERS}), \
-              recorded AS ({}), \
+              recorded AS ({}{on_recorded}), \
               marked AS ({}) \
          SELECT c.id FROM unnest($1::uuid[]) AS c(id) \
          WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = c.id)",
@@ -417,12 +439,14 @@ impl<'a> MarkColumns<'a> {
 }
 
 /// Writes a batch's plan in one statement (see [`write_plan_sql`]): the
-/// upsert of `writes`, `rejections`, and `marks`, which must not mark an id
-/// that `writes` writes. Returns the ids of `writes` the upsert did not
-/// write, their rows being as new already.
+/// upsert of `writes`, `rejections` (meeting recorded ones as `recorded`
+/// says), and `marks`, which must not mark an id that `writes` writes.
+/// Returns the ids of `writes` the upsert did not write, their rows being
+/// as new already.
 pub fn write_plan(
     client: &mut impl GenericClient,
     statements: &Statements,
+    recorded: Recorded,
     writes: &[UserWrite<'_>],
     rejections: &[RejectionWrite<'_>],
     marks: &[StatusMark<'_>],
@@ -436,7 +460,11 @@ pub fn write_plan(
         .chain(rejections.parameters())
         .chain(marks.parameters())
         .collect();
-    let rows = client.query(&statements.write_plan, &parameters)?;
+    let statement = match recorded {
+        Recorded::Skip => &statements.write_plan_skipping_recorded,
+        Recorded::Refuse => &statements.write_plan_refusing_recorded,
+    };
+    let rows = client.query(statement, &parameters)?;
     rows.iter().map(|row| row.try_get(0)).collect()
 }
 

@@ -33,7 +33,9 @@ use crate::metrics::{Counted, Metrics};
 use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Rejection};
 use crate::sleep_unless_stopping;
-use crate::store::{self, Failure, RejectionWrite, Statements, StatusMark, StoredUser, UserWrite};
+use crate::store::{
+    self, Failure, Recorded, RejectionWrite, Statements, StatusMark, StoredUser, UserWrite,
+};
 
 /// Most changes a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
@@ -48,17 +50,31 @@ pub enum Reading {
     /// write is counted stale), a mark's own guard decides whether it
     /// applies, and an email or mobile held by a row outside the batch
     /// makes the upsert fail with a unique violation, after which the batch
-    /// is decided again, carefully. Cheapest while catching up.
+    /// is decided again, carefully. Rejections are inserted expecting none
+    /// to be recorded already ([`Recorded::Refuse`]): one that is fails the
+    /// batch the same way. Cheapest while catching up.
     Optimistic,
     /// Reads the row of every id and the rows holding every email and mobile
-    /// the batch claims, and decides everything in memory. Cheapest while
+    /// the batch claims, and decides everything in memory; rejections
+    /// already recorded are skipped ([`Recorded::Skip`]). Cheapest while
     /// most changes are stale (a replay: they are never sent to the upsert)
     /// or conflicts are common (no statement fails).
     Careful,
 }
 
 impl Reading {
-    /// The reading for the batch after one that ended with `counts`.
+    /// How this reading's rejections meet those already recorded.
+    fn recorded(self) -> Recorded {
+        match self {
+            Reading::Optimistic => Recorded::Refuse,
+            Reading::Careful => Recorded::Skip,
+        }
+    }
+
+    /// The reading for the batch after one that ended with `counts`. A
+    /// batch that synced nothing (only rejections, say, from a source like
+    /// the original handing out the same page every round) says nothing
+    /// about a catch-up going on, so the next one reads carefully.
     fn after(counts: &[(Counted, u64)]) -> Reading {
         let count = |wanted: Counted| -> u64 {
             counts
@@ -71,7 +87,7 @@ impl Reading {
         let stale = count(Counted::NotSynced(Reason::Stale));
         let conflicts = count(Counted::NotSynced(Reason::EmailTaken))
             + count(Counted::NotSynced(Reason::MobileTaken));
-        if conflicts > 0 || stale > synced {
+        if conflicts > 0 || stale >= synced {
             Reading::Careful
         } else {
             Reading::Optimistic
@@ -231,9 +247,13 @@ fn write_with_retry(
             Err(failure) => failure,
         };
         if let ((Failure::Unique(_), _), Reading::Optimistic) = (&failure, reading) {
-            // Someone outside the batch holds an email or mobile it claims:
-            // an expected way for an optimistic batch to end, not an error.
-            debug!("optimistic batch met a taken email or mobile; deciding it carefully");
+            // Someone outside the batch holds an email or mobile it claims,
+            // or one of its rejections is recorded already (a replay): an
+            // expected way for an optimistic batch to end, not an error.
+            debug!(
+                "optimistic batch met a taken email or mobile or a recorded rejection; \
+                 deciding it carefully"
+            );
             reading = Reading::Careful;
             continue;
         }
@@ -363,6 +383,7 @@ fn decide_and_write(
         let unwritten = store::write_plan(
             client,
             statements,
+            to_write.reading.recorded(),
             &plan.writes,
             &plan.rejections,
             &marks_now,
@@ -834,6 +855,26 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn only_a_batch_that_mostly_synced_without_conflicts_is_followed_by_an_optimistic_one() {
+        let inactive = Counted::NotSynced(Reason::InactiveStatus);
+        let stale = Counted::NotSynced(Reason::Stale);
+        let taken = Counted::NotSynced(Reason::EmailTaken);
+        let cases = [
+            (
+                vec![(Counted::Synced, 600), (inactive, 300), (stale, 2)],
+                Reading::Optimistic,
+            ),
+            (vec![(Counted::Synced, 2), (stale, 600)], Reading::Careful),
+            (vec![(Counted::Synced, 600), (taken, 1)], Reading::Careful),
+            // Rejections alone (the same page handed out again) tell nothing.
+            (vec![(inactive, 3)], Reading::Careful),
+        ];
+        for (counts, expected) in cases {
+            assert_eq!(Reading::after(&counts), expected, "after {counts:?}");
+        }
     }
 
     #[test]

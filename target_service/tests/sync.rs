@@ -352,6 +352,7 @@ fn a_replayed_page_changes_nothing_and_records_nothing_twice() {
     assert_eq!(target.metrics.synced.get(), 1);
     assert!(rejected(&target, "stale") >= 3);
     assert!(source.requests.load(std::sync::atomic::Ordering::SeqCst) >= 4);
+    assert_eq!(target.metrics.db_errors.get(), 0);
     wait_rounds(&target, 1);
     assert_invariant(&target);
     target.shutdown();
@@ -365,7 +366,9 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
         .collect();
     let mut bad = profile(9999, "2025-07-01T10:00:00Z");
     bad["email"] = json!("broken");
-    changes.push(bad);
+    // First, so that the replay meets it in a writer's first batch, which
+    // expects nothing recorded yet and must fall back to skipping it.
+    changes.insert(0, bad);
     let log = CursorLog::new(changes);
     let source = log.source();
     let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "1000")]);
@@ -392,6 +395,7 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
         "every replayed change is stale"
     );
     assert_eq!(rejected(&target, "stale"), 2500);
+    assert_eq!(target.metrics.db_errors.get(), 0);
     target.shutdown();
 }
 
