@@ -6,6 +6,11 @@ set -euo pipefail
 #   BENCH_PROFILES     changes preloaded into the source (default 1000000)
 #   BENCH_SKIP_SOURCE  1: skip scripts/bench-source.sh (the source's own figures)
 #   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
+#   BENCH_PAIRS        how many times to measure the raw empty-table rate and
+#                      the catch-up back to back (default 1); each pair gives
+#                      a ratio, and the median of them is the figure. On a
+#                      shared machine whose speed drifts, more pairs give a
+#                      steadier ratio
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
 #   BENCH_SERVER_SETTINGS  NAME=VALUE words set on the whole throwaway
@@ -36,6 +41,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 source scripts/lib/pg.sh
 
 PROFILES=${BENCH_PROFILES:-1000000}
+PAIRS=${BENCH_PAIRS:-1}
+[[ $PAIRS =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_PAIRS must be a whole number >= 1, not '$PAIRS'" >&2; exit 2; }
 TIMEOUT_SECS=${BENCH_TIMEOUT_SECS:-1800}
 read -r -a target_extra_env <<<"${BENCH_TARGET_ENV:-}"
 
@@ -227,9 +234,13 @@ PY
   echo "bench: raw: paged to TSV: $raw_rows profiles in ${page_secs} s (python3, limit 10000; not part of the rates below)"
 
   raw_db=bench_raw
-  pg_create_database "$PG_ADMIN_URL" "$raw_db"
   raw_url=$(pg_url_with_db "$PG_ADMIN_URL" "$raw_db")
-  PGOPTIONS="-c client_min_messages=warning" psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
+  # fresh_raw_db: an empty bench_raw with the target's schema.
+  fresh_raw_db() {
+    PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $raw_db"
+    pg_create_database "$PG_ADMIN_URL" "$raw_db"
+    PGOPTIONS="-c client_min_messages=warning" psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
+  }
   # One transaction: COPY into a temporary table, newest change per id, one
   # set-based upsert that only overwrites older rows.
   cat >"$logs/raw.sql" <<SQL
@@ -265,22 +276,21 @@ SQL
     inserted=$(awk '/^INSERT/ { print $3 }' <<<"$out")
     echo "bench: raw $name: $raw_rate rows/s (earlier reference on this machine about $reference; $raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
   }
-  run_raw empty-table 52000
-  raw_empty_rate=$raw_rate
-  run_raw all-stale 110000
-  users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
-  echo "bench: raw: distinct ids: $users (users rows after both runs)"
-  psql_admin -c "DROP DATABASE $raw_db"
 fi
 
 # ---------------------------------------------------------------- target_service
 e2e_db=bench_e2e
-pg_create_database "$PG_ADMIN_URL" "$e2e_db"
 e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" "$e2e_db")
 read -r -a db_settings <<<"${BENCH_DB_SETTINGS:-}"
-for setting in "${db_settings[@]}"; do
-  psql_admin -c "ALTER DATABASE $e2e_db SET ${setting%%=*} = '${setting#*=}'"
-done
+# fresh_e2e_db: an empty bench_e2e with BENCH_DB_SETTINGS; the target
+# applies its schema itself.
+fresh_e2e_db() {
+  PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $e2e_db"
+  pg_create_database "$PG_ADMIN_URL" "$e2e_db"
+  for setting in "${db_settings[@]}"; do
+    psql_admin -c "ALTER DATABASE $e2e_db SET ${setting%%=*} = '${setting#*=}'"
+  done
+}
 db_cursor() {
   psql "$e2e_url" -w -X -q -t -A -c "SELECT coalesce(max(cursor), 0) FROM sync_state" 2>/dev/null || echo 0
 }
@@ -395,20 +405,54 @@ PY
 
 target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_DB_SETTINGS:+; database: $BENCH_DB_SETTINGS}"
 
-# 3. Catch-up into an empty database.
-run_target catch-up "$head0"
-catch_rate=$(rate "$head0" "$run_secs")
-catch_peak=$run_peak_kib catch_hwm=$run_hwm_kib
-synced=$(metric "$run_metrics" profiles_synced_total)
-skipped=$(metric "$run_metrics" profiles_skipped_total)
-stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
-inactive=$(metric "$run_metrics" 'profiles_rejected_total{reason="inactive_status"}')
-echo "bench: catch-up: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); $head0 changes from cursor 0 to the head in $run_secs s from process start; $target_settings; synced $synced, stale $stale, inactive $inactive, skipped in all $skipped)"
-if [[ -n $raw_empty_rate ]]; then
-  ratio=$(awk -v a="$catch_rate" -v b="$raw_empty_rate" 'BEGIN { printf "%.2f", a / b }')
-  echo "bench: catch-up vs raw: $ratio of the raw empty-table rate (target >= 0.7: $(verdict "$ratio" '>=' 0.7); $catch_rate / $raw_empty_rate rows/s)"
+# 3. Pairs of the raw empty-table ceiling and the catch-up into an empty
+# database, measured back to back so that both see the machine alike.
+median() { # median FORMAT <<<"V1 V2 ..." -> the median, printed with FORMAT
+  tr ' ' '\n' | sort -g | awk -v f="$1" '{ v[NR] = $1 } END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+ratios=() catch_rates=() catch_peak=0 catch_hwm=0
+for pair in $(seq 1 "$PAIRS"); do
+  tag=""
+  [[ $PAIRS -eq 1 ]] || tag="-$pair"
+  if [[ -n ${tsv:-} ]]; then
+    fresh_raw_db
+    run_raw "empty-table$tag" 52000
+    raw_empty_rate=$raw_rate
+  fi
+  fresh_e2e_db
+  head=$(source_head)
+  run_target "catch-up$tag" "$head"
+  catch_rate=$(rate "$head" "$run_secs")
+  catch_rates+=("$catch_rate")
+  catch_peak=$((run_peak_kib > catch_peak ? run_peak_kib : catch_peak))
+  catch_hwm=$((run_hwm_kib > catch_hwm ? run_hwm_kib : catch_hwm))
+  synced=$(metric "$run_metrics" profiles_synced_total)
+  skipped=$(metric "$run_metrics" profiles_skipped_total)
+  stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
+  inactive=$(metric "$run_metrics" 'profiles_rejected_total{reason="inactive_status"}')
+  echo "bench: catch-up$tag: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); $head changes from cursor 0 to the head in $run_secs s from process start; $target_settings; synced $synced, stale $stale, inactive $inactive, skipped in all $skipped)"
+  if [[ -n $raw_empty_rate ]]; then
+    ratio=$(awk -v a="$catch_rate" -v b="$raw_empty_rate" 'BEGIN { printf "%.2f", a / b }')
+    ratios+=("$ratio")
+    echo "bench: catch-up vs raw$tag: $ratio of the raw empty-table rate (target >= 0.7: $(verdict "$ratio" '>=' 0.7); $catch_rate / $raw_empty_rate rows/s)"
+  fi
+  echo "$run_cpu"
+done
+if [[ $PAIRS -gt 1 ]]; then
+  catch_rate=$(median %.0f <<<"${catch_rates[*]}")
+  echo "bench: catch-up, median of $PAIRS: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); each: ${catch_rates[*]})"
+  if [[ ${#ratios[@]} -gt 0 ]]; then
+    ratio=$(median %.2f <<<"${ratios[*]}")
+    echo "bench: catch-up vs raw, median of $PAIRS pairs: $ratio (target >= 0.7: $(verdict "$ratio" '>=' 0.7); each: ${ratios[*]})"
+  fi
 fi
-echo "$run_cpu"
+if [[ -n ${tsv:-} ]]; then
+  # The raw statement once more on the table the last pair filled.
+  run_raw all-stale 110000
+  users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
+  echo "bench: raw: distinct ids: $users (users rows after both runs)"
+  psql_admin -c "DROP DATABASE $raw_db"
+fi
 
 # 4. Replay of the whole log: every change is stale.
 psql "$e2e_url" -w -X -q -v ON_ERROR_STOP=1 -c 'UPDATE sync_state SET cursor = 0'
