@@ -5,12 +5,11 @@
 //! thousand changes costs a handful of round trips rather than a thousand.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, GenericClient, Statement};
+use postgres::{Client, GenericClient, Row, Statement};
 use uuid::Uuid;
 
 /// The schema, embedded so the binary needs no file beside it.
@@ -205,15 +204,20 @@ fn shift_parameters(sql: &str, by: usize) -> String {
         .into_owned()
 }
 
-/// A `users` row as the writer needs to see it before deciding.
+/// A `users` row as the writer needs to see it before deciding, its text
+/// borrowed from the row as PostgreSQL sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredUser {
+pub struct StoredUser<'r> {
     pub last_updated_at: DateTime<Utc>,
-    pub email: String,
-    pub mobile: String,
+    pub email: &'r str,
+    pub mobile: &'r str,
 }
 
-/// Reads the rows of `ids`. They are not locked: all changes to one id go to
+/// Stored rows by id.
+pub type StoredUsers<'r> = foldhash::HashMap<Uuid, StoredUser<'r>>;
+
+/// Reads the rows of `ids`, as sent; [`stored_users`] reads them without
+/// copying their text. They are not locked: all changes to one id go to
 /// one writer, and the guards in [`upsert_users`] and [`mark_users`] keep a
 /// stale decision (possible only while two replicas overlap) from ever
 /// overwriting newer data.
@@ -221,23 +225,25 @@ pub fn read_users(
     client: &mut impl GenericClient,
     statements: &Statements,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, StoredUser>, postgres::Error> {
+) -> Result<Vec<Row>, postgres::Error> {
     if ids.is_empty() {
-        return Ok(HashMap::new());
+        return Ok(Vec::new());
     }
-    let rows = client.query(&statements.read_users, &[&ids])?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get(0)?,
-                StoredUser {
-                    last_updated_at: row.try_get(1)?,
-                    email: row.try_get(2)?,
-                    mobile: row.try_get(3)?,
-                },
-            ))
-        })
-        .collect()
+    client.query(&statements.read_users, &[&ids])
+}
+
+/// The rows [`read_users`] returned, by id.
+pub fn stored_users(rows: &[Row]) -> Result<StoredUsers<'_>, postgres::Error> {
+    let mut stored = StoredUsers::with_capacity_and_hasher(rows.len(), Default::default());
+    for row in rows {
+        let user = StoredUser {
+            last_updated_at: row.try_get(1)?,
+            email: row.try_get(2)?,
+            mobile: row.try_get(3)?,
+        };
+        stored.insert(row.try_get(0)?, user);
+    }
+    Ok(stored)
 }
 
 /// The rows that hold any of these emails or mobiles: `(id, email, mobile)`.

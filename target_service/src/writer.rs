@@ -19,7 +19,7 @@
 //! batch, and a unique violation sends the batch back to be read in full.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +34,7 @@ use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Rejection};
 use crate::sleep_unless_stopping;
 use crate::store::{
-    self, Failure, Recorded, RejectionWrite, Statements, StatusMark, StoredUser, UserWrite,
+    self, Failure, Recorded, RejectionWrite, Statements, StatusMark, StoredUsers, UserWrite,
 };
 
 /// Most changes a writer takes into one transaction.
@@ -349,7 +349,8 @@ fn decide_and_write(
     statements: &Statements,
     to_write: &ToWrite<'_>,
 ) -> Result<Option<Vec<(Counted, u64)>>, postgres::Error> {
-    let stored = store::read_users(client, statements, to_write.ids)?;
+    let read = store::read_users(client, statements, to_write.ids)?;
+    let stored = store::stored_users(&read)?;
     let owners = match to_write.reading {
         Reading::Careful => read_owners(client, statements, to_write.batch, &stored)?,
         Reading::Optimistic => Vec::new(),
@@ -425,7 +426,7 @@ fn read_owners(
     client: &mut impl GenericClient,
     statements: &Statements,
     batch: &[WorkItem],
-    stored: &HashMap<Uuid, StoredUser>,
+    stored: &StoredUsers<'_>,
 ) -> Result<Vec<(Uuid, String, String)>, postgres::Error> {
     // Only a change newer than its row can claim an email or mobile, and a
     // row's own values cannot belong to anyone else: a replayed backlog
@@ -463,7 +464,7 @@ fn write_rows_one_by_one(
     client: &mut impl GenericClient,
     statements: &Statements,
     plan: &mut BatchPlan<'_>,
-    stored: &HashMap<Uuid, StoredUser>,
+    stored: &StoredUsers<'_>,
 ) -> Result<Vec<Uuid>, postgres::Error> {
     let mut written = Vec::with_capacity(plan.writes.len());
     let writes = plan.writes.clone();
@@ -539,7 +540,7 @@ struct SimulatedRow<'a> {
 /// were absent, and the statements' guards settle the rest.
 pub fn plan_batch<'a>(
     changes: impl Iterator<Item = &'a Change>,
-    stored: &'a HashMap<Uuid, StoredUser>,
+    stored: &'a StoredUsers<'a>,
     owners: &'a [(Uuid, String, String)],
     unread: &HashSet<Uuid>,
 ) -> BatchPlan<'a> {
@@ -551,8 +552,8 @@ pub fn plan_batch<'a>(
                 *id,
                 SimulatedRow {
                     last_updated_at: row.last_updated_at,
-                    email: &row.email,
-                    mobile: &row.mobile,
+                    email: row.email,
+                    mobile: row.mobile,
                     write: None,
                     mark: None,
                 },
@@ -566,8 +567,8 @@ pub fn plan_batch<'a>(
         mobile_owner.insert(mobile, *id);
     }
     for (id, row) in stored {
-        email_owner.insert(&row.email, *id);
-        mobile_owner.insert(&row.mobile, *id);
+        email_owner.insert(row.email, *id);
+        mobile_owner.insert(row.mobile, *id);
     }
 
     let mut plan = BatchPlan::default();
@@ -743,7 +744,7 @@ impl<'a> BatchPlan<'a> {
         write: &UserWrite<'_>,
         reason: Reason,
         message: &str,
-        stored: &HashMap<Uuid, StoredUser>,
+        stored: &StoredUsers<'_>,
     ) {
         let Some(position) = self.writes.iter().position(|w| w.id == write.id) else {
             return;
@@ -804,6 +805,7 @@ impl<'a> BatchPlan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoredUser;
     use chrono::{DateTime, Utc};
     use serde_json::json;
 
@@ -842,15 +844,15 @@ mod tests {
         }
     }
 
-    fn stored(rows: &[(u8, &str, &str, &str)]) -> HashMap<Uuid, StoredUser> {
+    fn stored<'a>(rows: &[(u8, &str, &'a str, &'a str)]) -> StoredUsers<'a> {
         rows.iter()
             .map(|(n, when, email, mobile)| {
                 (
                     id(*n),
                     StoredUser {
                         last_updated_at: at(when),
-                        email: email.to_string(),
-                        mobile: mobile.to_string(),
+                        email,
+                        mobile,
                     },
                 )
             })
@@ -883,7 +885,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
         ];
-        let no_rows = HashMap::new();
+        let no_rows = StoredUsers::default();
         let plan = plan_batch(changes.iter(), &no_rows, &[], &HashSet::new());
         assert_eq!(plan.outcomes, [Counted::Synced, Counted::Synced]);
         assert_eq!(plan.writes.len(), 1);
@@ -949,7 +951,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             rejected(2, "2025-01-02T00:00:00Z", Reason::InactiveStatus),
         ];
-        let no_rows = HashMap::new();
+        let no_rows = StoredUsers::default();
         let plan = plan_batch(changes.iter(), &no_rows, &[], &unread);
         assert!(!plan.undecided);
         assert_eq!(plan.writes.len(), 1);
@@ -964,7 +966,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(2, "2025-01-01T00:00:00Z", "a@x.io", "222"),
         ];
-        let no_rows = HashMap::new();
+        let no_rows = StoredUsers::default();
         let plan = plan_batch(claims.iter(), &no_rows, &[], &[id(1)].into());
         assert!(
             plan.undecided,
