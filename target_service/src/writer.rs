@@ -71,11 +71,13 @@ impl Reading {
         }
     }
 
-    /// The reading for the batch after one that ended with `counts`. A
-    /// batch that synced nothing (only rejections, say, from a source like
-    /// the original handing out the same page every round) says nothing
-    /// about a catch-up going on, so the next one reads carefully.
-    fn after(counts: &[(Counted, u64)]) -> Reading {
+    /// The reading for the batch after one that ended with `counts`, and
+    /// that was `refused` as optimistic and written carefully. A batch that
+    /// synced nothing (only rejections, say, from a source like the original
+    /// handing out the same page every round) says nothing about a catch-up
+    /// going on, and whatever refused a batch (a recorded rejection: a
+    /// replay) is likely to recur, so the next one reads carefully.
+    fn after(counts: &[(Counted, u64)], refused: bool) -> Reading {
         let count = |wanted: Counted| -> u64 {
             counts
                 .iter()
@@ -87,7 +89,7 @@ impl Reading {
         let stale = count(Counted::NotSynced(Reason::Stale));
         let conflicts = count(Counted::NotSynced(Reason::EmailTaken))
             + count(Counted::NotSynced(Reason::MobileTaken));
-        if conflicts > 0 || stale >= synced {
+        if refused || conflicts > 0 || stale >= synced {
             Reading::Careful
         } else {
             Reading::Optimistic
@@ -187,8 +189,9 @@ pub fn run(
         }
         metrics.queue_depth.sub(batch.len() as i64);
         match write_with_retry(&batch, &pool, &metrics, &stopping, reading) {
-            Some(counts) => {
-                reading = Reading::after(&counts);
+            Some((counts, written_as)) => {
+                let refused = reading == Reading::Optimistic && written_as == Reading::Careful;
+                reading = Reading::after(&counts, refused);
                 for (how, count) in counts {
                     metrics.record(how, count);
                 }
@@ -217,14 +220,15 @@ fn acknowledge(batch: &[WorkItem]) {
 }
 
 /// Writes a batch, retrying transient failures with backoff. Returns the
-/// counts to record, or `None` when shutdown interrupted the retries.
+/// counts to record and the reading the batch was written with, or `None`
+/// when shutdown interrupted the retries.
 fn write_with_retry(
     batch: &[WorkItem],
     pool: &DbPool,
     metrics: &Metrics,
     stopping: &AtomicBool,
     mut reading: Reading,
-) -> Option<Vec<(Counted, u64)>> {
+) -> Option<(Vec<(Counted, u64)>, Reading)> {
     let mut delay = Duration::from_millis(50);
     let mut unique_retries = 0;
     let mut row_by_row = false;
@@ -236,14 +240,18 @@ fn write_with_retry(
                 let result = conn.with_statements().and_then(|(client, statements)| {
                     write_batch(client, statements, batch, reading, row_by_row)
                 });
-                if result.is_err() {
-                    // Prepared again next time, in case the schema changed under them.
-                    conn.forget_statements();
-                }
-                result.map_err(|err| (store::classify(&err), err.to_string()))
+                result.map_err(|err| {
+                    let failure = store::classify(&err);
+                    if !matches!(failure, Failure::Unique(_)) {
+                        // Prepared again next time, in case the schema changed
+                        // under them; a unique violation says nothing of it.
+                        conn.forget_statements();
+                    }
+                    (failure, err.to_string())
+                })
             });
         let failure = match attempt {
-            Ok(counts) => return Some(counts),
+            Ok(counts) => return Some((counts, reading)),
             Err(failure) => failure,
         };
         if let ((Failure::Unique(_), _), Reading::Optimistic) = (&failure, reading) {
@@ -860,22 +868,31 @@ mod tests {
     }
 
     #[test]
-    fn only_a_batch_that_mostly_synced_without_conflicts_is_followed_by_an_optimistic_one() {
+    fn a_batch_is_optimistic_only_after_one_that_synced_more_than_it_found_stale() {
         let inactive = Counted::NotSynced(Reason::InactiveStatus);
         let stale = Counted::NotSynced(Reason::Stale);
         let taken = Counted::NotSynced(Reason::EmailTaken);
+        let catching_up = vec![(Counted::Synced, 600), (inactive, 300), (stale, 2)];
         let cases = [
+            (catching_up.clone(), false, Reading::Optimistic),
+            // The same, but refused as optimistic for a recorded rejection.
+            (catching_up, true, Reading::Careful),
             (
-                vec![(Counted::Synced, 600), (inactive, 300), (stale, 2)],
-                Reading::Optimistic,
+                vec![(Counted::Synced, 2), (stale, 600)],
+                false,
+                Reading::Careful,
             ),
-            (vec![(Counted::Synced, 2), (stale, 600)], Reading::Careful),
-            (vec![(Counted::Synced, 600), (taken, 1)], Reading::Careful),
+            (
+                vec![(Counted::Synced, 600), (taken, 1)],
+                false,
+                Reading::Careful,
+            ),
             // Rejections alone (the same page handed out again) tell nothing.
-            (vec![(inactive, 3)], Reading::Careful),
+            (vec![(inactive, 3)], false, Reading::Careful),
         ];
-        for (counts, expected) in cases {
-            assert_eq!(Reading::after(&counts), expected, "after {counts:?}");
+        for (counts, refused, expected) in cases {
+            let after = Reading::after(&counts, refused);
+            assert_eq!(after, expected, "after {counts:?}, refused: {refused}");
         }
     }
 

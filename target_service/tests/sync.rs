@@ -399,6 +399,38 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
     target.shutdown();
 }
 
+#[test]
+fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_one() {
+    use std::borrow::Cow;
+    use target_service::store::{self, Failure, Recorded, RejectionWrite, Statements};
+
+    let db = TestDb::new();
+    let mut client = db.client();
+    store::apply_schema(&mut client).unwrap();
+    let statements = Statements::prepare(&mut client).unwrap();
+    let rejections = [RejectionWrite {
+        profile_id: None,
+        outcome: "failed_validation",
+        reason: "malformed",
+        message: Cow::Borrowed("the element is not an object"),
+        payload: "42",
+        copy: 0,
+        changed_at: None,
+    }];
+    let write = |client: &mut postgres::Client, recorded| {
+        store::write_plan(client, &statements, recorded, &[], &rejections, &[])
+    };
+
+    write(&mut client, Recorded::Refuse).expect("nothing recorded yet");
+    let refused = write(&mut client, Recorded::Refuse).expect_err("recorded already");
+    assert_eq!(
+        store::classify(&refused),
+        Failure::Unique(Some("sync_rejections_change_key".to_owned()))
+    );
+    write(&mut client, Recorded::Skip).expect("skipped");
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
+}
+
 fn table_snapshot(db: &TestDb) -> Vec<String> {
     db.client()
         .query(
