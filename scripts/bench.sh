@@ -155,6 +155,14 @@ cargo build --release -q -p source_service -p target_service --bin source_servic
 # ---------------------------------------------------------------- PostgreSQL
 pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+# Measure against a durable server, as PostgreSQL runs by default and as the
+# reference figures were taken: the throwaway cluster turns fsync and full
+# page writes off for test speed. BENCH_DURABLE=0 keeps them off.
+if [[ ${BENCH_DURABLE:-1} == 1 ]]; then
+  psql_admin -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET full_page_writes = on"
+fi
+# BENCH_SERVER_SETTINGS come after, so they win over the lines above. (The
+# target's own sessions keep synchronous_commit off whatever the server says.)
 read -r -a server_settings <<<"${BENCH_SERVER_SETTINGS:-}"
 for setting in "${server_settings[@]}"; do
   psql_admin -c "ALTER SYSTEM SET ${setting%%=*} = '${setting#*=}'"
@@ -164,12 +172,8 @@ if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
 fi
 if [[ ${BENCH_PG_STATS:-0} == 1 || ${#server_settings[@]} -gt 0 ]]; then
   pg_throwaway_restart_server fast >>"$logs/pg.stderr" 2>&1 || die "PostgreSQL did not restart with the benchmark's settings"
-fi
-# Measure against a durable server, as PostgreSQL runs by default and as the
-# reference figures were taken: the throwaway cluster turns fsync and full
-# page writes off for test speed. BENCH_DURABLE=0 keeps them off.
-if [[ ${BENCH_DURABLE:-1} == 1 ]]; then
-  psql_admin -c "ALTER SYSTEM SET fsync = on" -c "ALTER SYSTEM SET full_page_writes = on" -c "SELECT pg_reload_conf()" >/dev/null
+else
+  psql_admin -c "SELECT pg_reload_conf()" >/dev/null
   sleep 1
 fi
 pg_version=$(psql_admin -c 'SHOW server_version')
@@ -408,7 +412,7 @@ target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_D
 # 3. Pairs of the raw empty-table ceiling and the catch-up into an empty
 # database, measured back to back so that both see the machine alike.
 median() { # median FORMAT <<<"V1 V2 ..." -> the median, printed with FORMAT
-  tr ' ' '\n' | sort -g | awk -v f="$1" '{ v[NR] = $1 } END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+  tr ' ' '\n' | LC_ALL=C sort -g | awk -v f="$1" '{ v[NR] = $1 } END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 ratios=() catch_rates=() catch_peak=0 catch_hwm=0
 for pair in $(seq 1 "$PAIRS"); do
@@ -420,7 +424,10 @@ for pair in $(seq 1 "$PAIRS"); do
     raw_empty_rate=$raw_rate
   fi
   fresh_e2e_db
+  # Later pairs also take the few changes that earlier catch-ups made the
+  # source generate when they reached the head; the raw run keeps its TSV.
   head=$(source_head)
+  [[ $head =~ ^[0-9]+$ ]] || die "no X-Head-Cursor from the source"
   run_target "catch-up$tag" "$head"
   catch_rate=$(rate "$head" "$run_secs")
   catch_rates+=("$catch_rate")
@@ -463,7 +470,7 @@ replay_peak=$run_peak_kib replay_hwm=$run_hwm_kib
 synced=$(metric "$run_metrics" profiles_synced_total)
 stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
 skipped=$(metric "$run_metrics" profiles_skipped_total)
-echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all stored by the catch-up but the $((head1 - head0)) its last fetch made the source generate; synced $synced, stale $stale, skipped in all $skipped)"
+echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all stored by the catch-up but the $((head1 - head)) its last fetch made the source generate; synced $synced, stale $stale, skipped in all $skipped)"
 echo "$run_cpu"
 
 # 5. Memory.
