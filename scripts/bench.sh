@@ -270,6 +270,9 @@ SQL
     t0=$(now_ns)
     out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$logs/raw.sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
     t1=$(now_ns)
+    # The session's backend may still be exiting; until the postmaster has
+    # reaped it, its CPU time shows nowhere in /proc.
+    sleep 0.5
     pg_t=$(($(postgres_ticks) - pg0))
     other_t=$(($(busy_ticks) - busy0 - pg_t))
     echo "$out" >"$logs/raw-$name.out"
