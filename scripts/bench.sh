@@ -155,6 +155,11 @@ cargo build --release -q -p source_service -p target_service --bin source_servic
 # ---------------------------------------------------------------- PostgreSQL
 pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+# fresh_database NAME: NAME dropped if it exists and created empty.
+fresh_database() {
+  PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $1"
+  pg_create_database "$PG_ADMIN_URL" "$1"
+}
 # Measure against a durable server, as PostgreSQL runs by default and as the
 # reference figures were taken: the throwaway cluster turns fsync and full
 # page writes off for test speed. BENCH_DURABLE=0 keeps them off.
@@ -241,8 +246,7 @@ PY
   raw_url=$(pg_url_with_db "$PG_ADMIN_URL" "$raw_db")
   # fresh_raw_db: an empty bench_raw with the target's schema.
   fresh_raw_db() {
-    PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $raw_db"
-    pg_create_database "$PG_ADMIN_URL" "$raw_db"
+    fresh_database "$raw_db"
     PGOPTIONS="-c client_min_messages=warning" psql "$raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
   }
   # One transaction: COPY into a temporary table, newest change per id, one
@@ -292,8 +296,7 @@ read -r -a db_settings <<<"${BENCH_DB_SETTINGS:-}"
 # fresh_e2e_db: an empty bench_e2e with BENCH_DB_SETTINGS; the target
 # applies its schema itself.
 fresh_e2e_db() {
-  PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $e2e_db"
-  pg_create_database "$PG_ADMIN_URL" "$e2e_db"
+  fresh_database "$e2e_db"
   for setting in "${db_settings[@]}"; do
     psql_admin -c "ALTER DATABASE $e2e_db SET ${setting%%=*} = '${setting#*=}'"
   done
