@@ -27,15 +27,22 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
     received_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 -- A replayed change is recorded once: the same raw element at the same place
--- among its identical twins of a page is the same change. The key is a UUID
--- (an MD5 digest) rather than the text itself: a 16-byte index that is cheap
--- to search on every insert. Tables made before the key existed get it here
--- (computed for their rows) and lose the text index it replaces.
+-- among its identical twins of a page is the same change. Its key is a UUID
+-- (an MD5 digest) rather than the text itself, so the index stays small.
+-- Tables made before the key existed get it here (computed for their rows).
 ALTER TABLE sync_rejections ADD COLUMN IF NOT EXISTS change_key UUID
     GENERATED ALWAYS AS (md5(payload || ':' || payload_copy::text)::uuid) STORED;
-CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_change_key ON sync_rejections (change_key);
+-- One index both keeps a change from being recorded twice and finds a user's
+-- rejections (by its leading column): a change's key determines its payload
+-- and so its profile id, which makes the pair exactly as unique as the key.
+-- NULLS NOT DISTINCT (PostgreSQL 15) keeps changes without a UUID unique too.
+-- It replaces two indexes of earlier versions, a unique one on the key and one
+-- on profile_id; every insert maintained both.
+CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_profile_change_key
+    ON sync_rejections (profile_id, change_key) NULLS NOT DISTINCT;
+DROP INDEX IF EXISTS sync_rejections_change_key;
+DROP INDEX IF EXISTS sync_rejections_profile_id_idx;
 DROP INDEX IF EXISTS sync_rejections_payload_key;
-CREATE INDEX IF NOT EXISTS sync_rejections_profile_id_idx ON sync_rejections (profile_id);
 
 -- Where syncing stands, one row per source URL.
 CREATE TABLE IF NOT EXISTS sync_state (

@@ -107,11 +107,11 @@ pub fn save_state(
 }
 
 /// What inserting a rejection does when the same change is already
-/// recorded (its `change_key` is in `sync_rejections`).
+/// recorded (its `(profile_id, change_key)` is in `sync_rejections`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// The insert skips it (`ON CONFLICT (change_key) DO NOTHING`), so a
-    /// replay records nothing twice.
+    /// The insert skips it (`ON CONFLICT (profile_id, change_key) DO
+    /// NOTHING`), so a replay records nothing twice.
     Skip,
     /// The statement fails with a unique violation. PostgreSQL then need
     /// not look each key up before inserting it, which makes this cheaper
@@ -165,7 +165,7 @@ const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
          SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[])";
 
 /// Appended to [`INSERT_REJECTIONS`] for [`Recorded::Skip`].
-const SKIP_RECORDED: &str = " ON CONFLICT (change_key) DO NOTHING";
+const SKIP_RECORDED: &str = " ON CONFLICT (profile_id, change_key) DO NOTHING";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \

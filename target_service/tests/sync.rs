@@ -408,26 +408,91 @@ fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_
     let mut client = db.client();
     store::apply_schema(&mut client).unwrap();
     let statements = Statements::prepare(&mut client).unwrap();
-    let rejections = [RejectionWrite {
-        profile_id: None,
-        outcome: "failed_validation",
-        reason: "malformed",
-        message: Cow::Borrowed("the element is not an object"),
-        payload: "42",
-        copy: 0,
-        changed_at: None,
-    }];
-    let write = |client: &mut postgres::Client, recorded| {
-        store::write_plan(client, &statements, recorded, &[], &rejections, &[])
-    };
+    // Without a profile id (NULL in the key's index) and with one.
+    let id = uuid::Uuid::parse_str("5b0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3").unwrap();
+    let payload = format!(r#"{{"id":"{id}","status":"inactive"}}"#);
+    let rejections = [
+        RejectionWrite {
+            profile_id: None,
+            outcome: "failed_validation",
+            reason: "malformed",
+            message: Cow::Borrowed("the element is not an object"),
+            payload: "42",
+            copy: 0,
+            changed_at: None,
+        },
+        RejectionWrite {
+            profile_id: Some(id),
+            outcome: "skipped",
+            reason: "inactive_status",
+            message: Cow::Borrowed("status inactive is not synced"),
+            payload: &payload,
+            copy: 0,
+            changed_at: None,
+        },
+    ];
+    for (recorded, rejection) in rejections.iter().enumerate() {
+        let write = |client: &mut postgres::Client, how| {
+            let one = std::slice::from_ref(rejection);
+            store::write_plan(client, &statements, how, &[], one, &[])
+        };
+        write(&mut client, Recorded::Refuse).expect("nothing recorded yet");
+        let refused = write(&mut client, Recorded::Refuse).expect_err("recorded already");
+        assert_eq!(
+            store::classify(&refused),
+            Failure::Unique(Some("sync_rejections_profile_change_key".to_owned()))
+        );
+        write(&mut client, Recorded::Skip).expect("skipped");
+        assert_eq!(
+            db.count("SELECT count(*) FROM sync_rejections"),
+            recorded as i64 + 1
+        );
+    }
+}
 
-    write(&mut client, Recorded::Refuse).expect("nothing recorded yet");
-    let refused = write(&mut client, Recorded::Refuse).expect_err("recorded already");
+/// A table made by an earlier version, with its two rejection indexes,
+/// keeps its rows and gets the one index that replaces both.
+#[test]
+fn the_schema_replaces_the_rejection_indexes_of_earlier_versions() {
+    let db = TestDb::new();
+    let mut client = db.client();
+    client
+        .batch_execute(
+            "CREATE TABLE sync_rejections (
+                 id BIGSERIAL PRIMARY KEY, profile_id UUID, outcome VARCHAR(50) NOT NULL,
+                 reason VARCHAR(50) NOT NULL, message TEXT NOT NULL, payload TEXT NOT NULL,
+                 changed_at TIMESTAMPTZ, payload_copy INTEGER NOT NULL DEFAULT 0,
+                 received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 change_key UUID GENERATED ALWAYS AS (md5(payload || ':' || payload_copy::text)::uuid) STORED);
+             CREATE UNIQUE INDEX sync_rejections_change_key ON sync_rejections (change_key);
+             CREATE INDEX sync_rejections_profile_id_idx ON sync_rejections (profile_id);
+             INSERT INTO sync_rejections (outcome, reason, message, payload)
+                 VALUES ('failed_validation', 'malformed', 'not an object', '42');",
+        )
+        .unwrap();
+
+    target_service::store::apply_schema(&mut client).unwrap();
+
+    let indexes: Vec<String> = client
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'sync_rejections' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     assert_eq!(
-        store::classify(&refused),
-        Failure::Unique(Some("sync_rejections_change_key".to_owned()))
+        indexes,
+        ["sync_rejections_pkey", "sync_rejections_profile_change_key"]
     );
-    write(&mut client, Recorded::Skip).expect("skipped");
+    let replayed = client.execute(
+        "INSERT INTO sync_rejections (outcome, reason, message, payload)
+             VALUES ('failed_validation', 'malformed', 'not an object', '42')
+             ON CONFLICT (profile_id, change_key) DO NOTHING",
+        &[],
+    );
+    assert_eq!(replayed.unwrap(), 0);
     assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
 }
 
