@@ -431,7 +431,7 @@ fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_
             changed_at: None,
         },
     ];
-    for (recorded, rejection) in rejections.iter().enumerate() {
+    for (recorded_before, rejection) in rejections.iter().enumerate() {
         let write = |client: &mut postgres::Client, how| {
             let one = std::slice::from_ref(rejection);
             store::write_plan(client, &statements, how, &[], one, &[])
@@ -445,7 +445,7 @@ fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_
         write(&mut client, Recorded::Skip).expect("skipped");
         assert_eq!(
             db.count("SELECT count(*) FROM sync_rejections"),
-            recorded as i64 + 1
+            recorded_before as i64 + 1
         );
     }
 }
