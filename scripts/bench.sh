@@ -7,10 +7,11 @@ set -euo pipefail
 #   BENCH_SKIP_SOURCE  1: skip scripts/bench-source.sh (the source's own figures)
 #   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
 #   BENCH_PAIRS        how many times to measure the raw empty-table rate and
-#                      the catch-up back to back (default 1); each pair gives
+#                      the catch-up back to back (default 3); each pair gives
 #                      a ratio, and the median of them is the figure. On a
-#                      shared machine whose speed drifts, more pairs give a
-#                      steadier ratio
+#                      shared machine whose speed drifts, one pair's ratio
+#                      can be off by a tenth either way; more pairs give a
+#                      steadier median
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
 #   BENCH_SERVER_SETTINGS  NAME=VALUE words set on the whole throwaway
@@ -41,7 +42,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 source scripts/lib/pg.sh
 
 PROFILES=${BENCH_PROFILES:-1000000}
-PAIRS=${BENCH_PAIRS:-1}
+PAIRS=${BENCH_PAIRS:-3}
 [[ $PAIRS =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_PAIRS must be a whole number >= 1, not '$PAIRS'" >&2; exit 2; }
 TIMEOUT_SECS=${BENCH_TIMEOUT_SECS:-1800}
 read -r -a target_extra_env <<<"${BENCH_TARGET_ENV:-}"
