@@ -1,6 +1,6 @@
 -- The target's schema. Applied by target_service at every start-up, inside a
 -- transaction holding an advisory lock, so it is idempotent and safe when
--- several replicas start at once.
+-- several replicas of the same version start at once.
 
 -- The original users table, unchanged.
 CREATE TABLE IF NOT EXISTS users (
@@ -37,7 +37,9 @@ ALTER TABLE sync_rejections ADD COLUMN IF NOT EXISTS change_key UUID
 -- and so its profile id, which makes the pair exactly as unique as the key.
 -- NULLS NOT DISTINCT (PostgreSQL 15) keeps changes without a UUID unique too.
 -- It replaces two indexes of earlier versions, a unique one on the key and one
--- on profile_id; every insert maintained both.
+-- on profile_id; every insert maintained both. A replica of such a version
+-- names the old key in its ON CONFLICT and cannot write once it is gone: stop
+-- those replicas before starting this one.
 CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_profile_change_key
     ON sync_rejections (profile_id, change_key) NULLS NOT DISTINCT;
 DROP INDEX IF EXISTS sync_rejections_change_key;
