@@ -11,6 +11,7 @@
 //! read straight into them (`wire`) without a `serde_json::Value`; any other
 //! goes through a `Value` and `Profile::parse`, so the two never differ.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -183,6 +184,11 @@ pub struct Name(String);
 
 impl Name {
     pub fn parse(text: &str) -> Result<Name, String> {
+        Name::rule(text).map(|()| Name(text.to_owned()))
+    }
+
+    /// Whether `text` keeps the rule; if not, why.
+    fn rule(text: &str) -> Result<(), String> {
         let length = text.chars().count();
         if length == 0 {
             return Err("name is empty".to_owned());
@@ -199,7 +205,7 @@ impl Name {
                 u32::from(control)
             ));
         }
-        Ok(Name(text.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -213,8 +219,13 @@ pub struct Email(String);
 
 impl Email {
     pub fn parse(text: &str) -> Result<Email, String> {
-        let shown = truncate_for_message(text);
-        let invalid = |why: &str| Err(format!("email {shown:?} {why}"));
+        Email::rule(text).map(|()| Email(text.to_owned()))
+    }
+
+    /// Whether `text` keeps the rule; if not, why. Allocates nothing for an
+    /// email that keeps it.
+    fn rule(text: &str) -> Result<(), String> {
+        let invalid = |why: &str| Err(format!("email {:?} {why}", truncate_for_message(text)));
         if text.len() > 254 {
             return invalid("is longer than 254 characters");
         }
@@ -235,11 +246,10 @@ impl Email {
         {
             return invalid("has a local part with a character or dot that is not allowed");
         }
-        let labels: Vec<&str> = domain.split('.').collect();
-        if labels.len() < 2 {
+        if !domain.contains('.') {
             return invalid("needs a domain of two or more labels");
         }
-        for label in &labels {
+        for label in domain.split('.') {
             let label_ok = (1..=63).contains(&label.len())
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 && !label.starts_with('-')
@@ -250,11 +260,11 @@ impl Email {
                 );
             }
         }
-        let top = labels[labels.len() - 1];
+        let top = domain.rsplit('.').next().unwrap_or(domain);
         if top.len() < 2 || !top.chars().all(|c| c.is_ascii_alphabetic()) {
             return invalid("must end in a label of 2 or more letters");
         }
-        Ok(Email(text.to_owned()))
+        Ok(())
     }
 
     pub fn as_str(&self) -> &str {
@@ -268,9 +278,14 @@ pub struct Mobile(String);
 
 impl Mobile {
     pub fn parse(text: &str) -> Result<Mobile, String> {
+        Mobile::rule(text).map(|()| Mobile(text.to_owned()))
+    }
+
+    /// Whether `text` keeps the rule; if not, why.
+    fn rule(text: &str) -> Result<(), String> {
         let digits = text.strip_prefix('+').unwrap_or(text);
         if (3..=19).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-            Ok(Mobile(text.to_owned()))
+            Ok(())
         } else {
             Err(format!(
                 "mobile {:?} is not 3 to 19 digits with an optional leading +",
@@ -408,9 +423,9 @@ impl Profile {
             ));
         };
         let last_updated_at = timestamp.map_err(|m| reject(Reason::InvalidTimestamp, m))?;
-        let email = Email::parse(email).map_err(|m| reject(Reason::InvalidEmail, m))?;
-        let name = Name::parse(name).map_err(|m| reject(Reason::InvalidName, m))?;
-        let mobile = Mobile::parse(mobile).map_err(|m| reject(Reason::InvalidMobile, m))?;
+        Email::rule(email).map_err(|m| reject(Reason::InvalidEmail, m))?;
+        Name::rule(name).map_err(|m| reject(Reason::InvalidName, m))?;
+        Mobile::rule(mobile).map_err(|m| reject(Reason::InvalidMobile, m))?;
         if last_updated_at.as_datetime() > latest_allowed {
             return Err(reject(
                 Reason::FutureTimestamp,
@@ -426,11 +441,12 @@ impl Profile {
                 ),
             ));
         };
+        // Every rule held: only now is the text copied out of the page.
         Ok(Profile {
             id,
-            name,
-            email,
-            mobile,
+            name: Name(name.to_owned()),
+            email: Email(email.to_owned()),
+            mobile: Mobile(mobile.to_owned()),
             status,
             last_updated_at,
         })
@@ -461,13 +477,11 @@ fn json_kind(value: &Value) -> &'static str {
 }
 
 /// Keeps messages readable when a field holds kilobytes of junk.
-fn truncate_for_message(text: &str) -> String {
+fn truncate_for_message(text: &str) -> Cow<'_, str> {
     const LIMIT: usize = 64;
-    if text.chars().count() <= LIMIT {
-        text.to_owned()
-    } else {
-        let head: String = text.chars().take(LIMIT).collect();
-        format!("{head}…")
+    match text.char_indices().nth(LIMIT) {
+        None => Cow::Borrowed(text),
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
     }
 }
 
