@@ -51,10 +51,18 @@ pub enum FetchError {
 }
 
 impl Page {
-    /// The elements' JSON text, exactly as the source sent it, in order.
-    pub fn elements(&self) -> impl ExactSizeIterator<Item = &str> {
+    /// The elements' JSON text, exactly as the source sent it, in order,
+    /// each with where it lies in [`Page::into_body`].
+    pub fn elements(&self) -> impl ExactSizeIterator<Item = (Range<usize>, &str)> {
         // Every span was checked against `body` when the page was made.
-        self.elements.iter().map(|span| &self.body[span.clone()])
+        self.elements
+            .iter()
+            .map(|span| (span.clone(), &self.body[span.clone()]))
+    }
+
+    /// The body as the source sent it.
+    pub fn into_body(self) -> String {
+        self.body
     }
 }
 

@@ -21,7 +21,7 @@ use postgres::{Client, NoTls};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::fetcher::{FetchError, Fetcher};
+use crate::fetcher::{FetchError, Fetcher, Page};
 use crate::metrics::{Counted, Metrics};
 use crate::pool::DbPool;
 use crate::profile::{Profile, Reason, Timestamp};
@@ -255,7 +255,7 @@ impl Syncer {
                 );
                 self.source_without_cursor = true;
                 self.finish(&mut in_flight, &mut committed)?;
-                let page_no = self.dispatch(page.elements())?;
+                let page_no = self.dispatch(page)?;
                 in_flight.push_back(InFlight {
                     page_no,
                     reaches: None,
@@ -293,7 +293,7 @@ impl Syncer {
                 self.source_head = page.head_cursor;
             }
             let count = page.elements().len();
-            let page_no = self.dispatch(page.elements())?;
+            let page_no = self.dispatch(page)?;
             in_flight.push_back(InFlight {
                 page_no,
                 reaches: Some(store::SyncState {
@@ -323,7 +323,7 @@ impl Syncer {
             info!("the source now sends cursors; paging with since from the next round");
             self.source_without_cursor = false;
         }
-        let page_no = self.dispatch(page.elements())?;
+        let page_no = self.dispatch(page)?;
         let mut in_flight = VecDeque::from([InFlight {
             page_no,
             reaches: None,
@@ -364,42 +364,44 @@ impl Syncer {
 
     /// Parses a page, settles duplicates within it, and hands every change
     /// to its writer. Returns the page's number, reported when committed.
-    fn dispatch<'p>(
-        &mut self,
-        elements: impl ExactSizeIterator<Item = &'p str>,
-    ) -> Result<u64, RoundError> {
-        self.metrics.fetched.inc_by(elements.len() as u64);
+    fn dispatch(&mut self, page: Page) -> Result<u64, RoundError> {
+        self.metrics.fetched.inc_by(page.elements().len() as u64);
         let latest_allowed = chrono::Duration::from_std(self.config.max_future_skew)
             .ok()
             .and_then(|skew| Utc::now().checked_add_signed(skew))
             .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
         // Identical payloads are numbered in page order. The payload is the
-        // element's text as the source sent it.
+        // element's text as the source sent it, which stays in the page.
         let mut copies: foldhash::HashMap<&str, i32> = foldhash::HashMap::default();
-        let changes: Vec<Change> = elements
-            .map(|text| match Profile::parse_json(text, latest_allowed) {
-                Ok(profile) => Change::Accepted {
-                    profile,
-                    payload: text.into(),
-                },
-                Err(rejection) => {
-                    let seen = copies.entry(text).or_insert(0);
-                    let copy = *seen;
-                    *seen += 1;
-                    Change::Rejected {
-                        rejection,
-                        payload: text.to_owned(),
-                        copy,
+        let changes: Vec<Change> = page
+            .elements()
+            .map(
+                |(span, text)| match Profile::parse_json(text, latest_allowed) {
+                    Ok(profile) => Change::Accepted {
+                        profile,
+                        payload: span,
+                    },
+                    Err(rejection) => {
+                        let seen = copies.entry(text).or_insert(0);
+                        let copy = *seen;
+                        *seen += 1;
+                        Change::Rejected {
+                            rejection,
+                            payload: span,
+                            copy,
+                        }
                     }
-                }
-            })
+                },
+            )
             .collect();
+        drop(copies);
         let changes = drop_superseded_in_page(changes, &self.metrics);
 
         self.pages_sent += 1;
         let page_no = self.pages_sent;
         let progress = PageProgress::new(
             page_no,
+            page.into_body(),
             changes.len(),
             self.page_done_tx.clone(),
             Arc::clone(&self.items_committed),

@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,21 +102,33 @@ impl Reading {
 #[derive(Debug)]
 pub struct WorkItem {
     pub change: Change,
-    /// The page it came from, told when the item is committed.
+    /// The page it came from, told when the item is committed; it holds the
+    /// text of the change.
     pub page: Arc<PageProgress>,
 }
 
+impl WorkItem {
+    /// The change's raw element, as the source sent it.
+    pub fn payload(&self) -> &str {
+        self.page.text(self.change.payload())
+    }
+}
+
+/// Where an element lies in the text of its page.
+pub type Span = Range<usize>;
+
 #[derive(Debug)]
 pub enum Change {
-    /// `payload` is the raw element as JSON text, recorded only if a
-    /// writer rejects the change after all.
-    Accepted { profile: Profile, payload: Box<str> },
-    /// `payload` is the raw element as JSON text; `copy` counts the
-    /// identical elements before it in the same page, so distinct changes
-    /// that look alike are each recorded while a replay records nothing twice.
+    /// `payload` is where the raw element lies in its page, recorded only if
+    /// a writer rejects the change after all.
+    Accepted { profile: Profile, payload: Span },
+    /// `payload` is where the raw element lies in its page; `copy` counts
+    /// the identical elements before it in the same page, so distinct
+    /// changes that look alike are each recorded while a replay records
+    /// nothing twice.
     Rejected {
         rejection: Rejection,
-        payload: String,
+        payload: Span,
         copy: i32,
     },
 }
@@ -127,13 +140,22 @@ impl Change {
             Change::Rejected { rejection, .. } => rejection.profile_id,
         }
     }
+
+    fn payload(&self) -> &Span {
+        match self {
+            Change::Accepted { payload, .. } | Change::Rejected { payload, .. } => payload,
+        }
+    }
 }
 
-/// Counts down the items of one page still to commit; the last writer to
-/// finish one reports the page as done.
+/// A page's text, shared by its changes so that none is copied out of it,
+/// and the count of its items still to commit; the last writer to finish one
+/// reports the page as done.
 #[derive(Debug)]
 pub struct PageProgress {
     pub page_no: u64,
+    /// The body of the page as the source sent it.
+    text: String,
     remaining: AtomicUsize,
     done: Sender<u64>,
     /// Changes committed by all writers so far, shared by every page.
@@ -141,15 +163,18 @@ pub struct PageProgress {
 }
 
 impl PageProgress {
-    /// A page of `items` items; an empty page is reported done at once.
+    /// A page of `items` items, whose spans lie in `text`; an empty page
+    /// is reported done at once.
     pub fn new(
         page_no: u64,
+        text: String,
         items: usize,
         done: Sender<u64>,
         committed_total: Arc<AtomicU64>,
     ) -> Arc<PageProgress> {
         let progress = Arc::new(PageProgress {
             page_no,
+            text,
             remaining: AtomicUsize::new(items),
             done,
             committed_total,
@@ -158,6 +183,12 @@ impl PageProgress {
             let _ = progress.done.send(page_no);
         }
         progress
+    }
+
+    /// The text at `span`. Spans come from the page itself, so one that
+    /// does not fit cannot occur; it would read as empty rather than panic.
+    fn text(&self, span: &Span) -> &str {
+        self.text.get(span.clone()).unwrap_or_default()
     }
 
     fn committed(&self, count: usize) {
@@ -364,7 +395,10 @@ fn decide_and_write(
         Reading::Optimistic => Vec::new(),
     };
     let mut plan = plan_batch(
-        to_write.batch.iter().map(|item| &item.change),
+        to_write
+            .batch
+            .iter()
+            .map(|item| (&item.change, item.payload())),
         &stored,
         &owners,
         to_write.unread,
@@ -543,11 +577,12 @@ struct SimulatedRow<'a> {
 /// held by another id is a conflict; anything else is synced and becomes the
 /// row that later changes are compared with. `stored` are the stored rows of
 /// the batch's ids, `owners` the rows holding any of its emails or mobiles.
+/// Each change comes with its raw element, recorded if it is rejected.
 /// `unread` are ids that occur once in the batch and whose rows were not
 /// read (see [`Reading::Optimistic`]): their change is planned as if the row
 /// were absent, and the statements' guards settle the rest.
 pub fn plan_batch<'a>(
-    changes: impl Iterator<Item = &'a Change>,
+    changes: impl Iterator<Item = (&'a Change, &'a str)>,
     stored: &'a StoredUsers<'a>,
     owners: &'a [(Uuid, String, String)],
     unread: &HashSet<Uuid>,
@@ -580,9 +615,9 @@ pub fn plan_batch<'a>(
     }
 
     let mut plan = BatchPlan::default();
-    for change in changes {
+    for (change, payload) in changes {
         match change {
-            Change::Accepted { profile, payload } => {
+            Change::Accepted { profile, .. } => {
                 let row = rows.get(&profile.id);
                 let changed_at = profile.last_updated_at.as_datetime();
                 if row.is_some_and(|row| changed_at <= row.last_updated_at) {
@@ -672,9 +707,7 @@ pub fn plan_batch<'a>(
                 plan.outcomes.push(Counted::Synced);
             }
             Change::Rejected {
-                rejection,
-                payload,
-                copy,
+                rejection, copy, ..
             } => {
                 plan.reject(
                     &mut rows,
@@ -827,29 +860,38 @@ mod tests {
         Uuid::from_bytes([n; 16])
     }
 
-    fn accepted(n: u8, when: &str, email: &str, mobile: &str) -> Change {
+    /// A change and its raw element (the whole text of a page of its own).
+    type WithPayload = (Change, String);
+
+    fn accepted(n: u8, when: &str, email: &str, mobile: &str) -> WithPayload {
         let raw = json!({
             "id": id(n).to_string(), "name": format!("User {n}"), "email": email,
             "mobile": mobile, "status": "active", "last_updated_at": when,
-        });
-        let profile = Profile::parse(&raw, Utc::now()).expect("valid test profile");
-        Change::Accepted {
-            profile,
-            payload: raw.to_string().into(),
-        }
+        })
+        .to_string();
+        let profile = Profile::parse_json(&raw, Utc::now()).expect("valid test profile");
+        let payload = 0..raw.len();
+        (Change::Accepted { profile, payload }, raw)
     }
 
-    fn rejected(n: u8, when: &str, reason: Reason) -> Change {
-        Change::Rejected {
+    fn rejected(n: u8, when: &str, reason: Reason) -> WithPayload {
+        let raw = json!({"id": id(n).to_string(), "last_updated_at": when}).to_string();
+        let change = Change::Rejected {
             rejection: Rejection {
                 reason,
                 message: format!("{} for {n}", reason.as_str()),
                 profile_id: Some(id(n)),
                 changed_at: Some(crate::profile::Timestamp::parse(when).unwrap()),
             },
-            payload: json!({"id": id(n).to_string(), "last_updated_at": when}).to_string(),
+            payload: 0..raw.len(),
             copy: 0,
-        }
+        };
+        (change, raw)
+    }
+
+    /// What [`plan_batch`] takes.
+    fn with_payloads(changes: &[WithPayload]) -> impl Iterator<Item = (&Change, &str)> {
+        changes.iter().map(|(change, raw)| (change, raw.as_str()))
     }
 
     fn stored<'a>(rows: &[(u8, &str, &'a str, &'a str)]) -> StoredUsers<'a> {
@@ -903,7 +945,7 @@ mod tests {
             accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
         ];
         let no_rows = StoredUsers::default();
-        let plan = plan_batch(changes.iter(), &no_rows, &[], &HashSet::new());
+        let plan = plan_batch(with_payloads(&changes), &no_rows, &[], &HashSet::new());
         assert_eq!(plan.outcomes, [Counted::Synced, Counted::Synced]);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].email, "b@x.io");
@@ -919,7 +961,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(1, "2025-01-03T00:00:00Z", "a@x.io", "111"),
         ];
-        let plan = plan_batch(changes.iter(), &rows, &[], &HashSet::new());
+        let plan = plan_batch(with_payloads(&changes), &rows, &[], &HashSet::new());
         let stale = Counted::NotSynced(Reason::Stale);
         assert_eq!(plan.outcomes, [stale, stale, Counted::Synced]);
         assert_eq!(plan.writes[0].message, "updated");
@@ -936,7 +978,7 @@ mod tests {
             accepted(1, "2025-01-05T00:00:00Z", "new@x.io", "999"),
             accepted(2, "2025-01-06T00:00:00Z", "a@x.io", "222"),
         ];
-        let plan = plan_batch(changes.iter(), &rows, &owners, &HashSet::new());
+        let plan = plan_batch(with_payloads(&changes), &rows, &owners, &HashSet::new());
         assert_eq!(
             plan.outcomes,
             [
@@ -969,7 +1011,7 @@ mod tests {
             rejected(2, "2025-01-02T00:00:00Z", Reason::InactiveStatus),
         ];
         let no_rows = StoredUsers::default();
-        let plan = plan_batch(changes.iter(), &no_rows, &[], &unread);
+        let plan = plan_batch(with_payloads(&changes), &no_rows, &[], &unread);
         assert!(!plan.undecided);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].message, "created", "the upsert says updated");
@@ -984,12 +1026,12 @@ mod tests {
             accepted(2, "2025-01-01T00:00:00Z", "a@x.io", "222"),
         ];
         let no_rows = StoredUsers::default();
-        let plan = plan_batch(claims.iter(), &no_rows, &[], &[id(1)].into());
+        let plan = plan_batch(with_payloads(&claims), &no_rows, &[], &[id(1)].into());
         assert!(
             plan.undecided,
             "id 1 may be stale, and then id 2 gets a@x.io"
         );
-        let plan = plan_batch(claims.iter(), &no_rows, &[], &HashSet::new());
+        let plan = plan_batch(with_payloads(&claims), &no_rows, &[], &HashSet::new());
         assert!(!plan.undecided);
         assert_eq!(
             plan.outcomes,
@@ -1010,7 +1052,7 @@ mod tests {
             accepted(2, "2025-01-03T00:00:00Z", "b@x.io", "222"),
             rejected(3, "2025-01-02T00:00:00Z", Reason::InvalidName),
         ];
-        let plan = plan_batch(changes.iter(), &rows, &[], &HashSet::new());
+        let plan = plan_batch(with_payloads(&changes), &rows, &[], &HashSet::new());
         assert_eq!(plan.rejections.len(), 3, "every rejection is recorded");
         assert_eq!(plan.marks.len(), 1, "{:?}", plan.marks);
         assert_eq!(plan.marks[0].id, id(1));

@@ -300,6 +300,11 @@ fn an_email_or_mobile_held_by_another_id_is_a_recorded_conflict() {
     twin_a["email"] = json!("twin@example.com");
     let mut twin_b = profile(5, "2025-07-01T10:00:00Z");
     twin_b["email"] = json!("twin@example.com");
+    let conflicts = [
+        (2, email_thief.clone()),
+        (3, mobile_thief.clone()),
+        (5, twin_b.clone()),
+    ];
     let log = CursorLog::new(vec![
         profile(1, "2025-07-01T10:00:00Z"),
         email_thief,
@@ -315,6 +320,18 @@ fn an_email_or_mobile_held_by_another_id_is_a_recorded_conflict() {
     let mut reasons = rejection_reasons(&db);
     reasons.sort();
     assert_eq!(reasons, ["email_taken", "email_taken", "mobile_taken"]);
+    // Each conflict records its own element of the page, as it was sent.
+    let mut client = db.client();
+    for (n, element) in conflicts {
+        let row = client
+            .query_one(
+                "SELECT payload FROM sync_rejections WHERE profile_id = $1::text::uuid",
+                &[&id(n)],
+            )
+            .unwrap();
+        let payload: String = row.get(0);
+        assert_eq!(serde_json::from_str::<Value>(&payload).unwrap(), element);
+    }
     assert_eq!(
         db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'conflict'"),
         3
