@@ -204,7 +204,7 @@ fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
         };
         let started = Instant::now();
         let (route, reply) = handler.handle(request.method().as_str(), request.url());
-        let status = reply.status;
+        handler.metrics().count_request(route, reply.status);
         let mut response = response(reply);
         if stopping.load(Ordering::SeqCst) {
             // Tell keep-alive clients not to send more on this connection.
@@ -215,9 +215,7 @@ fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
         if let Err(e) = request.respond(response) {
             debug!("client went away before the response was sent: {e}");
         }
-        handler
-            .metrics()
-            .observe_request(route, status, started.elapsed());
+        handler.metrics().observe_duration(route, started.elapsed());
     }
 }
 

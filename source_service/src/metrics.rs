@@ -75,6 +75,12 @@ impl Metrics {
         registry.register(Box::new(log_entries.clone()))?;
         registry.register(Box::new(log_head.clone()))?;
 
+        // Each route's usual answer is exported from the start (at 0), so a
+        // scrape finds `source_requests_total` before the first request.
+        for route in Route::ALL {
+            let usual = if route == Route::Other { "404" } else { "200" };
+            requests.with_label_values(&[route.label(), usual]);
+        }
         let durations = Route::ALL
             .iter()
             .map(|route| durations.with_label_values(&[route.label()]))
@@ -94,12 +100,17 @@ impl Metrics {
         })
     }
 
-    /// Records one answered request.
-    pub fn observe_request(&self, route: Route, status: u16, elapsed: Duration) {
+    /// Counts a request about to be answered with `status`: before the
+    /// answer goes out, so a client that has it and then scrapes sees it.
+    pub fn count_request(&self, route: Route, status: u16) {
         let mut code = [0u8; 5];
         self.requests
             .with_label_values(&[route.label(), status_text(status, &mut code)])
             .inc();
+    }
+
+    /// Records how long answering a request took.
+    pub fn observe_duration(&self, route: Route, elapsed: Duration) {
         if let Some(histogram) = self.durations.get(route.index()) {
             histogram.observe(elapsed.as_secs_f64());
         }
@@ -142,8 +153,15 @@ mod tests {
     #[test]
     fn renders_the_required_names() {
         let metrics = Metrics::new().unwrap();
-        metrics.observe_request(Route::Changes, 200, Duration::from_micros(300));
-        metrics.observe_request(Route::Other, 404, Duration::from_micros(30));
+        let fresh = String::from_utf8(metrics.render().unwrap()).unwrap();
+        assert!(
+            fresh.contains(r#"source_requests_total{code="200",path="/users/changes"} 0"#),
+            "requests are exported before the first one:\n{fresh}"
+        );
+        metrics.count_request(Route::Changes, 200);
+        metrics.observe_duration(Route::Changes, Duration::from_micros(300));
+        metrics.count_request(Route::Other, 404);
+        metrics.observe_duration(Route::Other, Duration::from_micros(30));
         metrics.changes_generated.inc_by(7);
         metrics.invalid_generated(Flaw::EmailTaken);
         metrics.log_entries.set(7);

@@ -174,6 +174,12 @@ fn unknown_paths_are_404_and_other_methods_405() {
 #[test]
 fn healthz_and_metrics() {
     let app = start(|c| c.preload = 50);
+    // The first request of all is a scrape: the request counter is there.
+    let first = String::from_utf8(app.get("/metrics").body).unwrap();
+    assert!(
+        first.contains(r#"source_requests_total{code="200",path="/users/changes"} 0"#),
+        "missing source_requests_total in the first scrape:\n{first}"
+    );
     let reply = app.get("/healthz");
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json(), serde_json::json!({"status": "ok"}));
