@@ -62,6 +62,19 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The variable a `.env` line sets (`NAME=…` or `export NAME=…`), if it
+/// reads as one.
+fn env_line_variable(line: &str) -> Option<&str> {
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim();
+    let name = name.strip_prefix("export ").unwrap_or(name).trim();
+    let plausible = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    plausible.then_some(name)
+}
+
 const MAX_THREADS: usize = 256;
 const HOUR: f64 = 3600.0;
 const DAY: f64 = 24.0 * HOUR;
@@ -74,6 +87,17 @@ impl Config {
         match dotenvy::from_path(".env") {
             Ok(_) => {}
             Err(err) if err.not_found() => {}
+            Err(dotenvy::Error::LineParse(line, _)) => {
+                // The parser's own message quotes the line, which may hold
+                // the password: name its variable at most.
+                return Err(ConfigError {
+                    variable: ".env",
+                    problem: match env_line_variable(&line) {
+                        Some(name) => format!("the line setting {name} cannot be parsed"),
+                        None => "a line cannot be parsed".to_owned(),
+                    },
+                });
+            }
             Err(err) => {
                 return Err(ConfigError {
                     variable: ".env",

@@ -168,6 +168,27 @@ fn a_bad_setting_exits_2_with_one_line_naming_the_variable() {
 }
 
 #[test]
+fn a_dot_env_line_that_cannot_be_parsed_is_named_without_its_value() {
+    let dir = std::env::temp_dir().join(format!("target_env_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "SYNC_INTERVAL=1\nDB_PASSWORD=\"topsecret\nLOG_LEVEL=debug\n",
+    )
+    .unwrap();
+    let output = target_binary().current_dir(&dir).output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(".env") && stderr.contains("DB_PASSWORD"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("topsecret"), "{stderr}");
+}
+
+#[test]
 fn sigterm_stops_the_binary_with_exit_0_and_the_password_is_never_logged() {
     let db = TestDb::new();
     let source = backlog(50).source();
