@@ -75,7 +75,17 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-const ADDR_EXPECTED: &str = "an IP address and port such as 0.0.0.0:8080 or 127.0.0.1:0";
+const ADDR_EXPECTED: &str =
+    "an IP address and port such as 0.0.0.0:8080 or 127.0.0.1:0, or :8080 for every address";
+
+/// An IP address and port; `:8080`, as Go services write it, listens on
+/// every address.
+fn listen_addr(text: &str) -> Option<SocketAddr> {
+    match text.strip_prefix(':') {
+        Some(port) => Some(SocketAddr::from(([0, 0, 0, 0], port.parse().ok()?))),
+        None => text.parse().ok(),
+    }
+}
 const THREADS_EXPECTED: &str = "a whole number from 1 to 1024";
 const SEED_EXPECTED: &str =
     "a whole number from 0 to 18446744073709551615, or unset for a random seed";
@@ -103,7 +113,7 @@ impl Config {
         };
         let defaults = Config::default();
         Ok(Config {
-            addr: get("SOURCE_ADDR").parse_or(defaults.addr, ADDR_EXPECTED, |s| s.parse().ok())?,
+            addr: get("SOURCE_ADDR").parse_or(defaults.addr, ADDR_EXPECTED, listen_addr)?,
             threads: get("SOURCE_THREADS").parse_or(defaults.threads, THREADS_EXPECTED, |s| {
                 s.parse::<usize>()
                     .ok()
@@ -226,6 +236,14 @@ mod tests {
     fn empty_values_mean_unset() {
         let c = config(&[("SOURCE_SEED", ""), ("SOURCE_THREADS", "  ")]).unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn a_port_alone_listens_on_every_address() {
+        let c = config(&[("SOURCE_ADDR", ":9090")]).unwrap();
+        assert_eq!(c.addr, "0.0.0.0:9090".parse().unwrap());
+        assert!(config(&[("SOURCE_ADDR", ":")]).is_err());
+        assert!(config(&[("SOURCE_ADDR", ":http")]).is_err());
     }
 
     #[test]

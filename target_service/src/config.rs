@@ -270,10 +270,21 @@ impl Vars<'_> {
         let text = self.get(name).unwrap_or_else(|| default.to_owned());
         let problem = || ConfigError {
             variable: name,
-            problem: format!("{text:?} is not a listen address such as 0.0.0.0:2112"),
+            problem: format!(
+                "{text:?} is not a listen address such as 0.0.0.0:2112 (or :2112 for every address)"
+            ),
         };
-        text.trim()
-            .to_socket_addrs()
+        let text = text.trim();
+        // `:2112`, as Go services write it, listens on every address.
+        let every_address;
+        let text = match text.strip_prefix(':') {
+            Some(port) => {
+                every_address = format!("0.0.0.0:{port}");
+                &every_address
+            }
+            None => text,
+        };
+        text.to_socket_addrs()
             .map_err(|_| problem())?
             .next()
             .ok_or_else(problem)
@@ -383,6 +394,13 @@ mod tests {
     fn fractional_intervals_are_allowed() {
         let c = config(&[("SYNC_INTERVAL", "0.25")]).unwrap();
         assert_eq!(c.sync_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_port_alone_listens_on_every_address() {
+        let c = config(&[("METRICS_ADDR", ":9090")]).unwrap();
+        assert_eq!(c.metrics_addr, "0.0.0.0:9090".parse().unwrap());
+        assert_eq!(error_variable(&[("METRICS_ADDR", ":")]), "METRICS_ADDR");
     }
 
     #[test]
