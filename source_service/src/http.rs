@@ -173,7 +173,7 @@ impl Handler {
             None => self.feed.fresh_batch(&self.metrics),
             Some(since) => match self.feed.since(since, query.limit, &self.metrics) {
                 Ok(page) => page,
-                Err(gone) => return gone_reply(gone),
+                Err(gone) => return self.gone_reply(gone),
             },
         };
         let Page {
@@ -190,27 +190,32 @@ impl Handler {
         ];
         reply
     }
-}
 
-fn gone_reply(gone: Gone) -> Reply {
-    let message = if gone.since > gone.head {
-        format!(
-            "since={} is newer than the newest change ({}); the cursor is from another \
-             epoch of this service, restart from since=0",
-            gone.since, gone.head
-        )
-    } else {
-        format!(
-            "since={} is older than the oldest change kept; restart from since={}",
-            gone.since, gone.min_since
-        )
-    };
-    Reply::json(
-        410,
-        json!({ "error": message, "min_since": gone.min_since, "head_cursor": gone.head })
-            .to_string()
-            .into_bytes(),
-    )
+    /// `410` for a cursor outside the log. The body is the contract's
+    /// `{"error": …}`; where to start again rides in headers:
+    /// `X-Min-Cursor` (the smallest `since` still accepted), `X-Head-Cursor`
+    /// and `X-Source-Epoch`.
+    fn gone_reply(&self, gone: Gone) -> Reply {
+        let message = if gone.since > gone.head {
+            format!(
+                "since={} is newer than the newest change ({}); the cursor is from another \
+                 epoch of this service, restart from since=0",
+                gone.since, gone.head
+            )
+        } else {
+            format!(
+                "since={} is older than the oldest change kept; restart from since={}",
+                gone.since, gone.min_since
+            )
+        };
+        let mut reply = Reply::error(410, message);
+        reply.headers = vec![
+            ("X-Min-Cursor", gone.min_since.to_string()),
+            ("X-Head-Cursor", gone.head.to_string()),
+            ("X-Source-Epoch", self.epoch.clone()),
+        ];
+        reply
+    }
 }
 
 /// Echoed client input is cut short so error bodies stay small.
@@ -414,8 +419,12 @@ mod tests {
             assert_eq!(reply.status, 410, "since={since}");
             let value = body(&reply);
             assert!(value["error"].is_string());
-            assert_eq!(value["min_since"], head - 50);
-            assert_eq!(value["head_cursor"], head);
+            assert_eq!(value.as_object().map(|members| members.len()), Some(1));
+            assert_eq!(
+                reply.header("X-Min-Cursor"),
+                Some(&*(head - 50).to_string())
+            );
+            assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
         }
         let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);

@@ -121,26 +121,30 @@ fn malformed_parameters_are_400_with_a_json_error() {
 }
 
 #[test]
-fn cursors_outside_the_log_are_410_with_min_since_and_head() {
+fn cursors_outside_the_log_are_410_with_a_json_error_and_where_to_restart() {
     let app = start(|c| {
         c.preload = 1_000;
         c.log_capacity = 100;
     });
-    let head = app.get("/users/changes?since=999999&limit=1");
-    assert_eq!(head.status, 410);
-    let body = head.json();
-    let head = body["head_cursor"].as_u64().unwrap();
+    let number = |reply: &common::Reply, name: &str| -> Option<u64> {
+        reply.header(name).and_then(|value| value.parse().ok())
+    };
+    let first = app.get("/users/changes?since=999999&limit=1");
+    assert_eq!(first.status, 410);
+    let head = number(&first, "X-Head-Cursor").unwrap();
     assert!(head >= 1_000);
-    assert!(!head.to_string().is_empty() && body["error"].is_string());
-    assert_eq!(body["min_since"].as_u64(), Some(head - 100));
 
     for since in [0, head - 101, head + 1] {
         let reply = app.get(&format!("/users/changes?since={since}"));
         assert_eq!(reply.status, 410, "since={since}");
-        assert!(!reply.error().is_empty());
+        // The body is the contract's error object and nothing else.
         let body = reply.json();
-        assert_eq!(body["min_since"].as_u64(), Some(head - 100));
-        assert_eq!(body["head_cursor"].as_u64(), Some(head));
+        let members: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert_eq!(members, ["error"], "since={since}");
+        assert!(!reply.error().is_empty());
+        assert_eq!(number(&reply, "X-Min-Cursor"), Some(head - 100));
+        assert_eq!(number(&reply, "X-Head-Cursor"), Some(head));
+        assert!(reply.header("X-Source-Epoch").is_some());
     }
     let reply = app.get(&format!("/users/changes?since={}", head - 100));
     assert_eq!(reply.status, 200);

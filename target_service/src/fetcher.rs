@@ -110,11 +110,17 @@ impl Fetcher {
         let response = match request.call() {
             Ok(response) => response,
             Err(ureq::Error::Status(410, response)) => {
-                let min_since = self
-                    .read_body(response)
-                    .ok()
-                    .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
-                    .and_then(|body| body.get("min_since").and_then(Value::as_u64));
+                // Where to start again: `X-Min-Cursor`, or `min_since` in the
+                // body as earlier versions of the source sent it.
+                let header = response
+                    .header("X-Min-Cursor")
+                    .and_then(|value| value.trim().parse().ok());
+                let min_since = header.or_else(|| {
+                    self.read_body(response)
+                        .ok()
+                        .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
+                        .and_then(|body| body.get("min_since").and_then(Value::as_u64))
+                });
                 return Err(FetchError::Gone { min_since });
             }
             Err(ureq::Error::Status(code, _)) => {

@@ -718,24 +718,29 @@ fn a_slow_source_times_out_as_a_fetch_error() {
 
 #[test]
 fn a_cursor_the_source_no_longer_holds_restarts_from_what_it_still_has() {
-    let db = TestDb::new();
-    let log = CursorLog::new(
-        (1..=100)
-            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
-            .collect(),
-    );
-    // The source has dropped its oldest 60 changes: even cursor 0 is gone.
-    *log.dropped.lock().unwrap() = 60;
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[]);
-    wait_until(
-        "synced from the oldest change held",
-        Duration::from_secs(10),
-        || db.count("SELECT cursor FROM sync_state") == 100,
-    );
-    assert_eq!(db.count("SELECT count(*) FROM users"), 40);
-    assert!(user_row(&db, 61).is_some() && user_row(&db, 60).is_none());
-    target.shutdown();
+    // Where to restart comes in X-Min-Cursor, or from an earlier source in
+    // the body of the 410.
+    for hint_in_body in [false, true] {
+        let db = TestDb::new();
+        let log = CursorLog::new(
+            (1..=100)
+                .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+                .collect(),
+        );
+        // The source has dropped its oldest 60 changes: even cursor 0 is gone.
+        *log.dropped.lock().unwrap() = 60;
+        *log.gone_hint_in_body.lock().unwrap() = hint_in_body;
+        let source = log.source();
+        let target = start_target(&db, &source.url, &[]);
+        wait_until(
+            "synced from the oldest change held",
+            Duration::from_secs(10),
+            || db.count("SELECT cursor FROM sync_state") == 100,
+        );
+        assert_eq!(db.count("SELECT count(*) FROM users"), 40);
+        assert!(user_row(&db, 61).is_some() && user_row(&db, 60).is_none());
+        target.shutdown();
+    }
 }
 
 #[test]

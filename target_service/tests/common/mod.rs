@@ -226,6 +226,9 @@ pub struct CursorLog {
     pub epoch: Arc<Mutex<String>>,
     /// Changes up to this sequence number are no longer held (410 below it).
     pub dropped: Arc<Mutex<u64>>,
+    /// A 410 says where to restart in its body (`min_since`), as earlier
+    /// versions of source_service did, instead of in `X-Min-Cursor`.
+    pub gone_hint_in_body: Arc<Mutex<bool>>,
 }
 
 impl CursorLog {
@@ -234,6 +237,7 @@ impl CursorLog {
             changes: Arc::new(Mutex::new(changes)),
             epoch: Arc::new(Mutex::new("epoch-1".to_owned())),
             dropped: Arc::new(Mutex::new(0)),
+            gone_hint_in_body: Arc::new(Mutex::new(false)),
         }
     }
 
@@ -256,10 +260,19 @@ impl CursorLog {
             .unwrap_or(1000);
         let dropped = *self.dropped.lock().unwrap();
         if since > head || since < dropped {
-            return Reply::json(
-                410,
-                &json!({"error": "cursor outside the log", "min_since": dropped, "head_cursor": head}),
-            );
+            if *self.gone_hint_in_body.lock().unwrap() {
+                return Reply::json(
+                    410,
+                    &json!({"error": "cursor outside the log", "min_since": dropped, "head_cursor": head}),
+                );
+            }
+            let mut reply = Reply::json(410, &json!({"error": "cursor outside the log"}));
+            reply.headers = vec![
+                ("X-Min-Cursor".to_owned(), dropped.to_string()),
+                ("X-Head-Cursor".to_owned(), head.to_string()),
+                ("X-Source-Epoch".to_owned(), epoch),
+            ];
+            return reply;
         }
         let end = (since + limit).min(head);
         let page: Vec<Value> = changes[since as usize..end as usize].to_vec();
