@@ -27,11 +27,16 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
     received_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 -- A replayed change is recorded once: the same raw element at the same place
--- among its identical twins of a page is the same change. Its key is a UUID
--- (an MD5 digest) rather than the text itself, so the index stays small.
--- Tables made before the key existed get it here (computed for their rows).
+-- among its identical twins of a page is the same change. Its key is a UUID,
+-- the MD5 digest of the payload, a colon and payload_copy, rather than the
+-- text itself, so the index stays small. The writer computes it for every row
+-- it inserts (computing it here, as a generated column, made each insert
+-- copy the whole row once more). Tables made before the key existed get it
+-- here, computed for their rows; tables that computed it get a plain column.
 ALTER TABLE sync_rejections ADD COLUMN IF NOT EXISTS change_key UUID
     GENERATED ALWAYS AS (md5(payload || ':' || payload_copy::text)::uuid) STORED;
+ALTER TABLE sync_rejections ALTER COLUMN change_key DROP EXPRESSION IF EXISTS;
+ALTER TABLE sync_rejections ALTER COLUMN change_key SET NOT NULL;
 -- One index both keeps a change from being recorded twice and finds a user's
 -- rejections (by its leading column): a change's key determines its payload
 -- and so its profile id, which makes the pair exactly as unique as the key.

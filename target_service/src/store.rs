@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
+use md5::{Digest, Md5};
 use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, Row, Statement};
@@ -161,8 +162,8 @@ const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, sta
          RETURNING u.id";
 
 const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
-              (profile_id, outcome, reason, message, payload, changed_at, payload_copy) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[])";
+              (profile_id, outcome, reason, message, payload, changed_at, payload_copy, change_key) \
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[], $8::uuid[])";
 
 /// Appended to [`INSERT_REJECTIONS`] for [`Recorded::Skip`].
 const SKIP_RECORDED: &str = " ON CONFLICT (profile_id, change_key) DO NOTHING";
@@ -189,7 +190,7 @@ fn write_plan_sql(recorded: Recorded) -> String {
          SELECT c.id FROM unnest($1::uuid[]) AS c(id) \
          WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = c.id)",
         shift_parameters(INSERT_REJECTIONS, 7),
-        shift_parameters(MARK_USERS, 14),
+        shift_parameters(MARK_USERS, 15),
     )
 }
 
@@ -342,6 +343,19 @@ pub struct RejectionWrite<'a> {
     pub changed_at: Option<DateTime<Utc>>,
 }
 
+/// The key that tells one recorded change from another: the MD5 digest of
+/// its payload, a colon and its copy number (identical payloads before it
+/// in its page), as a UUID. Earlier versions had PostgreSQL compute the same
+/// digest (`md5(payload || ':' || payload_copy::text)::uuid`), so the rows
+/// they recorded keep matching their replays.
+pub fn change_key(payload: &str, copy: i32) -> Uuid {
+    let mut digest = Md5::new();
+    digest.update(payload.as_bytes());
+    digest.update(b":");
+    digest.update(copy.to_string().as_bytes());
+    Uuid::from_bytes(digest.finalize().into())
+}
+
 /// Records rejections; one already recorded (same payload, same place
 /// among identical payloads of its page) is left alone, so a replayed
 /// change records nothing twice.
@@ -367,6 +381,7 @@ struct RejectionColumns<'a> {
     payloads: Vec<&'a str>,
     times: Vec<Option<DateTime<Utc>>>,
     copies: Vec<i32>,
+    keys: Vec<Uuid>,
 }
 
 impl<'a> RejectionColumns<'a> {
@@ -379,10 +394,13 @@ impl<'a> RejectionColumns<'a> {
             payloads: rejections.iter().map(|r| r.payload).collect(),
             times: rejections.iter().map(|r| r.changed_at).collect(),
             copies: rejections.iter().map(|r| r.copy).collect(),
+            keys: (rejections.iter())
+                .map(|r| change_key(r.payload, r.copy))
+                .collect(),
         }
     }
 
-    fn parameters(&self) -> [&(dyn ToSql + Sync); 7] {
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 8] {
         [
             &self.ids,
             &self.outcomes,
@@ -391,6 +409,7 @@ impl<'a> RejectionColumns<'a> {
             &self.payloads,
             &self.times,
             &self.copies,
+            &self.keys,
         ]
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use target_service::store;
 
 #[test]
 fn every_row_of_the_validation_table_ends_as_the_contract_says() {
@@ -419,7 +420,7 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
 #[test]
 fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_one() {
     use std::borrow::Cow;
-    use target_service::store::{self, Failure, Recorded, RejectionWrite, Statements};
+    use target_service::store::{Failure, Recorded, RejectionWrite, Statements};
 
     let db = TestDb::new();
     let mut client = db.client();
@@ -467,10 +468,11 @@ fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_
     }
 }
 
-/// A table made by an earlier version, with its two rejection indexes,
-/// keeps its rows and gets the one index that replaces both.
+/// A table made by an earlier version, with its two rejection indexes and a
+/// key PostgreSQL computed, keeps its rows and keys, gets the one index that
+/// replaces both, and takes keys from the writer from then on.
 #[test]
-fn the_schema_replaces_the_rejection_indexes_of_earlier_versions() {
+fn the_schema_upgrades_the_rejections_of_earlier_versions() {
     let db = TestDb::new();
     let mut client = db.client();
     client
@@ -488,7 +490,7 @@ fn the_schema_replaces_the_rejection_indexes_of_earlier_versions() {
         )
         .unwrap();
 
-    target_service::store::apply_schema(&mut client).unwrap();
+    store::apply_schema(&mut client).unwrap();
 
     let indexes: Vec<String> = client
         .query(
@@ -503,14 +505,62 @@ fn the_schema_replaces_the_rejection_indexes_of_earlier_versions() {
         indexes,
         ["sync_rejections_pkey", "sync_rejections_profile_change_key"]
     );
-    let replayed = client.execute(
-        "INSERT INTO sync_rejections (outcome, reason, message, payload)
-             VALUES ('failed_validation', 'malformed', 'not an object', '42')
-             ON CONFLICT (profile_id, change_key) DO NOTHING",
-        &[],
-    );
-    assert_eq!(replayed.unwrap(), 0);
+    let generated: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_attribute
+             WHERE attrelid = 'sync_rejections'::regclass AND attname = 'change_key'
+               AND attgenerated = '' AND attnotnull",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(generated, 1, "change_key is a plain NOT NULL column now");
+    // The writer's key for the same change is the one PostgreSQL computed.
+    let replay = |client: &mut postgres::Client| {
+        client.execute(
+            "INSERT INTO sync_rejections (outcome, reason, message, payload, change_key)
+                 VALUES ('failed_validation', 'malformed', 'not an object', '42', $1)
+                 ON CONFLICT (profile_id, change_key) DO NOTHING",
+            &[&store::change_key("42", 0)],
+        )
+    };
+    assert_eq!(replay(&mut client).unwrap(), 0);
     assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
+    // Applying the schema again changes nothing.
+    store::apply_schema(&mut client).unwrap();
+    assert_eq!(replay(&mut client).unwrap(), 0);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
+}
+
+/// The writer's change key is the digest earlier versions had PostgreSQL
+/// compute, whatever the payload holds.
+#[test]
+fn the_change_key_is_the_digest_postgresql_computed() {
+    let db = TestDb::new();
+    let mut client = db.client();
+    let payloads = [
+        "42",
+        "",
+        r#"{"id":"x","name":"Zoë Ødegård 山田","email":"a@b.co"}"#,
+        r#"{"name":"quote \" backslash \\ and \u0000"}"#,
+        &"x".repeat(10_000),
+    ];
+    for payload in payloads {
+        for copy in [0, 1, 12, i32::MAX] {
+            let computed: uuid::Uuid = client
+                .query_one(
+                    "SELECT md5($1::text || ':' || $2::int4::text)::uuid",
+                    &[&payload, &copy],
+                )
+                .unwrap()
+                .get(0);
+            assert_eq!(
+                store::change_key(payload, copy),
+                computed,
+                "{payload:?} {copy}"
+            );
+        }
+    }
 }
 
 fn table_snapshot(db: &TestDb) -> Vec<String> {
