@@ -395,14 +395,14 @@ impl Syncer {
             )
             .collect();
         drop(copies);
-        let changes = drop_superseded_in_page(changes, &self.metrics);
+        let mut changes = drop_superseded_in_page(changes, &self.metrics);
 
         self.pages_sent += 1;
         let page_no = self.pages_sent;
         let progress = PageProgress::new(
             page_no,
             page.into_body(),
-            changes.len(),
+            &mut changes,
             self.page_done_tx.clone(),
             Arc::clone(&self.items_committed),
         );

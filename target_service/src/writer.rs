@@ -146,15 +146,25 @@ impl Change {
             Change::Accepted { payload, .. } | Change::Rejected { payload, .. } => payload,
         }
     }
+
+    fn payload_mut(&mut self) -> &mut Span {
+        match self {
+            Change::Accepted { payload, .. } | Change::Rejected { payload, .. } => payload,
+        }
+    }
 }
 
 /// A page's text, shared by its changes so that none is copied out of it,
 /// and the count of its items still to commit; the last writer to finish one
 /// reports the page as done.
+///
+/// The text lives until the page's last change is committed, so it never
+/// holds more than twice the text its changes point into: a page of which
+/// few elements go on (most superseded within it) keeps only theirs.
 #[derive(Debug)]
 pub struct PageProgress {
     pub page_no: u64,
-    /// The body of the page as the source sent it.
+    /// The elements of the page's changes, as the source sent them.
     text: String,
     remaining: AtomicUsize,
     done: Sender<u64>,
@@ -163,23 +173,25 @@ pub struct PageProgress {
 }
 
 impl PageProgress {
-    /// A page of `items` items, whose spans lie in `text`; an empty page
-    /// is reported done at once.
+    /// A page of `changes`, whose spans lie in `body`; an empty page is
+    /// reported done at once. Where the changes' elements are less than
+    /// half of what `body` holds, they are copied into a text of their own
+    /// and their spans moved to match.
     pub fn new(
         page_no: u64,
-        text: String,
-        items: usize,
+        body: String,
+        changes: &mut [Change],
         done: Sender<u64>,
         committed_total: Arc<AtomicU64>,
     ) -> Arc<PageProgress> {
         let progress = Arc::new(PageProgress {
             page_no,
-            text,
-            remaining: AtomicUsize::new(items),
+            text: keep_only_elements(body, changes),
+            remaining: AtomicUsize::new(changes.len()),
             done,
             committed_total,
         });
-        if items == 0 {
+        if changes.is_empty() {
             let _ = progress.done.send(page_no);
         }
         progress
@@ -199,6 +211,23 @@ impl PageProgress {
             let _ = self.done.send(self.page_no);
         }
     }
+}
+
+/// `body`, or, where the elements `changes` point into take less than half
+/// of its memory, a text of just those elements, with the spans moved.
+fn keep_only_elements(body: String, changes: &mut [Change]) -> String {
+    let needed: usize = changes.iter().map(|change| change.payload().len()).sum();
+    if needed.saturating_mul(2) >= body.capacity() {
+        return body;
+    }
+    let mut kept = String::with_capacity(needed);
+    for change in changes {
+        let span = change.payload_mut();
+        let start = kept.len();
+        kept.push_str(body.get(span.clone()).unwrap_or_default());
+        *span = start..kept.len();
+    }
+    kept
 }
 
 /// Runs one writer until its channel is closed and drained.
@@ -1058,5 +1087,52 @@ mod tests {
         assert_eq!(plan.marks[0].id, id(1));
         assert_eq!(plan.marks[0].outcome, "failed_validation");
         assert_eq!(plan.counts().iter().map(|(_, n)| n).sum::<u64>(), 4);
+    }
+    /// A page of `count` copies of one element, and the changes for those
+    /// of them at `kept`, each pointing into the page.
+    fn page_keeping(count: usize, kept: &[usize]) -> (String, Vec<Change>) {
+        let element = || accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111");
+        let (_, raw) = element();
+        let mut body = format!("[{}]", vec![raw.as_str(); count].join(","));
+        body.shrink_to_fit();
+        let changes = kept
+            .iter()
+            .map(|at| {
+                let (mut change, raw) = element();
+                let start = 1 + at * (raw.len() + 1);
+                *change.payload_mut() = start..start + raw.len();
+                change
+            })
+            .collect();
+        (body, changes)
+    }
+
+    #[test]
+    fn a_page_whose_changes_need_most_of_it_is_kept_as_it_came() {
+        let (body, mut changes) = page_keeping(3, &[0, 2]);
+        let spans: Vec<Span> = changes.iter().map(|c| c.payload().clone()).collect();
+        let (done, _) = crossbeam_channel::unbounded();
+        let at = body.as_ptr();
+        let page = PageProgress::new(1, body, &mut changes, done, Arc::default());
+        assert_eq!(page.text.as_ptr(), at, "the body is not copied");
+        let now: Vec<Span> = changes.iter().map(|c| c.payload().clone()).collect();
+        assert_eq!(now, spans);
+    }
+
+    #[test]
+    fn a_page_with_few_changes_left_keeps_only_their_elements() {
+        let (body, mut changes) = page_keeping(1000, &[998, 999]);
+        let elements: Vec<String> = changes
+            .iter()
+            .map(|c| body[c.payload().clone()].to_owned())
+            .collect();
+        let (done, _) = crossbeam_channel::unbounded();
+        let page = PageProgress::new(1, body, &mut changes, done, Arc::default());
+        let needed = elements.iter().map(String::len).sum::<usize>();
+        assert_eq!(page.text.len(), needed);
+        assert!(page.text.capacity() < 2 * needed);
+        for (change, element) in changes.iter().zip(&elements) {
+            assert_eq!(page.text(change.payload()), element);
+        }
     }
 }
