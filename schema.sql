@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
 -- it inserts (computing it here, as a generated column, made each insert
 -- copy the whole row once more). Tables made before the key existed get it
 -- here, computed for their rows; tables that computed it get a plain column.
+-- The writer hashes the payload's UTF-8 bytes: on a UTF8 database those are
+-- the bytes md5() saw, so earlier keys match. There is no way back: an
+-- earlier version inserts no key, which NOT NULL refuses.
 ALTER TABLE sync_rejections ADD COLUMN IF NOT EXISTS change_key UUID
     GENERATED ALWAYS AS (md5(payload || ':' || payload_copy::text)::uuid) STORED;
 ALTER TABLE sync_rejections ALTER COLUMN change_key DROP EXPRESSION IF EXISTS;
