@@ -1088,6 +1088,7 @@ mod tests {
         assert_eq!(plan.marks[0].outcome, "failed_validation");
         assert_eq!(plan.counts().iter().map(|(_, n)| n).sum::<u64>(), 4);
     }
+
     /// A page of `count` copies of one element, and the changes for those
     /// of them at `kept`, each pointing into the page.
     fn page_keeping(count: usize, kept: &[usize]) -> (String, Vec<Change>) {
