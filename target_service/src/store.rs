@@ -5,6 +5,7 @@
 //! thousand changes costs a handful of round trips rather than a thousand.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
@@ -125,6 +126,7 @@ pub enum Recorded {
 pub struct Statements {
     read_users: Statement,
     owners_of: Statement,
+    read_recorded: Statement,
     upsert_users: Statement,
     insert_rejections: Statement,
     mark_users: Statement,
@@ -137,6 +139,7 @@ impl Statements {
         Ok(Statements {
             read_users: client.prepare(READ_USERS)?,
             owners_of: client.prepare(OWNERS_OF)?,
+            read_recorded: client.prepare(READ_RECORDED)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
             insert_rejections: client.prepare(&format!("{INSERT_REJECTIONS}{SKIP_RECORDED}"))?,
             mark_users: client.prepare(MARK_USERS)?,
@@ -150,6 +153,10 @@ const READ_USERS: &str = "SELECT id, last_updated_at, email, mobile FROM users W
 
 const OWNERS_OF: &str =
     "SELECT id, email, mobile FROM users WHERE email = ANY($1) OR mobile = ANY($2)";
+
+const READ_RECORDED: &str = "SELECT r.profile_id, r.change_key FROM sync_rejections AS r \
+         JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, key) \
+           ON r.profile_id = k.id AND r.change_key = k.key";
 
 const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
          SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
@@ -257,6 +264,28 @@ pub fn owners_of(
     let rows = client.query(&statements.owners_of, &[&emails, &mobiles])?;
     rows.iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+        .collect()
+}
+
+/// Changes already recorded in `sync_rejections`, by profile id and
+/// [`change_key`].
+pub type RecordedChanges = HashSet<(Uuid, Uuid)>;
+
+/// Which of `keys` (profile id, [`change_key`]) are recorded already: a
+/// replayed rejection that is, had its effect when it was first recorded.
+pub fn recorded_changes(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    keys: &[(Uuid, Uuid)],
+) -> Result<RecordedChanges, postgres::Error> {
+    if keys.is_empty() {
+        return Ok(RecordedChanges::new());
+    }
+    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
+    let change_keys: Vec<Uuid> = keys.iter().map(|(_, key)| *key).collect();
+    let rows = client.query(&statements.read_recorded, &[&ids, &change_keys])?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect()
 }
 
@@ -491,6 +520,18 @@ pub fn write_plan(
     };
     let rows = client.query(statement, &parameters)?;
     rows.iter().map(|row| row.try_get(0)).collect()
+}
+
+/// What PostgreSQL said of a failed statement, for people: its message
+/// and detail (a bare `postgres::Error` displays as "db error").
+pub fn describe(err: &postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => err.to_string(),
+    }
 }
 
 /// How a failed statement should be handled.

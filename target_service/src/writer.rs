@@ -419,9 +419,18 @@ fn decide_and_write(
 ) -> Result<Option<Vec<(Counted, u64)>>, postgres::Error> {
     let read = store::read_users(client, statements, to_write.ids)?;
     let stored = store::stored_users(&read)?;
-    let owners = match to_write.reading {
-        Reading::Careful => read_owners(client, statements, to_write.batch, &stored)?,
-        Reading::Optimistic => Vec::new(),
+    let (owners, recorded) = match to_write.reading {
+        Reading::Careful => (
+            read_owners(client, statements, to_write.batch, &stored)?,
+            read_recorded(client, statements, to_write.batch, &stored)?,
+        ),
+        // Its rejections are refused if any is recorded already.
+        Reading::Optimistic => (Vec::new(), store::RecordedChanges::new()),
+    };
+    let writes = if to_write.row_by_row {
+        Writes::OnePerChange
+    } else {
+        Writes::Merged
     };
     let mut plan = plan_batch(
         to_write
@@ -431,17 +440,15 @@ fn decide_and_write(
         &stored,
         &owners,
         to_write.unread,
+        &recorded,
+        writes,
     );
     if plan.undecided {
         return Ok(None);
     }
     if to_write.row_by_row {
-        let written = write_rows_one_by_one(client, statements, &mut plan, &stored)?;
-        let written: HashSet<Uuid> = written.into_iter().collect();
-        let unwritten: Vec<Uuid> = (plan.writes.iter().map(|w| w.id))
-            .filter(|id| !written.contains(id))
-            .collect();
-        plan.demote_unwritten(&unwritten);
+        let applied = write_rows_one_by_one(client, statements, &mut plan, &stored)?;
+        plan.demote_not_applied(&applied);
         store::insert_rejections(client, statements, &plan.rejections)?;
         store::mark_users(client, statements, &plan.marks)?;
     } else {
@@ -522,6 +529,40 @@ fn read_owners(
     store::owners_of(client, statements, &emails, &mobiles)
 }
 
+/// The changes of the batch that an earlier pass recorded as rejected
+/// already (a replay). Only a change newer than its stored row can have an
+/// effect, so only those are looked up.
+fn read_recorded(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    batch: &[WorkItem],
+    stored: &StoredUsers<'_>,
+) -> Result<store::RecordedChanges, postgres::Error> {
+    let keys: Vec<(Uuid, Uuid)> = batch
+        .iter()
+        .filter_map(|item| {
+            let (id, changed_at, copy) = match &item.change {
+                // A conflict or a refused row is recorded as copy 0.
+                Change::Accepted { profile, .. } => {
+                    (profile.id, profile.last_updated_at.as_datetime(), 0)
+                }
+                Change::Rejected {
+                    rejection, copy, ..
+                } => (
+                    rejection.profile_id?,
+                    rejection.changed_at?.as_datetime(),
+                    *copy,
+                ),
+            };
+            let newer = stored
+                .get(&id)
+                .is_none_or(|row| changed_at > row.last_updated_at);
+            newer.then(|| (id, store::change_key(item.payload(), copy)))
+        })
+        .collect();
+    store::recorded_changes(client, statements, &keys)
+}
+
 fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
     batch.iter().filter_map(|item| match &item.change {
         Change::Accepted { profile, .. } => Some(profile),
@@ -529,22 +570,24 @@ fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
     })
 }
 
-/// Each planned users write in its own savepoint; a refused one turns into a
-/// conflict or `db_error` rejection. Returns the ids written.
+/// Each planned users write in its own savepoint, in order; a refused one
+/// turns into a conflict or `db_error` rejection. Returns, for each write,
+/// whether it was applied (a write not refused but not applied found its
+/// row as new already).
 fn write_rows_one_by_one(
     client: &mut impl GenericClient,
     statements: &Statements,
     plan: &mut BatchPlan<'_>,
     stored: &StoredUsers<'_>,
-) -> Result<Vec<Uuid>, postgres::Error> {
-    let mut written = Vec::with_capacity(plan.writes.len());
-    let writes = plan.writes.clone();
-    for write in &writes {
+) -> Result<Vec<bool>, postgres::Error> {
+    let mut applied = Vec::with_capacity(plan.writes.len());
+    for index in 0..plan.writes.len() {
+        let write = plan.writes[index].clone();
         let mut savepoint = client.transaction()?;
-        match store::upsert_users(&mut savepoint, statements, std::slice::from_ref(write)) {
+        match store::upsert_users(&mut savepoint, statements, std::slice::from_ref(&write)) {
             Ok(ids) => {
                 savepoint.commit()?;
-                written.extend(ids);
+                applied.push(!ids.is_empty());
             }
             Err(err) => {
                 let reason = match store::classify(&err) {
@@ -559,21 +602,48 @@ fn write_rows_one_by_one(
                 };
                 drop(savepoint);
                 plan.reject_write(
-                    write,
+                    index,
                     reason,
-                    &format!("PostgreSQL refused the row: {err}"),
+                    &format!("PostgreSQL refused the row: {}", store::describe(&err)),
                     stored,
                 );
+                // Counted as rejected, not as stale.
+                applied.push(true);
             }
         }
     }
-    Ok(written)
+    Ok(applied)
+}
+
+/// How a batch's synced changes become writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    /// One write per id, the last synced change's (one statement cannot
+    /// write a row twice).
+    Merged,
+    /// One write per synced change, in order: for writing row by row, where
+    /// a change that gives up an email must be written before the change
+    /// of another id that claims it, even when its own id changes again
+    /// later in the batch.
+    OnePerChange,
+}
+
+/// Whether the change with this id, raw element and copy number is among
+/// `recorded`; its key is computed only when something is recorded.
+fn is_recorded(
+    recorded: &store::RecordedChanges,
+    profile_id: Option<Uuid>,
+    payload: &str,
+    copy: i32,
+) -> bool {
+    !recorded.is_empty()
+        && profile_id.is_some_and(|id| recorded.contains(&(id, store::change_key(payload, copy))))
 }
 
 /// What a batch will do, decided in memory before anything is written.
 #[derive(Debug, Default)]
 pub struct BatchPlan<'a> {
-    /// At most one per id: the newest accepted change.
+    /// With [`Writes::Merged`] at most one per id: the newest synced change.
     pub writes: Vec<UserWrite<'a>>,
     pub rejections: Vec<RejectionWrite<'a>>,
     /// At most one per id, applied after `writes`.
@@ -609,12 +679,17 @@ struct SimulatedRow<'a> {
 /// Each change comes with its raw element, recorded if it is rejected.
 /// `unread` are ids that occur once in the batch and whose rows were not
 /// read (see [`Reading::Optimistic`]): their change is planned as if the row
-/// were absent, and the statements' guards settle the rest.
+/// were absent, and the statements' guards settle the rest. A change among
+/// `recorded` was rejected when it was first decided (this is a replay): it
+/// has no further effect. `writes` says whether an id's synced changes are
+/// merged into one write.
 pub fn plan_batch<'a>(
     changes: impl Iterator<Item = (&'a Change, &'a str)>,
     stored: &'a StoredUsers<'a>,
     owners: &'a [(Uuid, String, String)],
     unread: &HashSet<Uuid>,
+    recorded: &store::RecordedChanges,
+    writes: Writes,
 ) -> BatchPlan<'a> {
     // Everything the plan holds borrows from the batch and the rows read.
     let mut rows: foldhash::HashMap<Uuid, SimulatedRow<'a>> = stored
@@ -649,7 +724,11 @@ pub fn plan_batch<'a>(
             Change::Accepted { profile, .. } => {
                 let row = rows.get(&profile.id);
                 let changed_at = profile.last_updated_at.as_datetime();
-                if row.is_some_and(|row| changed_at <= row.last_updated_at) {
+                if row.is_some_and(|row| changed_at <= row.last_updated_at)
+                    || is_recorded(recorded, Some(profile.id), payload, 0)
+                {
+                    // A replayed change that was rejected when it was first
+                    // decided has had its effect.
                     plan.outcomes.push(Counted::NotSynced(Reason::Stale));
                     continue;
                 }
@@ -707,7 +786,10 @@ pub fn plan_batch<'a>(
                     last_updated_at: changed_at,
                     message,
                 };
-                let previous = rows.get(&profile.id).and_then(|row| row.write);
+                let previous = match writes {
+                    Writes::Merged => rows.get(&profile.id).and_then(|row| row.write),
+                    Writes::OnePerChange => None,
+                };
                 let index = match previous {
                     // An earlier change of this batch is overwritten in place;
                     // it still counts as synced, as it would have been alone.
@@ -734,6 +816,12 @@ pub fn plan_batch<'a>(
                     },
                 );
                 plan.outcomes.push(Counted::Synced);
+            }
+            Change::Rejected {
+                rejection, copy, ..
+            } if is_recorded(recorded, rejection.profile_id, payload, *copy) => {
+                // A replay: recorded, and its row marked, the first time.
+                plan.outcomes.push(Counted::NotSynced(rejection.reason));
             }
             Change::Rejected {
                 rejection, copy, ..
@@ -811,37 +899,51 @@ impl<'a> BatchPlan<'a> {
     /// rejection, marking the stored row if the change is newer than it.
     fn reject_write(
         &mut self,
-        write: &UserWrite<'_>,
+        index: usize,
         reason: Reason,
         message: &str,
         stored: &StoredUsers<'_>,
     ) {
-        let Some(position) = self.writes.iter().position(|w| w.id == write.id) else {
+        let (Some(write), Some(&(outcome_index, raw))) =
+            (self.writes.get(index), self.write_items.get(index))
+        else {
             return;
         };
-        let (outcome_index, raw) = self.write_items[position];
+        let (id, changed_at) = (write.id, write.last_updated_at);
         self.outcomes[outcome_index] = Counted::NotSynced(reason);
+        // The row is the stored one or one an earlier write of this batch
+        // made; the mark's own guard settles whether it is older.
         let newer_than_stored = stored
-            .get(&write.id)
-            .is_none_or(|row| write.last_updated_at > row.last_updated_at);
-        let already_marked = self.marks.iter().any(|m| m.id == write.id);
-        if stored.contains_key(&write.id) && newer_than_stored && !already_marked {
+            .get(&id)
+            .is_none_or(|row| changed_at > row.last_updated_at);
+        let already_marked = self.marks.iter().any(|m| m.id == id);
+        if newer_than_stored && !already_marked {
             self.marks.push(StatusMark {
-                id: write.id,
-                changed_at: write.last_updated_at,
+                id,
+                changed_at,
                 outcome: reason.outcome().as_str(),
                 message: Cow::Owned(message.to_owned()),
             });
         }
         self.rejections.push(RejectionWrite {
-            profile_id: Some(write.id),
+            profile_id: Some(id),
             outcome: reason.outcome().as_str(),
             reason: reason.as_str(),
             message: Cow::Owned(message.to_owned()),
             payload: raw,
             copy: 0,
-            changed_at: Some(write.last_updated_at),
+            changed_at: Some(changed_at),
         });
+    }
+
+    /// [`BatchPlan::demote_unwritten`] for writes known by their place
+    /// in `writes`: `applied[i]` is false for a write not applied.
+    fn demote_not_applied(&mut self, applied: &[bool]) {
+        for (&(outcome_index, _), &applied) in self.write_items.iter().zip(applied) {
+            if !applied && self.outcomes[outcome_index] == Counted::Synced {
+                self.outcomes[outcome_index] = Counted::NotSynced(Reason::Stale);
+            }
+        }
     }
 
     /// A planned write the database did not apply (its row was already as
@@ -875,7 +977,7 @@ impl<'a> BatchPlan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoredUser;
+    use crate::store::{RecordedChanges, StoredUser};
     use chrono::{DateTime, Utc};
     use serde_json::json;
 
@@ -967,6 +1069,24 @@ mod tests {
         }
     }
 
+    /// [`plan_batch`] with nothing recorded, merging each id's writes.
+    fn plan_merged<'a>(
+        changes: impl Iterator<Item = (&'a Change, &'a str)>,
+        rows: &'a StoredUsers<'a>,
+        owners: &'a [(Uuid, String, String)],
+        unread: &HashSet<Uuid>,
+    ) -> BatchPlan<'a> {
+        let nothing_recorded = RecordedChanges::new();
+        plan_batch(
+            changes,
+            rows,
+            owners,
+            unread,
+            &nothing_recorded,
+            Writes::Merged,
+        )
+    }
+
     #[test]
     fn later_changes_to_one_id_in_a_batch_overwrite_earlier_ones_in_place() {
         let changes = [
@@ -974,12 +1094,76 @@ mod tests {
             accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
         ];
         let no_rows = StoredUsers::default();
-        let plan = plan_batch(with_payloads(&changes), &no_rows, &[], &HashSet::new());
+        let plan = plan_merged(with_payloads(&changes), &no_rows, &[], &HashSet::new());
         assert_eq!(plan.outcomes, [Counted::Synced, Counted::Synced]);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].email, "b@x.io");
         // As if written one at a time: created by the first, updated by the second.
         assert_eq!(plan.writes[0].message, "updated");
+    }
+
+    #[test]
+    fn written_one_per_change_each_synced_change_is_a_write_of_its_own() {
+        let changes = [
+            accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
+            accepted(2, "2025-01-01T00:00:00Z", "c@x.io", "333"),
+            accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
+        ];
+        let no_rows = StoredUsers::default();
+        let nothing_recorded = RecordedChanges::new();
+        let plan = plan_batch(
+            with_payloads(&changes),
+            &no_rows,
+            &[],
+            &HashSet::new(),
+            &nothing_recorded,
+            Writes::OnePerChange,
+        );
+        assert_eq!(plan.outcomes, [Counted::Synced; 3]);
+        let writes: Vec<(Uuid, &str, &str)> = (plan.writes.iter())
+            .map(|w| (w.id, w.email, w.message))
+            .collect();
+        assert_eq!(
+            writes,
+            [
+                (id(1), "a@x.io", "created"),
+                (id(2), "c@x.io", "created"),
+                (id(1), "b@x.io", "updated"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_replayed_change_recorded_as_rejected_has_no_further_effect() {
+        // The row is older than both changes; each was rejected (recorded)
+        // when first decided, so neither marks nor writes it now.
+        let rows = stored(&[(1, "2025-01-01T00:00:00Z", "a@x.io", "111")]);
+        let (taken, taken_raw) = accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222");
+        let (invalid, invalid_raw) = rejected(1, "2025-01-03T00:00:00Z", Reason::InvalidEmail);
+        let recorded: RecordedChanges = [
+            (id(1), store::change_key(&taken_raw, 0)),
+            (id(1), store::change_key(&invalid_raw, 0)),
+        ]
+        .into();
+        let changes = [(taken, taken_raw), (invalid, invalid_raw)];
+        let plan = plan_batch(
+            with_payloads(&changes),
+            &rows,
+            &[],
+            &HashSet::new(),
+            &recorded,
+            Writes::Merged,
+        );
+        assert!(plan.writes.is_empty());
+        assert!(plan.rejections.is_empty());
+        assert!(plan.marks.is_empty());
+        assert_eq!(
+            plan.outcomes,
+            [
+                Counted::NotSynced(Reason::Stale),
+                Counted::NotSynced(Reason::InvalidEmail)
+            ]
+        );
     }
 
     #[test]
@@ -990,7 +1174,7 @@ mod tests {
             accepted(1, "2025-01-01T00:00:00Z", "a@x.io", "111"),
             accepted(1, "2025-01-03T00:00:00Z", "a@x.io", "111"),
         ];
-        let plan = plan_batch(with_payloads(&changes), &rows, &[], &HashSet::new());
+        let plan = plan_merged(with_payloads(&changes), &rows, &[], &HashSet::new());
         let stale = Counted::NotSynced(Reason::Stale);
         assert_eq!(plan.outcomes, [stale, stale, Counted::Synced]);
         assert_eq!(plan.writes[0].message, "updated");
@@ -1007,7 +1191,7 @@ mod tests {
             accepted(1, "2025-01-05T00:00:00Z", "new@x.io", "999"),
             accepted(2, "2025-01-06T00:00:00Z", "a@x.io", "222"),
         ];
-        let plan = plan_batch(with_payloads(&changes), &rows, &owners, &HashSet::new());
+        let plan = plan_merged(with_payloads(&changes), &rows, &owners, &HashSet::new());
         assert_eq!(
             plan.outcomes,
             [
@@ -1040,7 +1224,7 @@ mod tests {
             rejected(2, "2025-01-02T00:00:00Z", Reason::InactiveStatus),
         ];
         let no_rows = StoredUsers::default();
-        let plan = plan_batch(with_payloads(&changes), &no_rows, &[], &unread);
+        let plan = plan_merged(with_payloads(&changes), &no_rows, &[], &unread);
         assert!(!plan.undecided);
         assert_eq!(plan.writes.len(), 1);
         assert_eq!(plan.writes[0].message, "created", "the upsert says updated");
@@ -1055,12 +1239,12 @@ mod tests {
             accepted(2, "2025-01-01T00:00:00Z", "a@x.io", "222"),
         ];
         let no_rows = StoredUsers::default();
-        let plan = plan_batch(with_payloads(&claims), &no_rows, &[], &[id(1)].into());
+        let plan = plan_merged(with_payloads(&claims), &no_rows, &[], &[id(1)].into());
         assert!(
             plan.undecided,
             "id 1 may be stale, and then id 2 gets a@x.io"
         );
-        let plan = plan_batch(with_payloads(&claims), &no_rows, &[], &HashSet::new());
+        let plan = plan_merged(with_payloads(&claims), &no_rows, &[], &HashSet::new());
         assert!(!plan.undecided);
         assert_eq!(
             plan.outcomes,
@@ -1081,7 +1265,7 @@ mod tests {
             accepted(2, "2025-01-03T00:00:00Z", "b@x.io", "222"),
             rejected(3, "2025-01-02T00:00:00Z", Reason::InvalidName),
         ];
-        let plan = plan_batch(with_payloads(&changes), &rows, &[], &HashSet::new());
+        let plan = plan_merged(with_payloads(&changes), &rows, &[], &HashSet::new());
         assert_eq!(plan.rejections.len(), 3, "every rejection is recorded");
         assert_eq!(plan.marks.len(), 1, "{:?}", plan.marks);
         assert_eq!(plan.marks[0].id, id(1));

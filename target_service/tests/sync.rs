@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use target_service::store;
+use target_service::{store, Running};
 
 #[test]
 fn every_row_of_the_validation_table_ends_as_the_contract_says() {
@@ -376,6 +376,34 @@ fn a_replayed_page_changes_nothing_and_records_nothing_twice() {
     target.shutdown();
 }
 
+/// Syncs `source_url` up to `head`, then simulates a crash in which
+/// everything was written but the cursor never moved, and replays up to
+/// `head` again. Returns the tables as the first pass left them
+/// ([`table_snapshot`]) and the replaying target.
+fn sync_then_replay_after_a_crash(
+    db: &TestDb,
+    source_url: &str,
+    head: i64,
+    extra: &[(&str, &str)],
+) -> (Vec<String>, Running) {
+    let target = start_target(db, source_url, extra);
+    wait_until("cursor at the head", Duration::from_secs(30), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= head
+    });
+    target.shutdown();
+    let before = table_snapshot(db);
+    db.client()
+        .execute("UPDATE sync_state SET cursor = 0", &[])
+        .unwrap();
+
+    let target = start_target(db, source_url, extra);
+    wait_until("replayed to the head", Duration::from_secs(30), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= head
+    });
+    wait_rounds(&target, 1);
+    (before, target)
+}
+
 #[test]
 fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect() {
     let db = TestDb::new();
@@ -387,24 +415,9 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
     // First, so that the replay meets it in a writer's first batch, which
     // expects nothing recorded yet and must fall back to skipping it.
     changes.insert(0, bad);
-    let log = CursorLog::new(changes);
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "1000")]);
-    wait_until("cursor at the head", Duration::from_secs(30), || {
-        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 2501
-    });
-    target.shutdown();
-    let before: Vec<String> = table_snapshot(&db);
-    // The crash: everything was written but the cursor never moved.
-    db.client()
-        .execute("UPDATE sync_state SET cursor = 0", &[])
-        .unwrap();
-
-    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "1000")]);
-    wait_until("replayed to the head", Duration::from_secs(30), || {
-        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 2501
-    });
-    wait_rounds(&target, 1);
+    let source = CursorLog::new(changes).source();
+    let (before, target) =
+        sync_then_replay_after_a_crash(&db, &source.url, 2501, &[("FETCH_LIMIT", "1000")]);
     assert_eq!(table_snapshot(&db), before);
     assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
     assert_eq!(
@@ -414,6 +427,89 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
     );
     assert_eq!(rejected(&target, "stale"), 2500);
     assert_eq!(target.metrics.db_errors.get(), 0);
+    target.shutdown();
+}
+
+#[test]
+fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
+    // Sent in this order: an invalid change newer than the valid change
+    // sent after it. The first pass records it against no row yet; the
+    // replay finds a row older than it, and must still leave it alone.
+    let db = TestDb::new();
+    let mut bad = profile(1, "2025-07-01T10:40:00Z");
+    bad["email"] = json!("bad-email");
+    let log = CursorLog::new(vec![
+        profile(1, "2025-07-01T10:10:00Z"),
+        bad,
+        profile(1, "2025-07-01T10:30:00Z"),
+    ]);
+    let source = log.source();
+    let (before, target) = sync_then_replay_after_a_crash(&db, &source.url, 3, &[]);
+    assert_eq!(table_snapshot(&db), before);
+    assert_eq!(
+        user_row(&db, 1).map(|r| (r.4, r.5)),
+        Some(("synced".to_owned(), Some("created".to_owned())))
+    );
+    assert_eq!(rejection_reasons(&db), ["invalid_email"]);
+    assert_eq!(target.metrics.synced.get(), 0);
+    target.shutdown();
+}
+
+#[test]
+fn a_batch_that_gives_up_an_email_and_claims_it_for_another_id_keeps_both_changes() {
+    // B holds y. Then, in one writer's batch: A is created with a, B moves
+    // from y to z, A takes y. Written one change at a time, all three sync;
+    // merged into one write per id, A's would come before B's and collide.
+    let db = TestDb::new();
+    let mut b_first = profile(2, "2025-07-01T10:00:00Z");
+    b_first["email"] = json!("y@example.com");
+    let log = CursorLog::new(vec![b_first]);
+    let source = log.source();
+    let target = start_target(
+        &db,
+        &source.url,
+        &[("WRITER_THREADS", "1"), ("FETCH_LIMIT", "1")],
+    );
+    wait_until("B stored", Duration::from_secs(20), || {
+        user_row(&db, 2).is_some()
+    });
+
+    // Hold the writer up so that the changes below queue into one batch.
+    let mut blocker = db.client();
+    let mut lock = blocker.transaction().unwrap();
+    lock.execute("LOCK TABLE users IN SHARE MODE", &[]).unwrap();
+    let mut a_first = profile(1, "2025-07-01T10:00:00Z");
+    a_first["email"] = json!("a@example.com");
+    let mut b_moves = profile(2, "2025-07-01T11:00:00Z");
+    b_moves["email"] = json!("z@example.com");
+    let mut a_takes = profile(1, "2025-07-01T11:00:00Z");
+    a_takes["email"] = json!("y@example.com");
+    log.changes.lock().unwrap().extend([
+        profile(3, "2025-07-01T10:00:00Z"),
+        a_first,
+        b_moves,
+        a_takes,
+    ]);
+    wait_until("all fetched", Duration::from_secs(20), || {
+        target.metrics.fetched.get() >= 5
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    lock.rollback().unwrap();
+
+    wait_until("all decided", Duration::from_secs(20), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() >= 5
+    });
+    assert_eq!(
+        user_row(&db, 1).map(|r| r.1),
+        Some("y@example.com".to_owned())
+    );
+    assert_eq!(
+        user_row(&db, 2).map(|r| r.1),
+        Some("z@example.com".to_owned())
+    );
+    assert!(user_row(&db, 3).is_some());
+    assert_eq!(rejection_reasons(&db), Vec::<String>::new());
+    assert_eq!(target.metrics.synced.get(), 5);
     target.shutdown();
 }
 
