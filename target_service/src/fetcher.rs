@@ -21,6 +21,10 @@ use serde_json::Value;
 /// given no limit): the largest page a cursor source may be asked for.
 const MAX_PAGE_WITHOUT_CURSOR: usize = 10_000;
 
+/// The most memory reserved for a body on the strength of its declared
+/// `Content-Length`; a longer body grows as it arrives.
+const MAX_PREALLOCATION: u64 = 8 * 1024 * 1024;
+
 /// The deepest nesting of arrays and objects a `serde_json::Value` takes
 /// (its recursion limit); a deeper page is refused as it always was.
 const MAX_DEPTH: usize = 127;
@@ -134,8 +138,32 @@ impl Fetcher {
                 )));
             }
         };
-        let header_number = |name: &str| -> Result<Option<u64>, FetchError> {
+        // With redirects off, ureq hands a 3xx back as an answer.
+        let status = response.status();
+        if !(200..300).contains(&status) {
+            return Err(FetchError::Failed(format!(
+                "the source answered HTTP {status}"
+            )));
+        }
+        // A header that is there but cannot be read as text is an error, not
+        // an absent one (which would switch to the original source's mode).
+        let header_text = |name: &str| -> Result<Option<&str>, FetchError> {
             match response.header(name) {
+                Some(text) => Ok(Some(text)),
+                None if response
+                    .headers_names()
+                    .iter()
+                    .any(|present| present.eq_ignore_ascii_case(name)) =>
+                {
+                    Err(FetchError::Failed(format!(
+                        "the source sent an unreadable {name}"
+                    )))
+                }
+                None => Ok(None),
+            }
+        };
+        let header_number = |name: &str| -> Result<Option<u64>, FetchError> {
+            match header_text(name)? {
                 None => Ok(None),
                 Some(text) => text.trim().parse().map(Some).map_err(|_| {
                     FetchError::Failed(format!("the source sent {name}: {text:?}, not a number"))
@@ -144,8 +172,13 @@ impl Fetcher {
         };
         let next_cursor = header_number("X-Next-Cursor")?;
         let head_cursor = header_number("X-Head-Cursor")?;
-        let epoch = response.header("X-Source-Epoch").map(str::to_owned);
-        let most = cursor.map_or(MAX_PAGE_WITHOUT_CURSOR, |(_, limit)| limit);
+        let epoch = header_text("X-Source-Epoch")?.map(str::to_owned);
+        // A source without cursors was asked for no limit: it gets the
+        // original's allowance, whatever FETCH_LIMIT is.
+        let most = match (cursor, next_cursor) {
+            (Some((_, limit)), Some(_)) => limit,
+            _ => MAX_PAGE_WITHOUT_CURSOR,
+        };
         let body = String::from_utf8(self.read_body(response)?).map_err(|_| {
             FetchError::Failed("the source sent a body that is not UTF-8 text".to_owned())
         })?;
@@ -181,7 +214,11 @@ impl Fetcher {
         if declared.is_some_and(|length| length > self.max_response_bytes) {
             return Err(too_large());
         }
-        let capacity = declared.unwrap_or(64 * 1024).min(self.max_response_bytes) as usize;
+        // What the source declares is only a hint: a body is never trusted
+        // with more than MAX_PREALLOCATION before it has arrived.
+        let capacity = (declared.unwrap_or(64 * 1024))
+            .min(self.max_response_bytes)
+            .min(MAX_PREALLOCATION) as usize;
         let mut body = Vec::with_capacity(capacity);
         response
             .into_reader()

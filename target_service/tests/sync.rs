@@ -743,6 +743,22 @@ fn a_new_source_epoch_restarts_the_cursor_from_zero() {
 }
 
 #[test]
+fn a_source_without_cursors_is_read_whole_whatever_fetch_limit_says() {
+    // The original hands out batches of four to ten, and is given no limit.
+    let db = TestDb::new();
+    let page: Vec<Value> = (1..=5)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let source = ScriptedSource::fixed_page(Value::Array(page));
+    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "3")]);
+    wait_until("the page synced", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM users") == 5
+    });
+    assert_eq!(target.metrics.fetch_errors.get(), 0);
+    target.shutdown();
+}
+
+#[test]
 fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
     let db = TestDb::new();
     let log = CursorLog::new(
@@ -757,6 +773,8 @@ fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
     });
     let bad_answers = [
         Reply::raw(500, "{\"error\":\"boom\"}"),
+        // Not followed, and not a page either.
+        Reply::raw(302, "[]"),
         Reply::raw(200, "this is not json"),
         Reply::raw(200, "{\"not\":\"an array\"}"),
         Reply::raw(200, &format!("[\"{}\"]", "x".repeat(200_000))),
