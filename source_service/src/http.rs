@@ -197,10 +197,12 @@ impl Handler {
     /// and `X-Source-Epoch`.
     fn gone_reply(&self, gone: Gone) -> Reply {
         let message = if gone.since > gone.head {
+            // The restart point is `min_since`, not 0: once the log has
+            // dropped its oldest changes, `since=0` is itself gone.
             format!(
                 "since={} is newer than the newest change ({}); the cursor is from another \
-                 epoch of this service, restart from since=0",
-                gone.since, gone.head
+                 epoch of this service, restart from since={}",
+                gone.since, gone.head, gone.min_since
             )
         } else {
             format!(
@@ -429,6 +431,30 @@ mod tests {
         let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 50);
+    }
+
+    #[test]
+    fn a_gone_cursor_is_told_the_real_restart_point() {
+        // The log has dropped its oldest changes, so since=0 is gone too:
+        // both kinds of 410 name the smallest since still served.
+        let h = handler(50, 200);
+        let head = h.feed().head();
+        let min_since = head - 50;
+        for since in [head + 1, 99_999_999, 0] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            assert_eq!(reply.status, 410, "since={since}");
+            let error = error_of(&reply);
+            assert!(
+                error.ends_with(&format!("restart from since={min_since}")),
+                "since={since}: {error}"
+            );
+            assert_eq!(reply.header("X-Min-Cursor"), Some(&*min_since.to_string()));
+        }
+        // While nothing is dropped, the restart point of a too-new cursor is 0.
+        let h = handler(1000, 200);
+        let (_, reply) = h.handle("GET", "/users/changes?since=99999999");
+        assert_eq!(reply.status, 410);
+        assert!(error_of(&reply).ends_with("restart from since=0"));
     }
 
     #[test]
