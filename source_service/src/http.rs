@@ -171,9 +171,9 @@ impl Handler {
         };
         let page = match query.since {
             None => self.feed.fresh_batch(&self.metrics),
-            Some(since) => match self.feed.since(since, query.limit, &self.metrics) {
+            Some((since, sent)) => match self.feed.since(since, query.limit, &self.metrics) {
                 Ok(page) => page,
-                Err(gone) => return self.gone_reply(gone),
+                Err(gone) => return self.gone_reply(gone, &sent),
             },
         };
         let Page {
@@ -194,20 +194,24 @@ impl Handler {
     /// `410` for a cursor outside the log. The body is the contract's
     /// `{"error": …}`; where to start again rides in headers:
     /// `X-Min-Cursor` (the smallest `since` still accepted), `X-Head-Cursor`
-    /// and `X-Source-Epoch`.
-    fn gone_reply(&self, gone: Gone) -> Reply {
+    /// and `X-Source-Epoch`. `sent` is `since` as the client wrote it, which
+    /// `gone.since` is not when it was too large for a `u64`.
+    fn gone_reply(&self, gone: Gone, sent: &str) -> Reply {
         let message = if gone.since > gone.head {
             // The restart point is `min_since`, not 0: once the log has
             // dropped its oldest changes, `since=0` is itself gone.
             format!(
                 "since={} is newer than the newest change ({}); the cursor is from another \
                  epoch of this service, restart from since={}",
-                gone.since, gone.head, gone.min_since
+                shorten(sent),
+                gone.head,
+                gone.min_since
             )
         } else {
             format!(
                 "since={} is older than the oldest change kept; restart from since={}",
-                gone.since, gone.min_since
+                shorten(sent),
+                gone.min_since
             )
         };
         let mut reply = Reply::error(410, message);
@@ -230,9 +234,10 @@ fn shorten(s: &str) -> String {
 }
 
 /// The query of `GET /users/changes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct ChangesQuery {
-    since: Option<u64>,
+    /// The cursor, and its text as sent (for error messages).
+    since: Option<(u64, String)>,
     limit: usize,
 }
 
@@ -256,12 +261,15 @@ impl ChangesQuery {
         }
         let since = match since {
             None => None,
-            Some(text) => Some(whole_number(&text).ok_or_else(|| {
-                format!(
-                    "since must be a whole number, 0 or more (a cursor from X-Next-Cursor), not {:?}",
-                    shorten(&text)
-                )
-            })?),
+            Some(text) => match cursor(&text) {
+                Some(since) => Some((since, text)),
+                None => {
+                    return Err(format!(
+                        "since must be a whole number, 0 or more (a cursor from X-Next-Cursor), not {:?}",
+                        shorten(&text)
+                    ))
+                }
+            },
         };
         let limit = match limit {
             None => DEFAULT_LIMIT,
@@ -280,11 +288,26 @@ impl ChangesQuery {
 }
 
 /// Plain decimal digits only: no sign, no spaces, no leading `+`.
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A whole number that fits a `u64`.
 fn whole_number(text: &str) -> Option<u64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if !is_digits(text) {
         return None;
     }
     text.parse().ok()
+}
+
+/// A `since` cursor. Digits past `u64::MAX` are a well-formed cursor newer
+/// than any head (SPEC: `410`, not `400`), so they saturate to `u64::MAX`,
+/// which no head reaches.
+fn cursor(text: &str) -> Option<u64> {
+    if !is_digits(text) {
+        return None;
+    }
+    Some(text.parse().unwrap_or(u64::MAX))
 }
 
 /// Decodes `%XX` escapes and `+` (as space); `None` if the result is not UTF-8
@@ -389,7 +412,6 @@ mod tests {
             "since=+5",
             "since=1.0",
             "since=%20",
-            "since=99999999999999999999",
             "since=1&since=2",
             "since=0&limit=0",
             "since=0&limit=10001",
@@ -431,6 +453,48 @@ mod tests {
         let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 50);
+    }
+
+    #[test]
+    fn digits_past_u64_are_a_cursor_newer_than_the_head() {
+        let h = handler(1000, 200);
+        let head = h.feed().head();
+        let (_, max) = h.handle("GET", &format!("/users/changes?since={}", u64::MAX));
+        assert_eq!(max.status, 410);
+        for since in [
+            "18446744073709551616",
+            "99999999999999999999",
+            &"9".repeat(1000),
+            "%31%38446744073709551616",
+        ] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}&limit=5"));
+            assert_eq!(reply.status, 410, "since={since}");
+            let error = error_of(&reply);
+            assert!(error.contains("newer than the newest change"), "{error}");
+            assert!(
+                !error.contains(&u64::MAX.to_string()),
+                "echoes what was sent: {error}"
+            );
+            assert!(reply.body.len() < 400);
+            assert_eq!(reply.headers.len(), max.headers.len());
+            assert_eq!(reply.header("X-Min-Cursor"), Some("0"));
+            assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
+            assert_eq!(reply.header("X-Source-Epoch"), Some("epoch-1"));
+        }
+        assert!(error_of(
+            &h.handle("GET", "/users/changes?since=18446744073709551616")
+                .1
+        )
+        .starts_with("since=18446744073709551616 is newer"));
+        // Still 400: a number too large for limit, and digits with a sign.
+        for query in [
+            "since=0&limit=18446744073709551616",
+            "since=-18446744073709551616",
+        ] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            assert_eq!(reply.status, 400, "{query}");
+        }
+        assert_eq!(h.feed().head(), head, "nothing was generated");
     }
 
     #[test]
