@@ -5,6 +5,8 @@
 //! that turns `tiny_http` requests into calls here and replies into responses.
 //! Every error body is JSON `{"error": "..."}` saying what was wrong.
 
+use std::borrow::Cow;
+
 use serde_json::json;
 
 use crate::change_log::{Gone, Page};
@@ -125,9 +127,10 @@ impl Handler {
     }
 
     /// Answers one request. `url` is the request target as sent: a path with
-    /// an optional query string.
+    /// an optional query string, or the same after `http://host:port`.
     pub fn handle(&self, method: &str, url: &str) -> (Route, Reply) {
-        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let url = origin_form(url);
+        let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let route = Route::from_path(path);
         let reply = match route {
             Route::Other => Reply::error(
@@ -221,6 +224,26 @@ impl Handler {
             ("X-Source-Epoch", self.epoch.clone()),
         ];
         reply
+    }
+}
+
+/// The request target in origin form (`/path?query`). HTTP/1.1 servers must
+/// also accept the absolute form (`http://host:port/path?query`, RFC 9112
+/// §3.2.2), which proxies send; its scheme and authority are dropped here
+/// (the service answers for any host). Anything else is returned unchanged.
+fn origin_form(url: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Cow::Borrowed(url);
+    };
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return Cow::Borrowed(url);
+    }
+    let path_and_query = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+    if path_and_query.starts_with('/') {
+        Cow::Borrowed(path_and_query)
+    } else {
+        // `http://host` and `http://host?q` name the root path.
+        Cow::Owned(format!("/{path_and_query}"))
     }
 }
 
@@ -556,6 +579,43 @@ mod tests {
         }
         let (_, reply) = h.handle("POST", "/elsewhere");
         assert_eq!(reply.status, 404);
+    }
+
+    #[test]
+    fn absolute_form_targets_are_routed_by_their_path() {
+        let h = handler(1000, 200);
+        let head = h.feed().head();
+        for url in [
+            "http://127.0.0.1:8080/healthz",
+            "HTTP://localhost/healthz",
+            "https://[::1]:8080/healthz",
+        ] {
+            let (route, reply) = h.handle("GET", url);
+            assert_eq!((route, reply.status), (Route::Healthz, 200), "{url}");
+        }
+        let (route, reply) = h.handle(
+            "GET",
+            "http://source.example:8080/users/changes?since=10&limit=20",
+        );
+        assert_eq!((route, reply.status), (Route::Changes, 200));
+        assert_eq!(body(&reply).as_array().unwrap().len(), 20);
+        assert_eq!(header(&reply, "X-Next-Cursor"), 30);
+        assert_eq!(h.feed().head(), head);
+        for url in [
+            "http://host",
+            "http://host?since=1",
+            "http://host/nope",
+            "http://host/users/changes/",
+            "ftp://host/healthz",
+            "healthz",
+            "*",
+        ] {
+            let (route, reply) = h.handle("GET", url);
+            assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
+        }
+        assert!(error_of(&h.handle("GET", "http://host?x=1").1).contains("no such path: /;"));
+        let (_, reply) = h.handle("POST", "http://host/healthz");
+        assert_eq!(reply.status, 405);
     }
 
     #[test]

@@ -175,6 +175,39 @@ fn unknown_paths_are_404_and_other_methods_405() {
     }
 }
 
+/// Sends one raw HTTP/1.1 request and returns the whole response as text.
+fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn absolute_form_request_targets_are_answered() {
+    let app = start(|c| c.preload = 100);
+    let addr = app.running.as_ref().unwrap().addr;
+    let response = raw_request(
+        addr,
+        &format!("GET http://{addr}/healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    );
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
+
+    let response = raw_request(
+        addr,
+        "GET http://elsewhere.example/users/changes?since=0&limit=3 HTTP/1.1\r\n\
+         Host: elsewhere.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(response.contains("X-Next-Cursor: 3\r\n"), "{response}");
+}
+
 #[test]
 fn healthz_and_metrics() {
     let app = start(|c| c.preload = 50);
