@@ -11,11 +11,20 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use log::LevelFilter;
 
 /// Most worker threads we accept; more would only waste memory on stacks.
 pub const MAX_THREADS: usize = 1024;
+
+/// How long a client may take no data while a response waits to be sent;
+/// then its connection is dropped. tiny_http has no timeout of its own, and
+/// it writes the responses of one connection in order, each worker waiting
+/// for the one before: a client that pipelines big requests and never reads
+/// would otherwise hold every worker (and shutdown) for as long as it stays
+/// connected. A client that keeps reading, however slowly, is not affected.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the service needs to start, already checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +43,9 @@ pub struct Config {
     pub log_capacity: u64,
     /// `LOG_LEVEL`: how much the service logs.
     pub log_level: LevelFilter,
+    /// Not read from the environment: always `WRITE_TIMEOUT`, except in
+    /// tests that need a stalled client dropped sooner.
+    pub write_timeout: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +58,7 @@ impl Default for Config {
             preload: 0,
             log_capacity: 1_000_000,
             log_level: LevelFilter::Info,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -148,6 +161,7 @@ impl Config {
                     _ => None,
                 },
             )?,
+            write_timeout: defaults.write_timeout,
         })
     }
 }

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use tiny_http::{Header, Response, Server};
@@ -56,7 +56,7 @@ impl App {
         // Bind before the preload, which may take a while, so that an address
         // in use is reported at once; listen only after it, so that nobody
         // connects before the service can answer.
-        let socket = bind(config.addr)
+        let socket = bind(config.addr, config.write_timeout)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", config.addr)))?;
         let feed = Feed::new(
             Generator::new(seed, config.invalid_rate),
@@ -128,16 +128,31 @@ impl App {
     }
 }
 
-/// Binds a TCP socket (not yet listening) with `TCP_NODELAY` set. Linux
-/// copies the option to every accepted connection, which matters because
-/// tiny_http writes a response's head and body in separate sends: with
-/// Nagle's algorithm the body would wait for the client's delayed ACK, some
-/// 40 ms per keep-alive request.
-fn bind(addr: SocketAddr) -> io::Result<socket2::Socket> {
+/// Binds a TCP socket (not yet listening) with `TCP_NODELAY`,
+/// `TCP_USER_TIMEOUT` and `SO_SNDTIMEO` set. Linux copies these options to
+/// every accepted connection; tiny_http sets none of them on its connections.
+///
+/// `TCP_NODELAY` matters because tiny_http writes a response's head and body
+/// in separate sends: with Nagle's algorithm the body would wait for the
+/// client's delayed ACK, some 40 ms per keep-alive request.
+///
+/// The other two enforce `write_timeout` (see `config::WRITE_TIMEOUT`). `TCP_USER_TIMEOUT` makes the
+/// kernel abort a connection whose client has advertised a zero window (or
+/// not acknowledged data) for that long, so every response still queued on
+/// it fails at once instead of each waiting out its own timeout.
+/// `SO_SNDTIMEO` bounds each blocking send as well, in case the kernel does
+/// not apply the first to a zero window.
+///
+/// There is deliberately no `SO_RCVTIMEO`: on a listening socket it also
+/// limits `accept`, and tiny_http stops accepting for good at the first
+/// accept error, so a quiet minute would end the server.
+fn bind(addr: SocketAddr, write_timeout: Duration) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_user_timeout(Some(write_timeout))?;
+    socket.set_write_timeout(Some(write_timeout))?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }
