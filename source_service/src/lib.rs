@@ -3,8 +3,15 @@
 //!
 //! This file starts the application and owns every thread it runs: `App::start`
 //! preloads the change log, binds the server and starts `threads` workers that
-//! share one `tiny_http::Server` and loop on `recv()`. `Running::shutdown`
-//! wakes them with `unblock()`, lets in-flight requests finish and joins them.
+//! share one `tiny_http::Server` and loop on `recv()`, and one thread that
+//! checks the server still accepts connections. `Running::shutdown` wakes them
+//! with `unblock()`, lets in-flight requests finish and joins them.
+//!
+//! tiny_http accepts connections on a thread of its own, which ends for good
+//! at an accept error (reported through `recv()`) or a panic (reported
+//! nowhere; the listening socket just closes). Either way the process would
+//! live on with nothing listening, so both are a `Fault`, which `main` turns
+//! into a non-zero exit for a supervisor to restart the service.
 //!
 //! Code map: `config` (environment), `generator` (seeded changes as JSON),
 //! `change_log` (numbered, bounded replay log), `feed` (the two behind their
@@ -18,13 +25,13 @@ pub mod http;
 pub mod metrics;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use tiny_http::{Header, Response, Server};
 
 use crate::change_log::ChangeLog;
@@ -87,44 +94,74 @@ impl App {
         })?;
         let server = Arc::new(server);
         let handler = Arc::new(Handler::new(feed, metrics, epoch));
-        let stopping = Arc::new(AtomicBool::new(false));
+        let mut running = Running {
+            addr,
+            server,
+            workers: Vec::with_capacity(config.threads),
+            watch: None,
+            stopping: Arc::new(AtomicBool::new(false)),
+            fault: Arc::new(Fault::default()),
+        };
 
-        let mut workers = Vec::with_capacity(config.threads);
+        // On an error, dropping `running` stops the threads already started.
         for n in 0..config.threads {
-            let (worker_server, worker_handler, worker_stopping) = (
-                Arc::clone(&server),
+            let (server, handler, stopping, fault) = (
+                Arc::clone(&running.server),
                 Arc::clone(&handler),
-                Arc::clone(&stopping),
+                Arc::clone(&running.stopping),
+                Arc::clone(&running.fault),
             );
-            let spawned = std::thread::Builder::new()
+            let worker = std::thread::Builder::new()
                 .name(format!("http-{n}"))
-                .spawn(move || serve(&worker_server, &worker_handler, &worker_stopping));
-            match spawned {
-                Ok(worker) => workers.push(worker),
-                Err(e) => {
-                    // Stop the workers already started before giving up.
-                    Running {
-                        addr,
-                        server,
-                        workers,
-                        stopping,
-                    }
-                    .stop();
-                    return Err(e);
-                }
-            }
+                .spawn(move || serve(&server, &handler, &stopping, &fault))?;
+            running.workers.push(worker);
         }
+        let (stopping, fault) = (Arc::clone(&running.stopping), Arc::clone(&running.fault));
+        let watch = std::thread::Builder::new()
+            .name("listener-watch".to_string())
+            .spawn(move || watch_listener(addr, &stopping, &fault))?;
+        running.watch = Some(watch);
         info!(
             "listening on http://{addr} with {} threads, epoch {}",
             config.threads,
             handler.epoch()
         );
-        Ok(Running {
-            addr,
-            server,
-            workers,
-            stopping,
-        })
+        Ok(running)
+    }
+}
+
+/// How often `watch_listener` checks that the server still accepts
+/// connections: how long the process may live on with nothing listening.
+const LISTENER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why the server can no longer serve, once something found out; and what to
+/// do about it, once `main` said.
+#[derive(Default)]
+struct Fault {
+    state: Mutex<FaultState>,
+}
+
+#[derive(Default)]
+struct FaultState {
+    reason: Option<String>,
+    on_fault: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Fault {
+    /// Records the first fault, logs it and calls the `on_fault` callback.
+    fn report(&self, reason: String) {
+        let on_fault = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.reason.is_some() {
+                return;
+            }
+            error!("{reason}; the service cannot go on");
+            state.reason = Some(reason);
+            state.on_fault.take()
+        };
+        if let Some(on_fault) = on_fault {
+            on_fault();
+        }
     }
 }
 
@@ -163,10 +200,39 @@ pub struct Running {
     pub addr: SocketAddr,
     server: Arc<Server>,
     workers: Vec<JoinHandle<()>>,
+    watch: Option<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
+    fault: Arc<Fault>,
 }
 
 impl Running {
+    /// Calls `f` once when the server fails for good (it no longer accepts
+    /// connections), or at once if it already has. `main` uses it to stop
+    /// waiting for a signal; `shutdown` is still to be called.
+    pub fn on_fault(&self, f: impl FnOnce() + Send + 'static) {
+        let mut state = self
+            .fault
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if state.reason.is_some() {
+            drop(state);
+            f();
+        } else {
+            state.on_fault = Some(Box::new(f));
+        }
+    }
+
+    /// What made the server fail for good, if anything has.
+    pub fn fault(&self) -> Option<String> {
+        let state = self
+            .fault
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.reason.clone()
+    }
+
     /// Stops accepting work, lets in-flight requests finish, and returns when
     /// every worker has exited and the listening socket is closed.
     pub fn shutdown(mut self) {
@@ -189,6 +255,12 @@ impl Running {
                 warn!("a server thread panicked");
             }
         }
+        if let Some(watch) = self.watch.take() {
+            watch.thread().unpark();
+            if watch.join().is_err() {
+                warn!("the listener watch panicked");
+            }
+        }
         // The last reference to the server goes with `self`, which closes the
         // listening socket. Requests that arrive on open connections from now
         // on are not answered; the process is about to exit.
@@ -197,7 +269,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if !self.workers.is_empty() {
+        if !self.workers.is_empty() || self.watch.is_some() {
             self.stop();
         }
     }
@@ -206,15 +278,17 @@ impl Drop for Running {
 /// One worker: answers requests until shutdown.
 ///
 /// A worker leaves only at an unblock from `Running::stop` (not at the flag),
-/// so requests received before shutdown began are still answered.
-fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
+/// so requests received before shutdown began are still answered; or when
+/// `recv()` fails otherwise, which tiny_http does only when its accept thread
+/// has given up: a fault.
+fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool, fault: &Fault) {
     loop {
         let request = match server.recv() {
             Ok(request) => request,
             Err(_) if stopping.load(Ordering::SeqCst) => return,
             Err(e) => {
-                warn!("receiving a request failed: {e}");
-                continue;
+                fault.report(format!("the server stopped accepting connections: {e}"));
+                return;
             }
         };
         let started = Instant::now();
@@ -231,6 +305,39 @@ fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool) {
             debug!("client went away before the response was sent: {e}");
         }
         handler.metrics().observe_duration(route, started.elapsed());
+    }
+}
+
+/// Until shutdown, checks every `LISTENER_CHECK_INTERVAL` that a connection
+/// to the server is not refused. A refusal means the listening socket is
+/// closed: tiny_http's accept thread panicked (as it does when it cannot
+/// duplicate an accepted socket for lack of file descriptors), which nothing
+/// else reports. Other outcomes, a timeout under load included, are not
+/// faults; a connection made is closed at once.
+fn watch_listener(addr: SocketAddr, stopping: &AtomicBool, fault: &Fault) {
+    let mut target = addr;
+    if addr.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    loop {
+        // `Running::stop` unparks this thread; a spurious wake-up only checks early.
+        std::thread::park_timeout(LISTENER_CHECK_INTERVAL);
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        match TcpStream::connect_timeout(&target, LISTENER_CHECK_INTERVAL) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                fault.report(format!(
+                    "nothing accepts connections on {addr} any more: {e}"
+                ));
+                return;
+            }
+            Err(e) => debug!("checking the listener: {e}"),
+            Ok(_) => {}
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! app, serve until SIGTERM or SIGINT, shut down gracefully.
 //!
 //! Exit codes: 0 after a signal, 2 for a bad configuration (one line on
-//! stderr naming the variable), 1 when the service cannot start.
+//! stderr naming the variable), 1 when the service cannot start or stops
+//! accepting connections (so that a supervisor restarts it).
 
 use std::process::ExitCode;
 
@@ -39,9 +40,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // A fault ends the wait for a signal: `forever()` returns once closed.
+    let handle = signals.handle();
+    running.on_fault(move || handle.close());
     if let Some(signal) = signals.forever().next() {
         log::info!("received signal {signal}");
     }
+    let fault = running.fault();
     running.shutdown();
+    if fault.is_some() {
+        log::error!("exiting with status 1 so that the service is restarted");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }

@@ -1,6 +1,7 @@
 //! The built `source_service` binary: exit codes and signals.
 
 use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -59,7 +60,11 @@ impl Drop for Service {
 }
 
 fn spawn(vars: &[(&str, &str)]) -> Service {
-    let mut command = Command::new(BIN);
+    spawn_command(Command::new(BIN), vars)
+}
+
+/// Like `spawn`, with `command` running the binary.
+fn spawn_command(mut command: Command, vars: &[(&str, &str)]) -> Service {
     command
         .env("SOURCE_ADDR", "127.0.0.1:0")
         .env("LOG_LEVEL", "info")
@@ -121,6 +126,31 @@ fn sigterm_and_sigint_stop_the_service_with_exit_0() {
             ureq::get(&url).call().is_err(),
             "nothing listens after exit"
         );
+    }
+}
+
+#[test]
+fn running_out_of_file_descriptors_exits_1_for_a_restart() {
+    // Out of descriptors, tiny_http's accept thread either gets an error
+    // from accept (and stops) or panics duplicating the socket it accepted,
+    // depending on how many are left; one of two neighbouring limits gives
+    // each. Either way nothing listens any more, and the process must not
+    // live on like that.
+    for limit in [24, 25] {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\""))
+            .arg(BIN);
+        let mut service = spawn_command(command, &[]);
+        // More connections than descriptors (those not yet accepted wait in
+        // the backlog); the refused ones, once the listener is gone, do not
+        // matter.
+        let held: Vec<TcpStream> = (0..40)
+            .filter_map(|_| TcpStream::connect(&service.addr).ok())
+            .collect();
+        assert_eq!(wait_for_exit(&mut service), Some(1), "limit {limit}");
+        drop(held);
     }
 }
 
