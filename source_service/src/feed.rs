@@ -8,6 +8,7 @@
 //! the read lock never see part of a batch. Readers that only replay the log
 //! take just the read lock and do not wait for generation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 use crate::change_log::{ChangeLog, Gone, Page};
@@ -79,12 +80,22 @@ impl Feed {
 
     /// Generates whole batches until at least `changes` changes are logged.
     pub fn preload(&self, changes: u64, metrics: &Metrics) {
+        self.preload_unless(changes, metrics, &AtomicBool::new(false));
+    }
+
+    /// Like `preload`, but stops early once `stop` is set (checked between
+    /// batches). Returns whether the preload is complete.
+    pub fn preload_unless(&self, changes: u64, metrics: &Metrics, stop: &AtomicBool) -> bool {
         let mut writer = self.writer();
         let start = self.head();
         let mut head = start;
         while head - start < changes {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
             head = self.generate(&mut writer, metrics);
         }
+        true
     }
 
     /// The newest sequence number.
@@ -183,6 +194,27 @@ mod tests {
         feed.preload(5_000, &metrics);
         assert!((5_000..5_010).contains(&feed.head()));
         assert_eq!(metrics.log_entries.get(), 1_000);
+    }
+
+    #[test]
+    fn a_preload_stops_between_batches_once_asked() {
+        let (feed, metrics) = feed(1_000);
+        assert!(!feed.preload_unless(5_000, &metrics, &AtomicBool::new(true)));
+        assert_eq!(feed.head(), 0);
+        // Set from another thread while it runs: it stops well short.
+        let stop = Arc::new(AtomicBool::new(false));
+        let setter = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                stop.store(true, Ordering::Relaxed);
+            })
+        };
+        assert!(!feed.preload_unless(u64::MAX, &metrics, &stop));
+        setter.join().unwrap();
+        assert!(feed.head() > 0);
+        assert_eq!(metrics.changes_generated.get(), feed.head());
+        assert!(feed.preload_unless(10, &metrics, &AtomicBool::new(false)));
     }
 
     #[test]

@@ -48,6 +48,15 @@ impl App {
     /// Preloads the log, binds `config.addr` and starts serving. Returns once
     /// the server accepts connections.
     pub fn start(config: Config) -> io::Result<Running> {
+        let never = AtomicBool::new(false);
+        let running = App::start_unless(config, &never)?;
+        running.ok_or_else(|| io::Error::other("start-up was stopped"))
+    }
+
+    /// Like `start`, but gives up during the preload, returning `None`, once
+    /// `stop` is set: `main` sets it on SIGTERM or SIGINT, so that a long
+    /// preload does not delay shutdown.
+    pub fn start_unless(config: Config, stop: &AtomicBool) -> io::Result<Option<Running>> {
         let metrics = Metrics::new().map_err(io::Error::other)?;
         let seed = config.seed.unwrap_or_else(|| fastrand::u64(..));
         info!(
@@ -71,7 +80,10 @@ impl App {
         );
         if config.preload > 0 {
             let started = Instant::now();
-            feed.preload(config.preload, &metrics);
+            if !feed.preload_unless(config.preload, &metrics, stop) {
+                info!("preload stopped at {} changes", feed.head());
+                return Ok(None);
+            }
             info!(
                 "preloaded {} changes in {:.2?} ({} MiB of log)",
                 feed.head(),
@@ -126,7 +138,7 @@ impl App {
             config.threads,
             handler.epoch()
         );
-        Ok(running)
+        Ok(Some(running))
     }
 }
 

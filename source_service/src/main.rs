@@ -6,8 +6,11 @@
 //! accepting connections (so that a supervisor restarts it).
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::flag;
 use signal_hook::iterator::Signals;
 use simplelog::{ConfigBuilder, WriteLogger};
 use source_service::{App, Config};
@@ -25,16 +28,26 @@ fn main() -> ExitCode {
     let _ = WriteLogger::init(config.log_level, log_config, std::io::stderr());
 
     // Registered before start-up, so a signal during a long preload is not
-    // lost (nor fatal): shutdown follows as soon as the app is up.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    // lost (nor fatal): `stop` ends the preload, and a signal after it is
+    // still waiting in `signals` when the app is up.
+    let stop = Arc::new(AtomicBool::new(false));
+    let registered = [SIGTERM, SIGINT]
+        .into_iter()
+        .try_for_each(|signal| flag::register(signal, Arc::clone(&stop)).map(drop))
+        .and_then(|()| Signals::new([SIGTERM, SIGINT]));
+    let mut signals = match registered {
         Ok(signals) => signals,
         Err(e) => {
             log::error!("cannot install signal handlers: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let running = match App::start(config) {
-        Ok(running) => running,
+    let running = match App::start_unless(config, &stop) {
+        Ok(Some(running)) => running,
+        Ok(None) => {
+            log::info!("received a signal during the preload; stopped");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             log::error!("cannot start: {e}");
             return ExitCode::FAILURE;

@@ -130,6 +130,51 @@ fn sigterm_and_sigint_stop_the_service_with_exit_0() {
 }
 
 #[test]
+fn sigterm_during_a_long_preload_exits_0_at_once() {
+    let mut child = Command::new(BIN)
+        .env("SOURCE_ADDR", "127.0.0.1:0")
+        .env("SOURCE_PRELOAD", "1000000000")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The seed is logged after the signal handlers are installed and just
+    // before the preload, which would take minutes.
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the service logs its seed");
+    assert!(first.contains("generator seed"), "{first}");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut service = Service {
+        child,
+        addr: String::new(),
+    };
+    signal(&service, "TERM");
+    let started = Instant::now();
+    assert_eq!(wait_for_exit(&mut service), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // The reader ends at end of file, which came with the exit.
+    let rest: Vec<String> = rx.iter().collect();
+    assert!(
+        rest.iter().any(|line| line.contains("preload stopped at")),
+        "{rest:?}"
+    );
+    assert!(!rest.iter().any(|line| line.contains("listening on")));
+}
+
+#[test]
 fn running_out_of_file_descriptors_exits_1_for_a_restart() {
     // Out of descriptors, tiny_http's accept thread either gets an error
     // from accept (and stops) or panics duplicating the socket it accepted,
