@@ -4,8 +4,9 @@
 //! This file starts the application and owns every thread it runs: `App::start`
 //! preloads the change log, binds the server and starts `threads` workers that
 //! share one `tiny_http::Server` and loop on `recv()`, and one thread that
-//! checks the server still accepts connections. `Running::shutdown` wakes them
-//! with `unblock()`, lets in-flight requests finish and joins them.
+//! checks the server still accepts connections. `Running::shutdown` wakes the
+//! workers with `unblock()` and the checker with `unpark()`, lets in-flight
+//! requests finish and joins them.
 //!
 //! tiny_http accepts connections on a thread of its own, which ends for good
 //! at an accept error (reported through `recv()`) or a panic (reported
