@@ -5,7 +5,7 @@
 //! thousand changes costs a handful of round trips rather than a thousand.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use md5::{Digest, Md5};
@@ -13,6 +13,8 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, GenericClient, Row, Statement};
 use uuid::Uuid;
+
+use crate::profile::Reason;
 
 /// The schema, embedded so the binary needs no file beside it.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
@@ -154,7 +156,8 @@ const READ_USERS: &str = "SELECT id, last_updated_at, email, mobile FROM users W
 const OWNERS_OF: &str =
     "SELECT id, email, mobile FROM users WHERE email = ANY($1) OR mobile = ANY($2)";
 
-const READ_RECORDED: &str = "SELECT r.profile_id, r.change_key FROM sync_rejections AS r \
+const READ_RECORDED: &str =
+    "SELECT r.profile_id, r.change_key, r.reason FROM sync_rejections AS r \
          JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, key) \
            ON r.profile_id = k.id AND r.change_key = k.key";
 
@@ -268,8 +271,9 @@ pub fn owners_of(
 }
 
 /// Changes already recorded in `sync_rejections`, by profile id and
-/// [`change_key`].
-pub type RecordedChanges = HashSet<(Uuid, Uuid)>;
+/// [`change_key`]: whether each was recorded with a reason a valid change can
+/// get ([`Reason::befalls_a_valid_change`]).
+pub type RecordedChanges = HashMap<(Uuid, Uuid), bool>;
 
 /// Which of `keys` (profile id, [`change_key`]) are recorded already: a
 /// replayed rejection that is, had its effect when it was first recorded.
@@ -285,7 +289,12 @@ pub fn recorded_changes(
     let change_keys: Vec<Uuid> = keys.iter().map(|(_, key)| *key).collect();
     let rows = client.query(&statements.read_recorded, &[&ids, &change_keys])?;
     rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .map(|row| {
+            let reason: &str = row.try_get(2)?;
+            let of_a_valid_change = (Reason::ALL.iter())
+                .any(|known| known.befalls_a_valid_change() && known.as_str() == reason);
+            Ok(((row.try_get(0)?, row.try_get(1)?), of_a_valid_change))
+        })
         .collect()
 }
 

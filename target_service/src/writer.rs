@@ -629,15 +629,21 @@ pub enum Writes {
 }
 
 /// Whether the change with this id, raw element and copy number is among
-/// `recorded`; its key is computed only when something is recorded.
+/// `recorded`; its key is computed only when something is recorded. A valid
+/// change matches only a decision a valid change can get: one recorded as,
+/// say, `future_timestamp` when it was fetched too early is decided afresh.
 fn is_recorded(
     recorded: &store::RecordedChanges,
     profile_id: Option<Uuid>,
-    payload: &str,
-    copy: i32,
+    (payload, copy): (&str, i32),
+    valid: bool,
 ) -> bool {
     !recorded.is_empty()
-        && profile_id.is_some_and(|id| recorded.contains(&(id, store::change_key(payload, copy))))
+        && profile_id.is_some_and(|id| {
+            recorded
+                .get(&(id, store::change_key(payload, copy)))
+                .is_some_and(|&of_a_valid_change| of_a_valid_change || !valid)
+        })
 }
 
 /// What a batch will do, decided in memory before anything is written.
@@ -725,7 +731,7 @@ pub fn plan_batch<'a>(
                 let row = rows.get(&profile.id);
                 let changed_at = profile.last_updated_at.as_datetime();
                 if row.is_some_and(|row| changed_at <= row.last_updated_at)
-                    || is_recorded(recorded, Some(profile.id), payload, 0)
+                    || is_recorded(recorded, Some(profile.id), (payload, 0), true)
                 {
                     // A replayed change that was rejected when it was first
                     // decided has had its effect.
@@ -819,7 +825,7 @@ pub fn plan_batch<'a>(
             }
             Change::Rejected {
                 rejection, copy, ..
-            } if is_recorded(recorded, rejection.profile_id, payload, *copy) => {
+            } if is_recorded(recorded, rejection.profile_id, (payload, *copy), false) => {
                 // A replay: recorded, and its row marked, the first time.
                 plan.outcomes.push(Counted::NotSynced(rejection.reason));
             }
@@ -1141,8 +1147,8 @@ mod tests {
         let (taken, taken_raw) = accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222");
         let (invalid, invalid_raw) = rejected(1, "2025-01-03T00:00:00Z", Reason::InvalidEmail);
         let recorded: RecordedChanges = [
-            (id(1), store::change_key(&taken_raw, 0)),
-            (id(1), store::change_key(&invalid_raw, 0)),
+            ((id(1), store::change_key(&taken_raw, 0)), true),
+            ((id(1), store::change_key(&invalid_raw, 0)), false),
         ]
         .into();
         let changes = [(taken, taken_raw), (invalid, invalid_raw)];
@@ -1164,6 +1170,25 @@ mod tests {
                 Counted::NotSynced(Reason::InvalidEmail)
             ]
         );
+    }
+
+    #[test]
+    fn a_valid_change_recorded_as_invalid_when_it_was_fetched_too_early_is_decided_afresh() {
+        let (due, raw) = accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222");
+        // Recorded as future_timestamp, say: not a decision a valid change gets.
+        let recorded: RecordedChanges = [((id(1), store::change_key(&raw, 0)), false)].into();
+        let changes = [(due, raw)];
+        let no_rows = StoredUsers::default();
+        let plan = plan_batch(
+            with_payloads(&changes),
+            &no_rows,
+            &[],
+            &HashSet::new(),
+            &recorded,
+            Writes::Merged,
+        );
+        assert_eq!(plan.outcomes, [Counted::Synced]);
+        assert_eq!(plan.writes.len(), 1);
     }
 
     #[test]

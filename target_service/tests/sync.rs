@@ -456,6 +456,26 @@ fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
 }
 
 #[test]
+fn a_change_fetched_before_it_was_due_syncs_once_it_is() {
+    // A source like the original hands out the same page every round; the
+    // change is recorded as future_timestamp until its time comes.
+    let db = TestDb::new();
+    let due = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let at = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let source = ScriptedSource::fixed_page(json!([profile(1, &at)]));
+    let target = start_target(&db, &source.url, &[("MAX_FUTURE_SKEW_SECS", "0")]);
+    wait_rounds(&target, 1);
+    wait_until("recorded as future", Duration::from_secs(10), || {
+        rejection_reasons(&db) == ["future_timestamp"]
+    });
+    wait_until("synced once due", Duration::from_secs(15), || {
+        user_row(&db, 1).is_some()
+    });
+    assert_eq!(target.metrics.synced.get(), 1);
+    target.shutdown();
+}
+
+#[test]
 fn a_batch_that_gives_up_an_email_and_claims_it_for_another_id_keeps_both_changes() {
     // B holds y. Then, in one writer's batch: A is created with a, B moves
     // from y to z, A takes y. Written one change at a time, all three sync;
