@@ -52,6 +52,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_profile_change_key
     ON sync_rejections (profile_id, change_key) NULLS NOT DISTINCT;
 DROP INDEX IF EXISTS sync_rejections_change_key;
 DROP INDEX IF EXISTS sync_rejections_profile_id_idx;
+
+-- The ids with a recorded conflict or refused row: the only decisions a
+-- valid change can get. A batch that reads optimistically asks it whether
+-- any of its ids has one, for a replay of such a change must not sync it
+-- now. Only those rows are in it, so it costs inserts next to nothing.
+CREATE INDEX IF NOT EXISTS sync_rejections_valid_change_decisions
+    ON sync_rejections (profile_id)
+    WHERE reason IN ('email_taken', 'mobile_taken', 'db_error');
 DROP INDEX IF EXISTS sync_rejections_payload_key;
 
 -- Where syncing stands, one row per source URL.

@@ -129,6 +129,7 @@ pub struct Statements {
     read_users: Statement,
     owners_of: Statement,
     read_recorded: Statement,
+    any_valid_change_decided: Statement,
     upsert_users: Statement,
     insert_rejections: Statement,
     mark_users: Statement,
@@ -142,6 +143,7 @@ impl Statements {
             read_users: client.prepare(READ_USERS)?,
             owners_of: client.prepare(OWNERS_OF)?,
             read_recorded: client.prepare(READ_RECORDED)?,
+            any_valid_change_decided: client.prepare(ANY_VALID_CHANGE_DECIDED)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
             insert_rejections: client.prepare(&format!("{INSERT_REJECTIONS}{SKIP_RECORDED}"))?,
             mark_users: client.prepare(MARK_USERS)?,
@@ -160,6 +162,12 @@ const READ_RECORDED: &str =
     "SELECT r.profile_id, r.change_key, r.reason FROM sync_rejections AS r \
          JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, key) \
            ON r.profile_id = k.id AND r.change_key = k.key";
+
+/// Its condition on `reason` is the predicate of the partial index
+/// `sync_rejections_valid_change_decisions` (schema.sql), word for word, so
+/// that PostgreSQL uses it.
+const ANY_VALID_CHANGE_DECIDED: &str = "SELECT EXISTS (SELECT 1 FROM sync_rejections \
+         WHERE profile_id = ANY($1) AND reason IN ('email_taken', 'mobile_taken', 'db_error'))";
 
 const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
          SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
@@ -296,6 +304,21 @@ pub fn recorded_changes(
             Ok(((row.try_get(0)?, row.try_get(1)?), of_a_valid_change))
         })
         .collect()
+}
+
+/// Whether any of `ids` has a recorded conflict or refused row: a change
+/// to one of them may be the replay of such a decision.
+pub fn any_valid_change_decided(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    ids: &[Uuid],
+) -> Result<bool, postgres::Error> {
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    client
+        .query_one(&statements.any_valid_change_decided, &[&ids])?
+        .try_get(0)
 }
 
 /// One row to insert or update in `users`.

@@ -53,7 +53,10 @@ pub enum Reading {
     /// makes the upsert fail with a unique violation, after which the batch
     /// is decided again, carefully. Rejections are inserted expecting none
     /// to be recorded already ([`Recorded::Refuse`]): one that is fails the
-    /// batch the same way. Cheapest while catching up.
+    /// batch the same way. A batch with an id that has a recorded conflict
+    /// or refused row is decided carefully from the start, for a valid
+    /// change recorded so must not sync when replayed. Cheapest while
+    /// catching up.
     Optimistic,
     /// Reads the row of every id and the rows holding every email and mobile
     /// the batch claims, and decides everything in memory; rejections
@@ -424,8 +427,16 @@ fn decide_and_write(
             read_owners(client, statements, to_write.batch, &stored)?,
             read_recorded(client, statements, to_write.batch, &stored)?,
         ),
-        // Its rejections are refused if any is recorded already.
-        Reading::Optimistic => (Vec::new(), store::RecordedChanges::new()),
+        // Its rejections are refused if any is recorded already; a valid
+        // change decided before (a conflict) would not be, so a batch with
+        // an id that has one is decided carefully.
+        Reading::Optimistic => {
+            let ids: Vec<Uuid> = accepted(to_write.batch).map(|p| p.id).collect();
+            if store::any_valid_change_decided(client, statements, &ids)? {
+                return Ok(None);
+            }
+            (Vec::new(), store::RecordedChanges::new())
+        }
     };
     let writes = if to_write.row_by_row {
         Writes::OnePerChange

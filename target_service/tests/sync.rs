@@ -456,6 +456,43 @@ fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
 }
 
 #[test]
+fn a_replayed_conflict_stays_a_conflict_after_its_email_was_given_up() {
+    // 1 holds shared@, 2 claims it (a conflict), 1 moves on. Replayed from
+    // 2's change, in a writer's first (optimistic) batch, the email is free:
+    // 2 must still not get a row, as it never did without the crash.
+    let db = TestDb::new();
+    let mut first = profile(1, "2025-07-01T10:00:00Z");
+    first["email"] = json!("shared@example.com");
+    let mut claim = profile(2, "2025-07-01T10:00:00Z");
+    claim["email"] = json!("shared@example.com");
+    let mut moves = profile(1, "2025-07-01T11:00:00Z");
+    moves["email"] = json!("moved@example.com");
+    let source = CursorLog::new(vec![first, claim, moves]).source();
+    let one_at_a_time = [("WRITER_THREADS", "1"), ("FETCH_LIMIT", "1")];
+    let target = start_target(&db, &source.url, &one_at_a_time);
+    wait_until("cursor at the head", Duration::from_secs(20), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 3
+    });
+    target.shutdown();
+    let before = table_snapshot(&db);
+    assert_eq!(rejection_reasons(&db), ["email_taken"]);
+    db.client()
+        .execute("UPDATE sync_state SET cursor = 1", &[])
+        .unwrap();
+
+    let target = start_target(&db, &source.url, &one_at_a_time);
+    wait_until("replayed to the head", Duration::from_secs(20), || {
+        target.metrics.fetched.get() >= 2
+    });
+    wait_rounds(&target, 1);
+    assert_eq!(table_snapshot(&db), before);
+    assert!(user_row(&db, 2).is_none());
+    assert_eq!(rejection_reasons(&db), ["email_taken"]);
+    assert_eq!(target.metrics.synced.get(), 0);
+    target.shutdown();
+}
+
+#[test]
 fn a_change_fetched_before_it_was_due_syncs_once_it_is() {
     // A source like the original hands out the same page every round; the
     // change is recorded as future_timestamp until its time comes.
@@ -619,7 +656,11 @@ fn the_schema_upgrades_the_rejections_of_earlier_versions() {
         .collect();
     assert_eq!(
         indexes,
-        ["sync_rejections_pkey", "sync_rejections_profile_change_key"]
+        [
+            "sync_rejections_pkey",
+            "sync_rejections_profile_change_key",
+            "sync_rejections_valid_change_decisions"
+        ]
     );
     let generated: i64 = client
         .query_one(
