@@ -278,20 +278,17 @@ pub fn owners_of(
         .collect()
 }
 
-/// Changes already recorded in `sync_rejections`, by profile id and
-/// [`change_key`]: whether each was recorded with a reason a valid change can
-/// get ([`Reason::befalls_a_valid_change`]).
-pub type RecordedChanges = HashMap<(Uuid, Uuid), bool>;
-
-/// Which of `keys` (profile id, [`change_key`]) are recorded already: a
-/// replayed rejection that is, had its effect when it was first recorded.
+/// Which of `keys` (profile id, [`change_key`]) are recorded already, each
+/// with whether its reason is one a valid change can get
+/// ([`Reason::befalls_a_valid_change`]). A replayed rejection that is
+/// recorded had its effect when it was first recorded.
 pub fn recorded_changes(
     client: &mut impl GenericClient,
     statements: &Statements,
     keys: &[(Uuid, Uuid)],
-) -> Result<RecordedChanges, postgres::Error> {
+) -> Result<HashMap<(Uuid, Uuid), bool>, postgres::Error> {
     if keys.is_empty() {
-        return Ok(RecordedChanges::new());
+        return Ok(HashMap::new());
     }
     let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
     let change_keys: Vec<Uuid> = keys.iter().map(|(_, key)| *key).collect();

@@ -19,7 +19,7 @@
 //! batch, and a unique violation sends the batch back to be read in full.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -435,7 +435,7 @@ fn decide_and_write(
             if store::any_valid_change_decided(client, statements, &ids)? {
                 return Ok(None);
             }
-            (Vec::new(), store::RecordedChanges::new())
+            (Vec::new(), AlreadyRecorded::new())
         }
     };
     let writes = if to_write.row_by_row {
@@ -540,6 +540,11 @@ fn read_owners(
     store::owners_of(client, statements, &emails, &mobiles)
 }
 
+/// The changes of a batch, by their place in it, that are recorded in
+/// `sync_rejections` already, each with whether it was recorded with a
+/// reason a valid change can get (a conflict or a refused row).
+pub type AlreadyRecorded = HashMap<usize, bool>;
+
 /// The changes of the batch that an earlier pass recorded as rejected
 /// already (a replay). Only a change newer than its stored row can have an
 /// effect, so only those are looked up.
@@ -548,10 +553,9 @@ fn read_recorded(
     statements: &Statements,
     batch: &[WorkItem],
     stored: &StoredUsers<'_>,
-) -> Result<store::RecordedChanges, postgres::Error> {
-    let keys: Vec<(Uuid, Uuid)> = batch
-        .iter()
-        .filter_map(|item| {
+) -> Result<AlreadyRecorded, postgres::Error> {
+    let candidates: Vec<(usize, (Uuid, Uuid))> = (batch.iter().enumerate())
+        .filter_map(|(place, item)| {
             let (id, changed_at, copy) = match &item.change {
                 // A conflict or a refused row is recorded as copy 0.
                 Change::Accepted { profile, .. } => {
@@ -568,10 +572,19 @@ fn read_recorded(
             let newer = stored
                 .get(&id)
                 .is_none_or(|row| changed_at > row.last_updated_at);
-            newer.then(|| (id, store::change_key(item.payload(), copy)))
+            newer.then(|| (place, (id, store::change_key(item.payload(), copy))))
         })
         .collect();
-    store::recorded_changes(client, statements, &keys)
+    let keys: Vec<(Uuid, Uuid)> = candidates.iter().map(|(_, key)| *key).collect();
+    let found = store::recorded_changes(client, statements, &keys)?;
+    Ok(candidates
+        .into_iter()
+        .filter_map(|(place, key)| {
+            found
+                .get(&key)
+                .map(|&of_a_valid_change| (place, of_a_valid_change))
+        })
+        .collect())
 }
 
 fn accepted(batch: &[WorkItem]) -> impl Iterator<Item = &Profile> {
@@ -639,22 +652,13 @@ pub enum Writes {
     OnePerChange,
 }
 
-/// Whether the change with this id, raw element and copy number is among
-/// `recorded`; its key is computed only when something is recorded. A valid
+/// Whether the change at `place` in its batch is among `recorded`. A valid
 /// change matches only a decision a valid change can get: one recorded as,
 /// say, `future_timestamp` when it was fetched too early is decided afresh.
-fn is_recorded(
-    recorded: &store::RecordedChanges,
-    profile_id: Option<Uuid>,
-    (payload, copy): (&str, i32),
-    valid: bool,
-) -> bool {
-    !recorded.is_empty()
-        && profile_id.is_some_and(|id| {
-            recorded
-                .get(&(id, store::change_key(payload, copy)))
-                .is_some_and(|&of_a_valid_change| of_a_valid_change || !valid)
-        })
+fn is_recorded(recorded: &AlreadyRecorded, place: usize, valid: bool) -> bool {
+    recorded
+        .get(&place)
+        .is_some_and(|&of_a_valid_change| of_a_valid_change || !valid)
 }
 
 /// What a batch will do, decided in memory before anything is written.
@@ -696,16 +700,16 @@ struct SimulatedRow<'a> {
 /// Each change comes with its raw element, recorded if it is rejected.
 /// `unread` are ids that occur once in the batch and whose rows were not
 /// read (see [`Reading::Optimistic`]): their change is planned as if the row
-/// were absent, and the statements' guards settle the rest. A change among
-/// `recorded` was rejected when it was first decided (this is a replay): it
-/// has no further effect. `writes` says whether an id's synced changes are
+/// were absent, and the statements' guards settle the rest. A change whose
+/// place in the batch is among `recorded` was rejected when it was first
+/// decided (this is a replay): it has no further effect. `writes` says whether an id's synced changes are
 /// merged into one write.
 pub fn plan_batch<'a>(
     changes: impl Iterator<Item = (&'a Change, &'a str)>,
     stored: &'a StoredUsers<'a>,
     owners: &'a [(Uuid, String, String)],
     unread: &HashSet<Uuid>,
-    recorded: &store::RecordedChanges,
+    recorded: &AlreadyRecorded,
     writes: Writes,
 ) -> BatchPlan<'a> {
     // Everything the plan holds borrows from the batch and the rows read.
@@ -736,13 +740,13 @@ pub fn plan_batch<'a>(
     }
 
     let mut plan = BatchPlan::default();
-    for (change, payload) in changes {
+    for (place, (change, payload)) in changes.enumerate() {
         match change {
             Change::Accepted { profile, .. } => {
                 let row = rows.get(&profile.id);
                 let changed_at = profile.last_updated_at.as_datetime();
                 if row.is_some_and(|row| changed_at <= row.last_updated_at)
-                    || is_recorded(recorded, Some(profile.id), (payload, 0), true)
+                    || is_recorded(recorded, place, true)
                 {
                     // A replayed change that was rejected when it was first
                     // decided has had its effect.
@@ -836,7 +840,7 @@ pub fn plan_batch<'a>(
             }
             Change::Rejected {
                 rejection, copy, ..
-            } if is_recorded(recorded, rejection.profile_id, (payload, *copy), false) => {
+            } if is_recorded(recorded, place, false) => {
                 // A replay: recorded, and its row marked, the first time.
                 plan.outcomes.push(Counted::NotSynced(rejection.reason));
             }
@@ -953,8 +957,10 @@ impl<'a> BatchPlan<'a> {
         });
     }
 
-    /// [`BatchPlan::demote_unwritten`] for writes known by their place
-    /// in `writes`: `applied[i]` is false for a write not applied.
+    /// A planned write the database did not apply (its row was already as
+    /// new: a row the batch did not read, or one another replica wrote
+    /// meanwhile) counts as stale; `applied[i]` is false for `writes[i]`
+    /// not applied.
     fn demote_not_applied(&mut self, applied: &[bool]) {
         for (&(outcome_index, _), &applied) in self.write_items.iter().zip(applied) {
             if !applied && self.outcomes[outcome_index] == Counted::Synced {
@@ -963,19 +969,17 @@ impl<'a> BatchPlan<'a> {
         }
     }
 
-    /// A planned write the database did not apply (its row was already as
-    /// new: a row the batch did not read, or one another replica wrote
-    /// meanwhile) counts as stale.
+    /// [`BatchPlan::demote_not_applied`] for writes known by id: those of
+    /// the ids in `unwritten`.
     fn demote_unwritten(&mut self, unwritten: &[Uuid]) {
         if unwritten.is_empty() {
             return;
         }
         let unwritten: HashSet<&Uuid> = unwritten.iter().collect();
-        for (write, (outcome_index, _)) in self.writes.iter().zip(&self.write_items) {
-            if unwritten.contains(&write.id) && self.outcomes[*outcome_index] == Counted::Synced {
-                self.outcomes[*outcome_index] = Counted::NotSynced(Reason::Stale);
-            }
-        }
+        let applied: Vec<bool> = (self.writes.iter())
+            .map(|write| !unwritten.contains(&write.id))
+            .collect();
+        self.demote_not_applied(&applied);
     }
 
     /// The outcomes of the batch, grouped for the counters.
@@ -994,7 +998,7 @@ impl<'a> BatchPlan<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{RecordedChanges, StoredUser};
+    use crate::store::StoredUser;
     use chrono::{DateTime, Utc};
     use serde_json::json;
 
@@ -1093,7 +1097,7 @@ mod tests {
         owners: &'a [(Uuid, String, String)],
         unread: &HashSet<Uuid>,
     ) -> BatchPlan<'a> {
-        let nothing_recorded = RecordedChanges::new();
+        let nothing_recorded = AlreadyRecorded::new();
         plan_batch(
             changes,
             rows,
@@ -1127,7 +1131,7 @@ mod tests {
             accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222"),
         ];
         let no_rows = StoredUsers::default();
-        let nothing_recorded = RecordedChanges::new();
+        let nothing_recorded = AlreadyRecorded::new();
         let plan = plan_batch(
             with_payloads(&changes),
             &no_rows,
@@ -1157,11 +1161,8 @@ mod tests {
         let rows = stored(&[(1, "2025-01-01T00:00:00Z", "a@x.io", "111")]);
         let (taken, taken_raw) = accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222");
         let (invalid, invalid_raw) = rejected(1, "2025-01-03T00:00:00Z", Reason::InvalidEmail);
-        let recorded: RecordedChanges = [
-            ((id(1), store::change_key(&taken_raw, 0)), true),
-            ((id(1), store::change_key(&invalid_raw, 0)), false),
-        ]
-        .into();
+        // The first as a conflict, the second as invalid.
+        let recorded: AlreadyRecorded = [(0, true), (1, false)].into();
         let changes = [(taken, taken_raw), (invalid, invalid_raw)];
         let plan = plan_batch(
             with_payloads(&changes),
@@ -1187,7 +1188,7 @@ mod tests {
     fn a_valid_change_recorded_as_invalid_when_it_was_fetched_too_early_is_decided_afresh() {
         let (due, raw) = accepted(1, "2025-01-02T00:00:00Z", "b@x.io", "222");
         // Recorded as future_timestamp, say: not a decision a valid change gets.
-        let recorded: RecordedChanges = [((id(1), store::change_key(&raw, 0)), false)].into();
+        let recorded: AlreadyRecorded = [(0, false)].into();
         let changes = [(due, raw)];
         let no_rows = StoredUsers::default();
         let plan = plan_batch(
