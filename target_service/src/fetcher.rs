@@ -2,20 +2,20 @@
 //! a [`Page`] of raw JSON elements and the cursor headers that came with it.
 //!
 //! The page keeps the body as it came and finds where each element of the
-//! array lies in it, checking the JSON syntax and nothing more; reading an
-//! element is left to [`crate::profile`], so an element that only a
-//! `serde_json::Value` refuses (a lone surrogate escape) cannot spoil its
-//! page. Nesting deeper than a `Value` takes still fails the page, as it
-//! always did. It knows nothing of PostgreSQL or of what a valid profile is;
-//! deciding what to ask for next is the sync round's job.
+//! array lies in it, checking the JSON syntax and nothing more, without
+//! recursion or depth limit ([`crate::profile::syntax`]); reading an
+//! element is left to [`crate::profile`], so nothing an element holds
+//! (nesting of any depth, numbers beyond `f64`, lone surrogate escapes) can
+//! spoil its page. It knows nothing of PostgreSQL or of what a valid profile
+//! is; deciding what to ask for next is the sync round's job.
 
 use std::io::Read;
 use std::ops::Range;
 use std::time::Duration;
 
-use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::profile::syntax::{self, SyntaxError};
 
 /// The most elements taken from a source that sends no cursor (and so was
 /// given no limit): the largest page a cursor source may be asked for.
@@ -24,10 +24,6 @@ const MAX_PAGE_WITHOUT_CURSOR: usize = 10_000;
 /// The most memory reserved for a body on the strength of its declared
 /// `Content-Length`; a longer body grows as it arrives.
 const MAX_PREALLOCATION: u64 = 8 * 1024 * 1024;
-
-/// The deepest nesting of arrays and objects a `serde_json::Value` takes
-/// (its recursion limit); a deeper page is refused as it always was.
-const MAX_DEPTH: usize = 127;
 
 /// One response of the source.
 #[derive(Debug)]
@@ -58,10 +54,13 @@ impl Page {
     /// The elements' JSON text, exactly as the source sent it, in order,
     /// each with where it lies in [`Page::into_body`].
     pub fn elements(&self) -> impl ExactSizeIterator<Item = (Range<usize>, &str)> {
-        // Every span was checked against `body` when the page was made.
-        self.elements
-            .iter()
-            .map(|span| (span.clone(), &self.body[span.clone()]))
+        // Every span lies on char boundaries of `body` (see `parse_page`).
+        self.elements.iter().map(|span| {
+            (
+                span.clone(),
+                self.body.get(span.clone()).unwrap_or_default(),
+            )
+        })
     }
 
     /// The body as the source sent it.
@@ -182,16 +181,9 @@ impl Fetcher {
         let body = String::from_utf8(self.read_body(response)?).map_err(|_| {
             FetchError::Failed("the source sent a body that is not UTF-8 text".to_owned())
         })?;
-        let elements = parse_page(&body, most)
-            .map_err(|why| FetchError::Failed(format!("the source sent a body that is not {why}")))?
-            .into_iter()
-            .map(|element| span_in(&body, element.get()))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                FetchError::Failed(
-                    "internal error: a page element lies outside its body".to_owned(),
-                )
-            })?;
+        let elements = parse_page(&body, most).map_err(|why| {
+            FetchError::Failed(format!("the source sent a body that is not {why}"))
+        })?;
         Ok(Page {
             body,
             elements,
@@ -234,113 +226,76 @@ impl Fetcher {
     }
 }
 
-/// Parses a JSON array of at most `most` elements, failing as soon as there
-/// are more, so a page never holds more than it was asked for. Each element
-/// is checked for syntax only and comes back as its text in `body`.
-fn parse_page(body: &str, most: usize) -> Result<Vec<&RawValue>, String> {
-    struct Page(usize);
-
-    impl<'de> Visitor<'de> for Page {
-        type Value = Vec<&'de RawValue>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "a JSON array of at most {} elements", self.0)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut elements = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0));
-            while let Some(element) = seq.next_element::<&RawValue>()? {
-                if elements.len() == self.0 {
-                    return Err(de::Error::custom(format!(
-                        "a JSON array of at most {} elements (it has more)",
-                        self.0
-                    )));
-                }
-                // The array itself is one level.
-                if nests_deeper_than(element.get(), MAX_DEPTH - 1) {
-                    return Err(de::Error::custom(format!(
-                        "a JSON array nested at most {MAX_DEPTH} levels deep"
-                    )));
-                }
-                elements.push(element);
+/// Finds the elements of a JSON array of at most `most` elements, failing
+/// as soon as there are more, so a page never holds more than it was asked
+/// for. Each element is checked for syntax only and comes back as where it
+/// lies in `body`; as each starts and ends with an ASCII byte, the spans
+/// are char boundaries. White space may surround the array, and a leading
+/// byte order mark is allowed (RFC 8259 lets a reader ignore one).
+fn parse_page(body: &str, most: usize) -> Result<Vec<Range<usize>>, String> {
+    let bytes = body.as_bytes();
+    let start = body
+        .strip_prefix('\u{feff}')
+        .map_or(0, |_| '\u{feff}'.len_utf8());
+    let what = || format!("a JSON array of at most {most} elements");
+    let broken = |err: SyntaxError| format!("{}: {err}", what());
+    let mut at = syntax::skip_whitespace(bytes, start);
+    at = syntax::expect(bytes, at, b'[', "'['").map_err(broken)?;
+    at = syntax::skip_whitespace(bytes, at);
+    let mut elements = Vec::new();
+    if bytes.get(at) == Some(&b']') {
+        at += 1;
+    } else {
+        loop {
+            let end = syntax::value_end(bytes, at).map_err(broken)?;
+            if elements.len() == most {
+                return Err(format!("{} (it has more)", what()));
             }
-            Ok(elements)
+            elements.push(at..end);
+            at = syntax::skip_whitespace(bytes, end);
+            match bytes.get(at) {
+                Some(b',') => at = syntax::skip_whitespace(bytes, at + 1),
+                Some(b']') => {
+                    at += 1;
+                    break;
+                }
+                _ => {
+                    return Err(broken(SyntaxError {
+                        at,
+                        expected: "',' or ']'",
+                    }))
+                }
+            }
         }
     }
-
-    impl<'de> DeserializeSeed<'de> for Page {
-        type Value = Vec<&'de RawValue>;
-
-        fn deserialize<D: de::Deserializer<'de>>(
-            self,
-            deserializer: D,
-        ) -> Result<Self::Value, D::Error> {
-            deserializer.deserialize_any(self)
-        }
+    let rest = syntax::skip_whitespace(bytes, at);
+    if rest != bytes.len() {
+        return Err(format!(
+            "a single JSON array: {}",
+            SyntaxError {
+                at: rest,
+                expected: "nothing after the array"
+            }
+        ));
     }
-
-    let mut deserializer = serde_json::Deserializer::from_str(body);
-    let elements = Page(most)
-        .deserialize(&mut deserializer)
-        .map_err(|err| format!("a JSON array of at most {most} elements: {err}"))?;
-    deserializer
-        .end()
-        .map_err(|err| format!("a single JSON array: {err}"))?;
     Ok(elements)
-}
-
-/// Where `part`, a slice of `body`, lies in it; `None` if it is not one.
-fn span_in(body: &str, part: &str) -> Option<Range<usize>> {
-    let start = (part.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    let span = start..start + part.len();
-    let found = body.get(span.clone())?;
-    (found.as_ptr() == part.as_ptr()).then_some(span)
-}
-
-/// Whether arrays and objects nest more than `limit` levels deep in `text`,
-/// which is valid JSON. `serde_json` reads a `RawValue` without limiting its
-/// nesting, as reading a `Value` did; this keeps that limit.
-fn nests_deeper_than(text: &str, limit: usize) -> bool {
-    let bytes = text.as_bytes();
-    // Nothing nests deeper than it has brackets: the usual element is
-    // settled by this one quick count.
-    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= limit {
-        return false;
-    }
-    let (mut depth, mut in_string, mut escaped) = (0, false, false);
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > limit {
-                        return true;
-                    }
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
-            }
-        }
-    }
-    false
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_page, span_in, MAX_DEPTH};
-    use serde_json::Value;
+    use super::parse_page;
 
     fn nested(depth: usize) -> String {
         format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+
+    /// The elements' text as the page finds them.
+    fn texts(body: &str, most: usize) -> Vec<&str> {
+        parse_page(body, most)
+            .unwrap()
+            .into_iter()
+            .map(|span| &body[span])
+            .collect()
     }
 
     #[test]
@@ -357,6 +312,8 @@ mod tests {
             "\"[1]\"",
             "[1] [2]",
             "[1,",
+            "[1,]",
+            "[,1]",
             "[1 2]",
             "[{\"a\" 1}]",
             "[\"unterminated]",
@@ -365,64 +322,72 @@ mod tests {
             "[01]",
             "not json",
             "",
+            "\u{feff}",
+            "\u{feff}\u{feff}[]",
+            " \u{feff}[]",
+            "[]\u{feff}",
         ] {
-            assert!(parse_page(not_a_page, 3).is_err(), "{not_a_page}");
+            assert!(parse_page(not_a_page, 3).is_err(), "{not_a_page:?}");
         }
-        let deep = format!("[{}]", nested(10_000));
-        assert!(
-            parse_page(&deep, 3).is_err(),
-            "deep nesting is an error, not a crash"
-        );
+        let unclosed = format!("[{}", "[".repeat(100_000));
+        assert!(parse_page(&unclosed, 3).is_err());
+    }
+
+    #[test]
+    fn white_space_and_a_byte_order_mark_may_surround_the_array() {
+        for body in [
+            " \t\r\n[1,2] \n",
+            "\u{feff}[1,2]",
+            "\u{feff} \n[ 1 , 2 ]\r\n",
+        ] {
+            assert_eq!(texts(body, 3), ["1", "2"], "{body:?}");
+        }
     }
 
     #[test]
     fn elements_are_the_text_the_source_sent() {
-        let body = "[ {\"b\": 1,  \"a\": \"\\u00e9\"} ,\n\"x\",[ ],-1.50e3 ]";
-        let elements = parse_page(body, 10).unwrap();
-        let texts: Vec<&str> = elements.iter().map(|e| e.get()).collect();
+        let body = "[ {\"b\": 1,  \"a\": \"\\u00e9\"} ,\n\"x\",[ ],-1.50e3 ,\"é😀\"]";
         assert_eq!(
-            texts,
-            ["{\"b\": 1,  \"a\": \"\\u00e9\"}", "\"x\"", "[ ]", "-1.50e3"]
+            texts(body, 10),
+            [
+                "{\"b\": 1,  \"a\": \"\\u00e9\"}",
+                "\"x\"",
+                "[ ]",
+                "-1.50e3",
+                "\"é😀\""
+            ]
         );
-        for element in elements {
-            let span = span_in(body, element.get()).unwrap();
-            assert_eq!(&body[span], element.get());
-        }
-        assert_eq!(span_in(body, "x"), None, "not a slice of the body");
     }
 
     #[test]
-    fn nesting_is_limited_exactly_as_a_value_limits_it() {
-        // The limit is serde_json's own; if it changes, so must MAX_DEPTH.
-        assert!(serde_json::from_str::<Value>(&nested(MAX_DEPTH)).is_ok());
-        assert!(serde_json::from_str::<Value>(&nested(MAX_DEPTH + 1)).is_err());
-        // The page's array is one of the levels.
-        let page = |depth| format!("[1, {}]", nested(depth - 1));
-        assert!(parse_page(&page(MAX_DEPTH), 3).is_ok());
-        assert!(parse_page(&page(MAX_DEPTH + 1), 3).is_err());
-        let objects = |depth: usize| {
-            format!(
-                "[{}{}]",
-                "{\"a\":".repeat(depth - 1),
-                "}".repeat(depth - 1).replacen('}', "1}", 1)
-            )
-        };
-        assert!(parse_page(&objects(MAX_DEPTH), 3).is_ok());
-        assert!(parse_page(&objects(MAX_DEPTH + 1), 3).is_err());
+    fn no_depth_of_nesting_fails_a_page_or_overflows_the_stack() {
+        for depth in [127, 128, 200, 10_000, 1_000_000] {
+            let body = format!("[1, {}, 2]", nested(depth));
+            assert_eq!(parse_page(&body, 3).unwrap().len(), 3, "{depth}");
+        }
+        let member = format!(
+            "[{{\"id\": \"x\", \"extra\": {}}}]",
+            "{\"a\":".repeat(100_000) + "1" + &"}".repeat(100_000)
+        );
+        assert_eq!(parse_page(&member, 1).unwrap().len(), 1);
         // Brackets inside strings do not count.
         let in_strings = format!(
             "[{{\"a\": \"{}\\\"{}\"}}]",
             "[".repeat(500),
             "{".repeat(500)
         );
-        assert!(parse_page(&in_strings, 3).is_ok());
+        assert_eq!(parse_page(&in_strings, 3).unwrap().len(), 1);
     }
 
     #[test]
     fn an_element_a_value_refuses_does_not_spoil_its_page() {
-        // Checked for syntax only here; each becomes a malformed change.
-        let body = r#"[{"name": "\ud800"}, 1e400, {"id": "x"}]"#;
-        assert_eq!(parse_page(body, 3).unwrap().len(), 3);
-        assert!(serde_json::from_str::<Value>(body).is_err());
+        // Checked for syntax only here; what each holds is the reader's.
+        let body = format!(
+            r#"[{{"name": "\ud800"}}, 1e400, {{"x": "\udc00x"}}, {}, -{}.5e-999]"#,
+            "9".repeat(400),
+            "1".repeat(400)
+        );
+        assert_eq!(parse_page(&body, 5).unwrap().len(), 5);
+        assert!(serde_json::from_str::<serde_json::Value>(&body).is_err());
     }
 }

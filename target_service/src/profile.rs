@@ -1,15 +1,16 @@
 //! The profile as the rest of the service knows it: a value that exists has
 //! passed every rule of SPEC §1 ("parse, don't validate").
 //!
-//! [`Profile::parse`] turns one raw JSON element of a page into either a
+//! [`Profile::parse`] turns one JSON element of a page into either a
 //! [`Profile`] or a [`Rejection`] carrying the outcome and reason code of the
 //! first rule that failed, checked in the contract's order. Writers only ever
 //! see `Profile`s; nothing downstream re-checks a field.
 //!
 //! [`Profile::parse_json`], what the sync round uses, decides the same from
-//! an element's JSON text: the usual element, an object of six strings, is
-//! read straight into them (`wire`) without a `serde_json::Value`; any other
-//! goes through a `Value` and `Profile::parse`, so the two never differ.
+//! an element's JSON text without a `serde_json::Value`: `wire` decodes the
+//! six fields and skips every other member by its syntax (`syntax`), so an
+//! unknown field never changes an outcome, whatever it holds. Both ways hand
+//! what the six fields hold to one decision, so they never differ.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -20,7 +21,11 @@ use regex::Regex;
 use serde_json::Value;
 use uuid::Uuid;
 
+pub mod syntax;
 mod wire;
+
+use syntax::Decoded;
+use wire::{Element, Field};
 
 /// What became of a change that was not synced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -350,73 +355,89 @@ impl Profile {
     /// decides. `latest_allowed` is now plus the allowed clock skew.
     pub fn parse(element: &Value, latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
         let Some(object) = element.as_object() else {
-            return Err(Rejection {
+            return Err(not_an_object(JsonKind::of(element)));
+        };
+        let fields = FIELDS.map(|field| {
+            object.get(field).map(|value| match value {
+                Value::String(text) => Field::Text(Decoded {
+                    text: Cow::Borrowed(text),
+                    lone_surrogate: false,
+                }),
+                other => Field::Other(JsonKind::of(other)),
+            })
+        });
+        Profile::decide(&fields, latest_allowed)
+    }
+
+    /// [`Profile::parse`] of one page element given as its JSON text, with
+    /// the same result wherever a `Value` can read the text, but without
+    /// building one: only the six fields are decoded, and every other
+    /// member is skipped by its syntax alone, so that what an unknown field
+    /// holds (any nesting, numbers beyond `f64`, lone surrogates) never
+    /// changes the outcome. A lone surrogate escape in one of the six
+    /// fields, which no `Value` holds, fails that field's rule. Text that is
+    /// not JSON at all (never a page's element, whose syntax the page
+    /// checked) is `malformed`.
+    pub fn parse_json(text: &str, latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
+        match wire::read(text) {
+            Ok(Element::Object(fields)) => Profile::decide(&fields, latest_allowed),
+            Ok(Element::Other(kind)) => Err(not_an_object(kind)),
+            Err(err) => Err(Rejection {
                 reason: Reason::Malformed,
-                message: format!("element is {}, not a JSON object", json_kind(element)),
+                message: format!("element is not valid JSON: {err}"),
                 profile_id: None,
                 changed_at: None,
-            });
-        };
-        let malformed = |message: String| {
+            }),
+        }
+    }
+
+    /// The checks after the first, on what an object's six fields hold (in
+    /// [`FIELDS`] order, `None` where missing), however it was read.
+    fn decide(
+        fields: &[Option<Field<'_>>; 6],
+        latest_allowed: DateTime<Utc>,
+    ) -> Result<Profile, Rejection> {
+        let mut text: [&Decoded<'_>; 6] = [&Decoded::EMPTY; 6];
+        for ((slot, field), name) in text.iter_mut().zip(fields).zip(FIELDS) {
+            let why = match field {
+                Some(Field::Text(decoded)) => {
+                    *slot = decoded;
+                    continue;
+                }
+                Some(Field::Other(kind)) => {
+                    format!("field {name} is {}, not a string", kind.name())
+                }
+                None => format!("field {name} is missing"),
+            };
             // What can be read of the id and timestamp goes with every
             // rejection, so a newer bad change can still mark an existing row.
-            let text_of = |field: &str| object.get(field).and_then(Value::as_str);
-            Rejection {
+            let text_of = |index: usize| match &fields[index] {
+                Some(Field::Text(decoded)) if !decoded.lone_surrogate => Some(&*decoded.text),
+                _ => None,
+            };
+            return Err(Rejection {
                 reason: Reason::Malformed,
-                message,
-                profile_id: text_of("id").and_then(parse_uuid),
-                changed_at: text_of("last_updated_at").and_then(|text| Timestamp::parse(text).ok()),
-            }
-        };
-        let mut text = [""; 6];
-        for (slot, field) in text.iter_mut().zip(FIELDS) {
-            match object.get(field) {
-                Some(Value::String(value)) => *slot = value,
-                Some(other) => {
-                    return Err(malformed(format!(
-                        "field {field} is {}, not a string",
-                        json_kind(other)
-                    )))
-                }
-                None => return Err(malformed(format!("field {field} is missing"))),
-            }
+                message: why,
+                profile_id: text_of(0).and_then(parse_uuid),
+                changed_at: text_of(5).and_then(|text| Timestamp::parse(text).ok()),
+            });
         }
         Profile::check(text, latest_allowed)
     }
 
-    /// [`Profile::parse`] of one page element given as its JSON text, with
-    /// the same result in every case, but without building a `Value` for
-    /// the usual element: a plain object of six strings is read straight
-    /// into them. Anything else takes the `Value` path. An element that is
-    /// not valid JSON to a `Value` (a lone surrogate escape, a number out of
-    /// range) is `malformed`, keeping what can be read of its id and time.
-    pub fn parse_json(text: &str, latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
-        if let Some(wire::Fields(fields)) = wire::Fields::read(text) {
-            return Profile::check(fields.each_ref().map(|field| &**field), latest_allowed);
-        }
-        match serde_json::from_str::<Value>(text) {
-            Ok(element) => Profile::parse(&element, latest_allowed),
-            Err(err) => {
-                let (id, at) = wire::id_and_time(text);
-                Err(Rejection {
-                    reason: Reason::Malformed,
-                    message: format!("element is not valid JSON: {err}"),
-                    profile_id: id.as_deref().and_then(parse_uuid),
-                    changed_at: at.and_then(|text| Timestamp::parse(&text).ok()),
-                })
-            }
-        }
-    }
-
-    /// The checks after the first: each of the six fields, present and a
-    /// string, in [`FIELDS`] order, against its rule.
-    fn check(text: [&str; 6], latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
+    /// The rules of each of the six fields, present and strings, in the
+    /// contract's order.
+    fn check(text: [&Decoded<'_>; 6], latest_allowed: DateTime<Utc>) -> Result<Profile, Rejection> {
         let [id, name, email, mobile, status, last_updated_at] = text;
         // Each is parsed once: what can be read of the id and timestamp goes
         // with every rejection, so a newer bad change can still mark an
         // existing row.
-        let profile_id = parse_uuid(id);
-        let timestamp = Timestamp::parse(last_updated_at);
+        let profile_id = if id.lone_surrogate {
+            None
+        } else {
+            parse_uuid(&id.text)
+        };
+        let timestamp = field_rule(last_updated_at, "last_updated_at", Timestamp::parse);
         let changed_at = timestamp.as_ref().ok().copied();
         let reject = |reason: Reason, message: String| Rejection {
             reason,
@@ -426,39 +447,102 @@ impl Profile {
         };
 
         let Some(id) = profile_id else {
-            return Err(reject(
-                Reason::InvalidId,
-                format!("id {:?} is not a hyphenated UUID", truncate_for_message(id)),
-            ));
+            let message = field_rule(id, "id", |text| {
+                Err::<(), _>(format!(
+                    "id {:?} is not a hyphenated UUID",
+                    truncate_for_message(text)
+                ))
+            });
+            return Err(reject(Reason::InvalidId, message.err().unwrap_or_default()));
         };
         let last_updated_at = timestamp.map_err(|m| reject(Reason::InvalidTimestamp, m))?;
-        Email::rule(email).map_err(|m| reject(Reason::InvalidEmail, m))?;
-        Name::rule(name).map_err(|m| reject(Reason::InvalidName, m))?;
-        Mobile::rule(mobile).map_err(|m| reject(Reason::InvalidMobile, m))?;
+        field_rule(email, "email", Email::rule).map_err(|m| reject(Reason::InvalidEmail, m))?;
+        field_rule(name, "name", Name::rule).map_err(|m| reject(Reason::InvalidName, m))?;
+        field_rule(mobile, "mobile", Mobile::rule).map_err(|m| reject(Reason::InvalidMobile, m))?;
         if last_updated_at.as_datetime() > latest_allowed {
             return Err(reject(
                 Reason::FutureTimestamp,
                 format!("last_updated_at {last_updated_at} lies beyond the allowed clock skew"),
             ));
         }
-        let Some(status) = SyncedStatus::parse(status) else {
-            return Err(reject(
-                Reason::InactiveStatus,
+        let status = field_rule(status, "status", |text| {
+            SyncedStatus::parse(text).ok_or_else(|| {
                 format!(
                     "status {:?} is not synced (only active and pending are)",
-                    truncate_for_message(status)
-                ),
-            ));
-        };
+                    truncate_for_message(text)
+                )
+            })
+        })
+        .map_err(|m| reject(Reason::InactiveStatus, m))?;
         // Every rule held: only now is the text copied out of the page.
         Ok(Profile {
             id,
-            name: Name(name.to_owned()),
-            email: Email(email.to_owned()),
-            mobile: Mobile(mobile.to_owned()),
+            name: Name(name.text.to_string()),
+            email: Email(email.text.to_string()),
+            mobile: Mobile(mobile.text.to_string()),
             status,
             last_updated_at,
         })
+    }
+}
+
+/// `rule` applied to a field's text, unless it holds a lone surrogate
+/// escape: that is no character, so no rule of a field holds for it.
+fn field_rule<T>(
+    field: &Decoded<'_>,
+    name: &str,
+    rule: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, String> {
+    if field.lone_surrogate {
+        Err(format!(
+            "{name} holds a lone surrogate escape (\\ud800-\\udfff without its pair), which is not a character"
+        ))
+    } else {
+        rule(&field.text)
+    }
+}
+
+fn not_an_object(kind: JsonKind) -> Rejection {
+    Rejection {
+        reason: Reason::Malformed,
+        message: format!("element is {}, not a JSON object", kind.name()),
+        profile_id: None,
+        changed_at: None,
+    }
+}
+
+/// The kinds of JSON value, as messages name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JsonKind {
+    Null,
+    Bool,
+    Number,
+    String,
+    Array,
+    Object,
+}
+
+impl JsonKind {
+    fn of(value: &Value) -> JsonKind {
+        match value {
+            Value::Null => JsonKind::Null,
+            Value::Bool(_) => JsonKind::Bool,
+            Value::Number(_) => JsonKind::Number,
+            Value::String(_) => JsonKind::String,
+            Value::Array(_) => JsonKind::Array,
+            Value::Object(_) => JsonKind::Object,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            JsonKind::Null => "null",
+            JsonKind::Bool => "a boolean",
+            JsonKind::Number => "a number",
+            JsonKind::String => "a string",
+            JsonKind::Array => "an array",
+            JsonKind::Object => "an object",
+        }
     }
 }
 
@@ -471,17 +555,6 @@ fn parse_uuid(text: &str) -> Option<Uuid> {
         Uuid::try_parse(text).ok()
     } else {
         None
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -499,7 +572,6 @@ mod tests {
     use super::*;
     use chrono::Duration;
     use serde_json::json;
-    use std::borrow::Cow;
     use std::collections::HashSet;
 
     fn now_limit() -> DateTime<Utc> {
@@ -1006,88 +1078,190 @@ mod tests {
         }
     }
 
+    /// The valid profile's members in order, with `extra` members spliced
+    /// in as written.
+    fn valid_text_with(extra: &str) -> String {
+        format!(
+            r#"{{"id":"3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60",{extra}"name":"Ada Lovelace","email":"ada@example.com","mobile":"+447700900123","status":"active","last_updated_at":"2025-07-01T15:43:04+05:30"}}"#
+        )
+    }
+
+    /// Unknown members no `Value` takes: deep nesting, numbers beyond
+    /// `f64`, lone surrogates in values and in keys.
+    fn hostile_members() -> Vec<String> {
+        let nest = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let objects =
+            |depth: usize| format!("{}null{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+        let digits = "7".repeat(400);
+        [
+            format!(r#""x":{},"#, nest(200)),
+            format!(r#""x":{},"#, nest(100_000)),
+            format!(r#""x":{},"#, objects(5_000)),
+            r#""x":1e400,"#.to_owned(),
+            r#""x":-1e-400,"#.to_owned(),
+            format!(r#""x":{digits},"#),
+            format!(r#""x":-{digits}.{digits}e{digits},"#),
+            r#""x":"\ud800","#.to_owned(),
+            r#""x":"\udc00x","#.to_owned(),
+            r#""x":["\ud800",{"\udfff":"\ud800\ud800"}],"#.to_owned(),
+            r#""\ud800":1,"#.to_owned(),
+            r#""i\ud800d":"not the id","#.to_owned(),
+            format!(r#""x":{{"id":{},"name":1e400}},"#, nest(300)),
+        ]
+        .into()
+    }
+
     #[test]
-    fn an_element_a_value_refuses_is_malformed_with_what_can_be_read() {
+    fn unknown_members_never_change_an_outcome_whatever_they_hold() {
         let limit = now_limit();
-        let id = "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60";
-        let element = |name: &str| {
-            format!(
-                r#"{{"id":"{id}","name":{name},"email":"ada@example.com","mobile":"+447700900123","status":"active","last_updated_at":"2025-07-01T15:43:04+05:30"}}"#
-            )
-        };
-        for text in [
-            element(r#""\ud800""#),
-            element(r#""trailing \udc00 alone""#),
-            element(r#""Ada","x":1e400"#),
-            element(r#""Ada","x":[-1e999]"#),
-            element(r#""Ada","x":{"\ud800":1}"#),
-            element(r#""Ada","last_updated_at":"2025-07-01T15:43:04+05:30","name":"\udfff""#),
-        ] {
-            assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
-            let rejection = Profile::parse_json(&text, limit).unwrap_err();
-            assert_eq!(rejection.reason, Reason::Malformed, "{text}");
-            assert!(
-                rejection.message.starts_with("element is not valid JSON: "),
-                "{}",
-                rejection.message
-            );
-            assert_eq!(
-                rejection.profile_id.map(|u| u.to_string()).as_deref(),
-                Some(id)
-            );
-            assert_eq!(
-                rejection.changed_at.map(|at| at.to_string()).as_deref(),
-                Some("2025-07-01T10:13:04.000000Z")
-            );
+        let plain = valid_text_with("");
+        let expected = Profile::parse(&serde_json::from_str(&plain).unwrap(), limit);
+        assert!(expected.is_ok());
+        for extra in hostile_members() {
+            let text = valid_text_with(&extra);
+            assert_eq!(Profile::parse_json(&text, limit), expected, "{:.80}", extra);
         }
-        for text in [
-            r#""\ud800""#.to_owned(),
-            "[1e400]".to_owned(),
-            r#"{"id":"\ud800","last_updated_at":"bad"}"#.to_owned(),
-            format!(r#"{{"\ud800":1,"id":"{id}"}}"#),
-            format!(r#"{{"id":"{id}","id":5,"x":"\ud800"}}"#),
+        // Nor of an element that fails: the same rule fails, with the same
+        // message, id and time.
+        for (field, bad) in [
+            ("id", json!("bad")),
+            ("email", json!("bad")),
+            ("status", json!("inactive")),
+            ("mobile", json!(null)),
         ] {
-            let rejection = Profile::parse_json(&text, limit).unwrap_err();
-            assert_eq!(rejection.reason, Reason::Malformed, "{text}");
-            assert_eq!(rejection.profile_id, None, "{text}");
-            assert_eq!(rejection.changed_at, None, "{text}");
+            let base = with(field, bad);
+            let expected = Profile::parse(&base, limit);
+            assert!(expected.is_err());
+            let base_text = base.to_string();
+            for extra in hostile_members() {
+                let text = base_text.replacen('{', &format!("{{{extra}"), 1);
+                assert_eq!(Profile::parse_json(&text, limit), expected, "{field}");
+            }
         }
     }
 
     #[test]
-    fn the_usual_element_is_read_without_a_value_and_odd_ones_are_not() {
-        for usual in [
-            valid(),
-            with("status", json!("inactive")),
-            with("id", json!("bad")),
-            with("nickname", json!([1, {"a": null}])),
+    fn a_lone_surrogate_in_a_profile_field_fails_that_fields_rule() {
+        let limit = now_limit();
+        let id = "3f1c2a9e-8b7d-4c6e-9a5f-1b2c3d4e5f60";
+        let at = "2025-07-01T10:13:04.000000Z";
+        for (field, reason, keeps_id, keeps_time) in [
+            ("id", Reason::InvalidId, false, true),
+            ("last_updated_at", Reason::InvalidTimestamp, true, false),
+            ("email", Reason::InvalidEmail, true, true),
+            ("name", Reason::InvalidName, true, true),
+            ("mobile", Reason::InvalidMobile, true, true),
+            ("status", Reason::InactiveStatus, true, true),
         ] {
-            assert!(wire::Fields::read(&usual.to_string()).is_some(), "{usual}");
+            for lone in [r#""\ud800""#, r#""\udc00x""#, r#""Ada \udbff""#] {
+                // The last of duplicate keys counts.
+                let text = valid_text_with("").replacen('}', &format!(r#","{field}":{lone}}}"#), 1);
+                let rejection = Profile::parse_json(&text, limit).unwrap_err();
+                assert_eq!(rejection.reason, reason, "{text}");
+                assert!(
+                    rejection.message.contains("lone surrogate"),
+                    "{}",
+                    rejection.message
+                );
+                let got_id = rejection.profile_id.map(|u| u.to_string());
+                assert_eq!(got_id.as_deref(), keeps_id.then_some(id), "{text}");
+                let got_at = rejection.changed_at.map(|t| t.to_string());
+                assert_eq!(got_at.as_deref(), keeps_time.then_some(at), "{text}");
+            }
         }
-        let fields = wire::Fields::read(
-            r#"{"id":"a","name":"b\u00e9","email":"c","mobile":"d","status":"e","last_updated_at":"f"}"#,
-        )
-        .expect("six strings");
-        assert!(matches!(fields.0[0], Cow::Borrowed("a")), "borrowed");
-        assert!(matches!(&fields.0[1], Cow::Owned(name) if name == "bé"));
+        // A surrogate pair is a character like any other.
+        let pair = valid_text_with("").replacen('}', r#","name":"Ada \ud83d\ude00"}"#, 1);
         assert_eq!(
-            fields.0.each_ref().map(|f| &**f),
-            ["a", "bé", "c", "d", "e", "f"]
+            Profile::parse_json(&pair, limit).unwrap().name.as_str(),
+            "Ada 😀"
         );
-        let six_strings = r#"["id","name","email","mobile","status","last_updated_at"]"#;
-        let twice = valid()
-            .to_string()
-            .replacen('{', r#"{"status":"active","#, 1);
-        for odd in [
-            "null".to_owned(),
-            six_strings.to_owned(),
-            with("id", json!(null)).to_string(),
-            with("name", json!(7)).to_string(),
-            without("mobile").to_string(),
-            twice,
-            valid().to_string().replacen('{', r#"{"x":1e400,"#, 1),
+        // An earlier rule still comes first; a wrong type still outranks all.
+        let both = valid_text_with("").replacen('}', r#","name":"\ud800","id":"bad"}"#, 1);
+        assert_eq!(
+            Profile::parse_json(&both, limit).unwrap_err().reason,
+            Reason::InvalidId
+        );
+        let typed = valid_text_with("").replacen('}', r#","name":"\ud800","status":7}"#, 1);
+        let rejection = Profile::parse_json(&typed, limit).unwrap_err();
+        assert_eq!(rejection.reason, Reason::Malformed);
+        assert_eq!(rejection.message, "field status is a number, not a string");
+    }
+
+    #[test]
+    fn what_a_profile_field_holds_instead_of_a_string_is_malformed() {
+        let limit = now_limit();
+        let digits = "1".repeat(400);
+        for field in FIELDS {
+            for (value, kind) in [
+                ("null".to_owned(), "null"),
+                ("1e400".to_owned(), "a number"),
+                (digits.clone(), "a number"),
+                ("false".to_owned(), "a boolean"),
+                (
+                    format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+                    "an array",
+                ),
+                (r#"{"\ud800":1}"#.to_owned(), "an object"),
+            ] {
+                let text =
+                    valid_text_with("").replacen('}', &format!(r#","{field}":{value}}}"#), 1);
+                let rejection = Profile::parse_json(&text, limit).unwrap_err();
+                assert_eq!(rejection.reason, Reason::Malformed);
+                assert_eq!(
+                    rejection.message,
+                    format!("field {field} is {kind}, not a string")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn huge_strings_in_profile_fields_fail_their_rule_with_a_short_message() {
+        let limit = now_limit();
+        let huge = "9".repeat(4 * 1024 * 1024);
+        for (field, reason) in [
+            ("id", Reason::InvalidId),
+            ("last_updated_at", Reason::InvalidTimestamp),
+            ("email", Reason::InvalidEmail),
+            ("name", Reason::InvalidName),
+            ("mobile", Reason::InvalidMobile),
+            ("status", Reason::InactiveStatus),
         ] {
-            assert!(wire::Fields::read(&odd).is_none(), "{odd}");
+            let text = valid_text_with("").replacen('}', &format!(r#","{field}":"{huge}"}}"#), 1);
+            let rejection = Profile::parse_json(&text, limit).unwrap_err();
+            assert_eq!(rejection.reason, reason, "{field}");
+            assert!(
+                rejection.message.len() < 200,
+                "{field}: {}",
+                rejection.message
+            );
+        }
+        let escaped_name = "\\u0041".repeat(1_000_000);
+        let text = valid_text_with("").replacen('}', &format!(r#","name":"{escaped_name}"}}"#), 1);
+        let rejection = Profile::parse_json(&text, limit).unwrap_err();
+        assert_eq!(rejection.reason, Reason::InvalidName);
+        assert_eq!(
+            rejection.message,
+            "name has 1000000 characters, more than 255"
+        );
+    }
+
+    #[test]
+    fn text_that_is_not_one_json_value_is_malformed() {
+        let limit = now_limit();
+        for text in [
+            "",
+            "{",
+            "[1,]",
+            "{} {}",
+            "\u{feff}{}",
+            &valid_text_with(r#""x":01,"#),
+            &valid_text_with(r#""x":[,"#),
+        ] {
+            let rejection = Profile::parse_json(text, limit).unwrap_err();
+            assert_eq!(rejection.reason, Reason::Malformed, "{text}");
+            assert!(rejection.message.starts_with("element is not valid JSON: "));
+            assert_eq!((rejection.profile_id, rejection.changed_at), (None, None));
         }
     }
 }

@@ -1,12 +1,14 @@
 //! Properties of parsing that must hold for any input from outside: nothing
 //! panics, the same instant compares equal in any offset, what the rules
-//! allow is accepted, and reading an element's text directly decides exactly
-//! as reading it into a `Value` first.
+//! allow is accepted, reading an element's text directly decides exactly
+//! as reading it into a `Value` first, an unknown member never changes an
+//! outcome whatever it holds, and JSON syntax is what serde_json says it is.
 
 use chrono::{DateTime, Duration, FixedOffset, TimeZone, Utc};
 use proptest::prelude::*;
+use serde::de::IgnoredAny;
 use serde_json::{json, Value};
-use target_service::profile::{Email, Mobile, Name, Profile, Timestamp};
+use target_service::profile::{syntax, Email, Mobile, Name, Profile, Rejection, Timestamp};
 
 fn latest_allowed() -> DateTime<Utc> {
     Utc::now() + Duration::seconds(300)
@@ -145,8 +147,126 @@ fn element_text() -> impl Strategy<Value = String> {
         })
 }
 
+/// Nesting `depth` levels deep, of arrays or of objects.
+fn nested(depth: usize, objects: bool) -> String {
+    if objects {
+        format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))
+    } else {
+        format!("{}{}", "[".repeat(depth), "]".repeat(depth))
+    }
+}
+
+/// An unknown member holding what no `Value` takes (nesting past its
+/// limit, numbers beyond `f64`, lone surrogates, in values and keys) or
+/// anything a `Value` does take.
+fn unknown_member() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        "[a-z_]{0,8}"
+            .prop_filter("not a profile field", |key| !FIELDS.contains(&key.as_str()))
+            .prop_map(|key| format!("\"{key}\"")),
+        Just(r#""\ud800""#.to_owned()),
+        Just(r#""i\ud800d""#.to_owned()),
+        Just(r#""\u0069dx""#.to_owned()),
+    ];
+    let value = prop_oneof![
+        (1usize..3000, any::<bool>()).prop_map(|(depth, objects)| nested(depth, objects)),
+        "-?[1-9][0-9]{300,420}(\\.[0-9]{1,400})?",
+        "-?[1-9](\\.[0-9]{1,5})?[eE][+-]?[3-9][0-9]{2,5}",
+        prop_oneof![
+            Just(r#""\ud800""#),
+            Just(r#""\udc00x""#),
+            Just(r#""a\udbff\udbff""#),
+            Just(r#"["\udfff",{"\ud800":"x"}]"#),
+        ]
+        .prop_map(str::to_owned),
+        (any_json(), any::<bool>()).prop_map(|(value, escape)| render(&value, escape)),
+    ];
+    (key, value).prop_map(|(key, value)| format!("{key}:{value}"))
+}
+
+/// `member` added to the object `text` (never empty), first or last.
+fn with_member(text: &str, member: &str, first: bool) -> String {
+    if first {
+        text.replacen('{', &format!("{{{member},"), 1)
+    } else {
+        format!("{},{member}}}", &text[..text.len() - 1])
+    }
+}
+
+/// What a rejection says of the change, but its words.
+fn gist(
+    decided: Result<Profile, Rejection>,
+) -> Result<Profile, (String, Option<String>, Option<String>)> {
+    decided.map_err(|r| {
+        (
+            r.reason.as_str().to_owned(),
+            r.profile_id.map(|u| u.to_string()),
+            r.changed_at.map(|t| t.to_string()),
+        )
+    })
+}
+
+/// Text built of JSON's own characters, so that some of it is JSON.
+fn json_ish() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[\\[\\]{}:,\" 0-9eE+.\\-tfrulnsa\\\\/u\t\n]{0,24}",
+        (
+            any_json(),
+            any::<bool>(),
+            any::<usize>(),
+            "[\\[\\]{}:,\"0-9.\\\\]?"
+        )
+            .prop_map(|(value, escape, at, splice)| {
+                // A valid text, one character replaced (or removed).
+                let text = render(&value, escape);
+                let chars: Vec<char> = text.chars().collect();
+                let at = at % chars.len().max(1);
+                let mut out: String = chars.iter().take(at).collect();
+                out.push_str(&splice);
+                out.extend(chars.iter().skip(at + 1));
+                out
+            }),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn an_unknown_member_never_changes_an_outcome_whatever_it_holds(
+        text in element_text(), member in unknown_member(), first in any::<bool>(),
+    ) {
+        let limit = latest_allowed();
+        let element: Value = serde_json::from_str(&text).unwrap();
+        let hostile = with_member(&text, &member, first);
+        prop_assert_eq!(Profile::parse_json(&hostile, limit), Profile::parse(&element, limit), "{:.300}", hostile);
+    }
+
+    #[test]
+    fn a_lone_surrogate_in_a_profile_field_fails_as_a_control_character_would(
+        text in element_text(), field in 0..FIELDS.len(),
+        around in ("[a-z]{0,3}", "[a-z]{0,3}"),
+        lone in prop_oneof![Just("\\ud800"), Just("\\udbff"), Just("\\udc00"), Just("\\udfff")],
+    ) {
+        // Given last, the field counts (the last of duplicate keys does).
+        let (before, after) = around;
+        let field = FIELDS[field];
+        let hostile = with_member(&text, &format!(r#""{field}":"{before}{lone}{after}""#), false);
+        let control = with_member(&text, &format!(r#""{field}":"{before}\u0001{after}""#), false);
+        let limit = latest_allowed();
+        let reference = Profile::parse(&serde_json::from_str(&control).unwrap(), limit);
+        prop_assert!(reference.is_err());
+        prop_assert_eq!(gist(Profile::parse_json(&hostile, limit)), gist(reference), "{}", hostile);
+    }
+
+    #[test]
+    fn json_syntax_is_what_serde_json_says_it_is(text in json_ish()) {
+        let bytes = text.as_bytes();
+        let ours = syntax::value_end(bytes, syntax::skip_whitespace(bytes, 0))
+            .is_ok_and(|end| syntax::skip_whitespace(bytes, end) == bytes.len());
+        let theirs = serde_json::from_str::<IgnoredAny>(&text).is_ok();
+        prop_assert_eq!(ours, theirs, "{:?}", text);
+    }
 
     #[test]
     fn parsing_any_json_never_panics(element in any_json()) {

@@ -1022,23 +1022,39 @@ fn identical_bad_elements_in_a_page_are_each_recorded_once() {
 }
 
 #[test]
-fn an_element_serde_json_refuses_is_malformed_alone_and_kept_as_sent() {
+fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     let db = TestDb::new();
-    // A lone surrogate escape: valid JSON syntax, but no string. Before, it
-    // failed its whole page every round.
-    let lone_surrogate = format!(
-        r#"{{ "id": "{}", "name": "Ada \ud800", "email": "ada@example.com", "mobile": "+15550000002", "status": "active", "last_updated_at": "2025-07-01T10:00:00Z" }}"#,
-        id(2)
-    );
+    let valid_with = |n: u32, extra: &str, at: &str| {
+        format!(
+            r#"{{ "id": "{}", {extra} "name": "User {n}", "email": "user{n}@example.com", "mobile": "+1555{n:07}", "status": "active", "last_updated_at": "{at}" }}"#,
+            id(n)
+        )
+    };
+    let at = "2025-07-01T10:00:00Z";
+    let nest = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    // A lone surrogate escape in a name: no character, so the name rule
+    // fails. Before, it failed its whole page every round.
+    let lone_surrogate = valid_with(2, "", at).replace("User 2", r"Ada \ud800");
     // Valid, but its email is user 1's: a writer rejects it, with its text.
     let taken = format!(
         r#"{{"status":"active" ,"id":"{}","name":"Taken","email":"user1@example.com","mobile":"+15550000004","last_updated_at":"2025-07-01T10:00:00Z"}}"#,
         id(4)
     );
+    // Unknown members no `Value` takes change nothing, however deep.
+    let hostile_extras = valid_with(
+        5,
+        &format!(
+            r#""deep": {}, "big": 1e400, "digits": {}, "lone": "\udc00x", "\ud800": {{"k": -1e-999}},"#,
+            nest(200),
+            "9".repeat(400)
+        ),
+        at,
+    );
+    let very_deep = valid_with(6, &format!(r#""deep": {},"#, nest(100_000)), at);
     let body = format!(
-        "[{},\n  {lone_surrogate} ,{},{taken}]",
-        profile(1, "2025-07-01T10:00:00Z"),
-        profile(3, "2025-07-01T10:00:00Z")
+        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep}]\r\n",
+        profile(1, at),
+        profile(3, at)
     );
     let source = ScriptedSource::new(move |_| Reply::raw(200, &body));
     let target = start_target(&db, &source.url, &[("SYNC_INTERVAL", "3600")]);
@@ -1049,10 +1065,12 @@ fn an_element_serde_json_refuses_is_malformed_alone_and_kept_as_sent() {
         0,
         "the page is not spoilt"
     );
-    assert!(user_row(&db, 1).is_some());
-    assert!(user_row(&db, 3).is_some());
-    assert!(user_row(&db, 2).is_none());
-    assert!(user_row(&db, 4).is_none());
+    for n in [1, 3, 5, 6] {
+        assert!(user_row(&db, n).is_some(), "user {n} synced");
+    }
+    for n in [2, 4] {
+        assert!(user_row(&db, n).is_none(), "user {n} not synced");
+    }
     let rows: Vec<(String, Option<uuid::Uuid>, String, String)> = db
         .client()
         .query(
@@ -1069,18 +1087,11 @@ fn an_element_serde_json_refuses_is_malformed_alone_and_kept_as_sent() {
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(4)));
     assert_eq!(payload, &taken, "the text as the source sent it: {message}");
     let (reason, profile_id, message, payload) = &rows[1];
-    assert_eq!(reason, "malformed");
-    assert_eq!(
-        profile_id.map(|u| u.to_string()),
-        Some(id(2)),
-        "the id it has"
-    );
-    assert!(
-        message.starts_with("element is not valid JSON"),
-        "{message}"
-    );
-    assert_eq!(payload, &lone_surrogate);
-    assert_eq!(rejected(&target, "malformed"), 1);
+    assert_eq!(reason, "invalid_name");
+    assert_eq!(profile_id.map(|u| u.to_string()), Some(id(2)));
+    assert!(message.contains("lone surrogate"), "{message}");
+    assert_eq!(payload, &lone_surrogate, "the text as the source sent it");
+    assert_eq!(rejected(&target, "malformed"), 0);
     assert_invariant(&target);
     target.shutdown();
 }

@@ -1,228 +1,201 @@
 //! Reading one page element's JSON text without a `serde_json::Value`: the
-//! six string fields of a profile, borrowed from the text wherever no escape
-//! has to be decoded, and nothing else kept.
+//! six profile fields, each as its string (borrowed from the text wherever
+//! no escape has to be decoded) or as the kind of value it holds instead;
+//! every other member is skipped by its syntax alone.
 //!
-//! [`Fields::read`] takes only elements that [`Profile::parse`] would read
-//! the same way: an object with each of the six fields exactly once and a
-//! string, every other member valid JSON to `serde_json` (a lone surrogate,
-//! a number out of range or nesting past its limit is not). Anything else is
-//! declined, so [`Profile::parse_json`] falls back to a `Value` and the two
-//! ways always agree; this module decides only *how* an element is read,
-//! never what becomes of it.
-//!
-//! [`Profile::parse`]: super::Profile::parse
-//! [`Profile::parse_json`]: super::Profile::parse_json
+//! Skipping by syntax is what lets an unknown member hold anything a
+//! `Value` would refuse — nesting of any depth, numbers beyond `f64`, lone
+//! surrogate escapes — without changing what becomes of the element.
+//! Elsewhere the text is read as a `Value` would read it: keys are compared
+//! after decoding their escapes, and of duplicate keys the last counts.
+//! This module decides only what the six fields hold, never what becomes of
+//! them: that is [`super::Profile`]'s, for this reader and a `Value` alike.
 
-use std::borrow::Cow;
-use std::fmt;
+use super::syntax::{self, Decoded, SyntaxError};
+use super::{JsonKind, FIELDS};
 
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
-
-use super::FIELDS;
-
-/// The six fields of an element, in [`FIELDS`] order.
-pub(super) struct Fields<'a>(pub [Cow<'a, str>; 6]);
-
-impl<'a> Fields<'a> {
-    /// The fields, or `None` when the element is anything but a plain
-    /// object of six strings (and whatever else, valid) that a `Value`
-    /// would read the same way.
-    pub(super) fn read(text: &'a str) -> Option<Fields<'a>> {
-        serde_json::from_str(text).ok()
-    }
+/// What one of the six fields holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Field<'a> {
+    Text(Decoded<'a>),
+    /// Anything but a string.
+    Other(JsonKind),
 }
 
-impl<'de> Deserialize<'de> for Fields<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Only a map: a derived struct would also take an array.
-        deserializer.deserialize_map(FieldsVisitor)
-    }
+/// What a whole element is.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Element<'a> {
+    /// An object: the last value of each of the six fields, in [`FIELDS`]
+    /// order, `None` where it is missing.
+    Object([Option<Field<'a>>; 6]),
+    /// Anything but an object.
+    Other(JsonKind),
 }
 
-struct FieldsVisitor;
-
-impl<'de> Visitor<'de> for FieldsVisitor {
-    type Value = Fields<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object of the six profile fields as strings")
+/// Reads `text`, which must be one JSON value with nothing but white space
+/// around it.
+pub(super) fn read(text: &str) -> Result<Element<'_>, SyntaxError> {
+    let bytes = text.as_bytes();
+    let start = syntax::skip_whitespace(bytes, 0);
+    let (element, end) = match bytes.get(start) {
+        Some(b'{') => {
+            let (fields, end) = read_object(text, start)?;
+            (Element::Object(fields), end)
+        }
+        _ => {
+            let end = syntax::value_end(bytes, start)?;
+            (Element::Other(kind_at(bytes, start)), end)
+        }
+    };
+    let rest = syntax::skip_whitespace(bytes, end);
+    if rest != bytes.len() {
+        return Err(SyntaxError {
+            at: rest,
+            expected: "the end of the element",
+        });
     }
+    Ok(element)
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
-        let mut found: [Option<Cow<'de, str>>; 6] = Default::default();
-        while let Some(Key(field)) = map.next_key()? {
-            match field.and_then(|index| found.get_mut(index)) {
-                // A `Value` keeps the last of duplicate keys; rather than
-                // mimic that, leave such an element to it.
-                Some(Some(_)) => return Err(de::Error::custom("a field appears twice")),
-                Some(slot) => *slot = Some(map.next_value::<Text<'de>>()?.0),
-                None => map.next_value::<Valid>().map(|Valid| ())?,
+/// The object whose `{` is at `at`, and the offset past its `}`.
+fn read_object(text: &str, at: usize) -> Result<([Option<Field<'_>>; 6], usize), SyntaxError> {
+    let bytes = text.as_bytes();
+    let mut fields: [Option<Field<'_>>; 6] = Default::default();
+    let mut at = syntax::skip_whitespace(bytes, at + 1);
+    if bytes.get(at) == Some(&b'}') {
+        return Ok((fields, at + 1));
+    }
+    loop {
+        if bytes.get(at) != Some(&b'"') {
+            return Err(SyntaxError {
+                at,
+                expected: "a member name in quotes",
+            });
+        }
+        let (key, after_key) = syntax::decode_string(text, at)?;
+        at = syntax::skip_whitespace(bytes, after_key);
+        at = syntax::expect(bytes, at, b':', "':' after a member name")?;
+        at = syntax::skip_whitespace(bytes, at);
+        // A key holding a lone surrogate names no field: FIELDS are ASCII.
+        match FIELDS.iter().position(|field| *field == key.text) {
+            Some(index) if bytes.get(at) == Some(&b'"') => {
+                let (value, end) = syntax::decode_string(text, at)?;
+                fields[index] = Some(Field::Text(value));
+                at = end;
+            }
+            Some(index) => {
+                let end = syntax::value_end(bytes, at)?;
+                fields[index] = Some(Field::Other(kind_at(bytes, at)));
+                at = end;
+            }
+            None => at = syntax::value_end(bytes, at)?,
+        }
+        at = syntax::skip_whitespace(bytes, at);
+        match bytes.get(at) {
+            Some(b',') => at = syntax::skip_whitespace(bytes, at + 1),
+            Some(b'}') => return Ok((fields, at + 1)),
+            _ => {
+                return Err(SyntaxError {
+                    at,
+                    expected: "',' or '}'",
+                })
             }
         }
-        let [Some(id), Some(name), Some(email), Some(mobile), Some(status), Some(at)] = found
-        else {
-            return Err(de::Error::custom("a field is missing"));
+    }
+}
+
+/// The kind of the valid JSON value that starts at `at`.
+fn kind_at(bytes: &[u8], at: usize) -> JsonKind {
+    match bytes.get(at) {
+        Some(b'{') => JsonKind::Object,
+        Some(b'[') => JsonKind::Array,
+        Some(b'"') => JsonKind::String,
+        Some(b't' | b'f') => JsonKind::Bool,
+        Some(b'n') => JsonKind::Null,
+        _ => JsonKind::Number,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    fn text<'a>(field: &'a Option<Field<'_>>) -> Option<&'a str> {
+        match field {
+            Some(Field::Text(decoded)) => Some(&decoded.text),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_six_fields_are_read_and_everything_else_skipped() {
+        let element = r#" {"x":{"id":"no"},"id":"a","name":"b\u00e9","email":"c","mobile":7,"status":null,"extra":[1e400,"\ud800"]} "#;
+        let Ok(Element::Object(fields)) = read(element) else {
+            panic!("an object");
         };
-        Ok(Fields([id, name, email, mobile, status, at]))
-    }
-}
-
-/// An object's key: the index of the profile field it names, if any.
-struct Key(Option<usize>);
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_identifier(KeyVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl Visitor<'_> for KeyVisitor {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
+        assert!(matches!(
+            &fields[0],
+            Some(Field::Text(Decoded {
+                text: Cow::Borrowed("a"),
+                lone_surrogate: false
+            }))
+        ));
+        assert!(matches!(&fields[1], Some(Field::Text(d)) if matches!(d.text, Cow::Owned(_))));
+        assert_eq!(text(&fields[1]), Some("bé"));
+        assert_eq!(text(&fields[2]), Some("c"));
+        assert_eq!(fields[3], Some(Field::Other(JsonKind::Number)));
+        assert_eq!(fields[4], Some(Field::Other(JsonKind::Null)));
+        assert_eq!(fields[5], None);
     }
 
-    fn visit_str<E: de::Error>(self, key: &str) -> Result<Key, E> {
-        Ok(Key(FIELDS.iter().position(|field| *field == key)))
-    }
-}
-
-/// A JSON string, borrowed from the text unless it holds an escape.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(TextVisitor)
-    }
-}
-
-struct TextVisitor;
-
-impl<'de> Visitor<'de> for TextVisitor {
-    type Value = Text<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a string")
+    #[test]
+    fn keys_are_decoded_and_the_last_of_duplicates_counts() {
+        let Ok(Element::Object(fields)) =
+            read(r#"{"id":"first","\u0069d":"second","na\u006de":"n","id":"third"}"#)
+        else {
+            panic!("an object");
+        };
+        assert_eq!(text(&fields[0]), Some("third"));
+        assert_eq!(text(&fields[1]), Some("n"));
+        let Ok(Element::Object(fields)) = read(r#"{"id":"good","id":[]}"#) else {
+            panic!("an object");
+        };
+        assert_eq!(fields[0], Some(Field::Other(JsonKind::Array)));
+        let Ok(Element::Object(fields)) = read(r#"{"i\ud800d":"x","id\u0000":"y"}"#) else {
+            panic!("an object");
+        };
+        assert_eq!(fields[0], None, "neither key is id");
     }
 
-    fn visit_borrowed_str<E: de::Error>(self, text: &'de str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Borrowed(text)))
-    }
-
-    fn visit_str<E: de::Error>(self, text: &str) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(text.to_owned())))
-    }
-
-    fn visit_string<E: de::Error>(self, text: String) -> Result<Text<'de>, E> {
-        Ok(Text(Cow::Owned(text)))
-    }
-}
-
-/// Any JSON value, checked as strictly as a `Value` is and then dropped.
-///
-/// `IgnoredAny` would not do: `serde_json` skips it by syntax alone, letting
-/// through lone surrogates, numbers out of range and any depth of nesting,
-/// all of which a `Value` refuses.
-struct Valid;
-
-impl<'de> Deserialize<'de> for Valid {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ValidVisitor)
-    }
-}
-
-struct ValidVisitor;
-
-impl<'de> Visitor<'de> for ValidVisitor {
-    type Value = Valid;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Valid, E> {
-        Ok(Valid)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
-        while let Some(Valid) = seq.next_element()? {}
-        Ok(Valid)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
-        while let Some(Valid) = map.next_key()? {
-            map.next_value::<Valid>()?;
+    #[test]
+    fn anything_but_an_object_is_its_kind() {
+        for (element, kind) in [
+            ("null", JsonKind::Null),
+            (" true ", JsonKind::Bool),
+            ("-1e400", JsonKind::Number),
+            (r#""\ud800""#, JsonKind::String),
+            ("[{}]", JsonKind::Array),
+        ] {
+            assert_eq!(read(element), Ok(Element::Other(kind)), "{element}");
         }
-        Ok(Valid)
-    }
-}
-
-/// For an element that is not valid JSON to a `Value` (a lone surrogate, a
-/// number out of range): the `id` and `last_updated_at` strings, if it is an
-/// object whose keys and those two values can still be read. As with a
-/// `Value`, the last of duplicate keys counts.
-pub(super) fn id_and_time(text: &str) -> (Option<String>, Option<String>) {
-    serde_json::from_str::<IdAndTime>(text)
-        .map(|found| (found.id, found.at))
-        .unwrap_or_default()
-}
-
-#[derive(Default)]
-struct IdAndTime {
-    id: Option<String>,
-    at: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for IdAndTime {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(IdAndTimeVisitor)
-    }
-}
-
-struct IdAndTimeVisitor;
-
-impl<'de> Visitor<'de> for IdAndTimeVisitor {
-    type Value = IdAndTime;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object")
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(read(&deep), Ok(Element::Other(JsonKind::Array)));
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdAndTime, A::Error> {
-        // A string that is not valid (a lone surrogate) reads as none.
-        let string = |raw: &RawValue| serde_json::from_str::<String>(raw.get()).ok();
-        let mut found = IdAndTime::default();
-        while let Some(Key(field)) = map.next_key()? {
-            match field.and_then(|index| FIELDS.get(index)) {
-                Some(&"id") => found.id = string(map.next_value::<&RawValue>()?),
-                Some(&"last_updated_at") => found.at = string(map.next_value::<&RawValue>()?),
-                _ => map.next_value::<IgnoredAny>().map(|_| ())?,
-            }
+    #[test]
+    fn text_that_is_not_one_json_value_is_an_error() {
+        for bad in [
+            "",
+            "{",
+            "{\"id\":}",
+            "{\"id\":\"a\",}",
+            "{} {}",
+            "[1,]",
+            "{\"id\" \"a\"}",
+            "\u{feff}{}",
+        ] {
+            assert!(read(bad).is_err(), "{bad:?}");
         }
-        Ok(found)
     }
 }
