@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
-use chrono::{DateTime, SecondsFormat, Timelike, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Timelike, Utc};
 use regex::Regex;
 use serde_json::Value;
 use uuid::Uuid;
@@ -147,43 +147,117 @@ impl Rejection {
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
-    /// Parses RFC 3339 with a mandatory offset (`Z` or `±hh:mm`); finer than
+    /// Parses RFC 3339 with a mandatory offset (`Z` or `±hh:mm`) into the
+    /// instant PostgreSQL reads from the same text, so that what is
+    /// compared is what is stored: a second of `60` is second `00` of the
+    /// next minute (fractions included), and what PostgreSQL refuses is
+    /// refused here too — year `0000` (it has none), a time past the end of
+    /// the day (`23:59:60.5`), an offset beyond `±15:59`. Finer than
     /// microsecond digits are truncated.
     pub fn parse(text: &str) -> Result<Timestamp, String> {
         static SHAPE: OnceLock<Regex> = OnceLock::new();
         let shape = SHAPE.get_or_init(|| {
             Regex::new(
-                r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+                r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))$",
             )
             .expect("the timestamp pattern is a valid regex")
         });
-        if !shape.is_match(text) {
+        let Some(parts) = shape.captures(text) else {
             return Err(format!(
                 "last_updated_at {:?} is not an RFC 3339 timestamp with an offset",
                 truncate_for_message(text)
             ));
-        }
-        let parsed = DateTime::parse_from_rfc3339(text).map_err(|err| {
-            format!(
-                "last_updated_at {:?} is not a valid date and time: {err}",
+        };
+        let invalid = |why: &str| {
+            Err(format!(
+                "last_updated_at {:?} is not a valid date and time: {why}",
                 truncate_for_message(text)
-            )
-        })?;
-        Ok(Timestamp::from_datetime(parsed.with_timezone(&Utc)))
+            ))
+        };
+        // Each of these groups is two or four ASCII digits.
+        let number = |group: usize| -> u32 {
+            parts
+                .get(group)
+                .and_then(|digits| digits.as_str().parse().ok())
+                .unwrap_or(0)
+        };
+        let (year, month, day) = (number(1), number(2), number(3));
+        let (hour, minute, second) = (number(4), number(5), number(6));
+        let fraction = parts.get(7).map_or("", |digits| digits.as_str());
+        if year == 0 {
+            return invalid("there is no year 0000");
+        }
+        let Some(date) = NaiveDate::from_ymd_opt(year as i32, month, day) else {
+            return invalid("there is no such day");
+        };
+        if hour > 23 || minute > 59 || second > 60 {
+            return invalid("the time of day is out of range");
+        }
+        // PostgreSQL reads the fraction to the nearest microsecond, and
+        // refuses a time of day past 24:00:00.
+        if (hour, minute, second) == (23, 59, 60) && rounds_above_zero(fraction) {
+            return invalid("23:59:60 and a fraction lies past the end of the day");
+        }
+        let offset_minutes = match parts.get(8) {
+            None => 0,
+            Some(sign) => {
+                let (hours, minutes) = (number(9), number(10));
+                if hours > 15 || minutes > 59 {
+                    return invalid("the offset lies beyond ±15:59");
+                }
+                let minutes = i64::from(hours * 60 + minutes);
+                if sign.as_str() == "-" {
+                    -minutes
+                } else {
+                    minutes
+                }
+            }
+        };
+        // Digits past the sixth are truncated.
+        let micros = fraction
+            .bytes()
+            .chain(std::iter::repeat(b'0'))
+            .take(6)
+            .fold(0, |micros, digit| micros * 10 + i64::from(digit - b'0'));
+        let instant = date.and_hms_opt(hour, minute, 0).map(|minute_start| {
+            minute_start.and_utc()
+                + Duration::seconds(i64::from(second))
+                + Duration::microseconds(micros)
+                - Duration::minutes(offset_minutes)
+        });
+        match instant {
+            Some(instant) => Ok(Timestamp(instant)),
+            None => invalid("the time of day is out of range"),
+        }
     }
 
-    /// Truncates to whole microseconds.
+    /// Truncates to whole microseconds; a leap second is read as second `00`
+    /// of the next minute, as [`Timestamp::parse`] reads `:60`.
     pub fn from_datetime(instant: DateTime<Utc>) -> Timestamp {
         let nanos = instant.nanosecond();
+        let (nanos, carry) = if nanos >= 1_000_000_000 {
+            (nanos - 1_000_000_000, Duration::seconds(1))
+        } else {
+            (nanos, Duration::zero())
+        };
         let truncated = instant
             .with_nanosecond(nanos - nanos % 1_000)
-            .unwrap_or(instant);
+            .map_or(instant, |at| at + carry);
         Timestamp(truncated)
     }
 
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
     }
+}
+
+/// Whether PostgreSQL reads these fraction digits as more than zero
+/// microseconds: it takes the fraction as a double and rounds it to the
+/// nearest microsecond, halves to even.
+fn rounds_above_zero(digits: &str) -> bool {
+    format!("0.{digits}")
+        .parse::<f64>()
+        .is_ok_and(|fraction| (fraction * 1e6).round_ties_even() > 0.0)
 }
 
 impl fmt::Display for Timestamp {
@@ -570,7 +644,7 @@ fn truncate_for_message(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Duration;
+    use chrono::TimeZone;
     use serde_json::json;
     use std::collections::HashSet;
 
@@ -1263,5 +1337,91 @@ mod tests {
             assert!(rejection.message.starts_with("element is not valid JSON: "));
             assert_eq!((rejection.profile_id, rejection.changed_at), (None, None));
         }
+    }
+
+    #[test]
+    fn a_second_of_60_is_second_00_of_the_next_minute() {
+        let at = |text: &str| Timestamp::parse(text).map(|t| t.to_string());
+        for (leap, next) in [
+            ("2025-07-01T10:13:60Z", "2025-07-01T10:14:00.000000Z"),
+            ("2025-07-01T10:13:60.5Z", "2025-07-01T10:14:00.500000Z"),
+            (
+                "2025-07-01T10:13:60.9999999Z",
+                "2025-07-01T10:14:00.999999Z",
+            ),
+            ("2025-07-01T23:59:60Z", "2025-07-02T00:00:00.000000Z"),
+            ("2025-06-30T23:59:60+05:30", "2025-06-30T18:30:00.000000Z"),
+            ("2025-02-28T23:59:60Z", "2025-03-01T00:00:00.000000Z"),
+            ("2024-02-28T23:59:60Z", "2024-02-29T00:00:00.000000Z"),
+            ("2025-12-31T23:59:60Z", "2026-01-01T00:00:00.000000Z"),
+            (
+                "2025-12-31T23:59:60.0000004Z",
+                "2026-01-01T00:00:00.000000Z",
+            ),
+            ("2025-12-31T23:59:60-01:00", "2026-01-01T01:00:00.000000Z"),
+        ] {
+            assert_eq!(at(leap).as_deref(), Ok(next), "{leap}");
+        }
+        // Compared as the instant it is: later than :59.999999, equal to :00.
+        let leap = Timestamp::parse("2025-07-01T10:13:60.5Z").unwrap();
+        assert!(leap > Timestamp::parse("2025-07-01T10:13:59.999999Z").unwrap());
+        assert_eq!(leap, Timestamp::parse("2025-07-01T10:14:00.5Z").unwrap());
+        assert_eq!(
+            leap,
+            Timestamp::parse("2025-07-01T15:44:00.5+05:30").unwrap()
+        );
+    }
+
+    #[test]
+    fn what_postgresql_refuses_is_an_invalid_timestamp() {
+        for bad in [
+            "0000-01-01T00:00:00Z",
+            "0000-12-31T23:59:59+01:00",
+            "2025-07-01T10:13:61Z",
+            "2025-07-01T10:60:00Z",
+            "2025-07-01T24:00:00Z",
+            "2025-12-31T23:59:60.5Z",
+            "2025-12-31T23:59:60.000001Z",
+            "2025-12-31T23:59:60.0000006Z",
+            "2025-07-01T10:13:04+16:00",
+            "2025-07-01T10:13:04-23:59",
+            "2025-07-01T10:13:04+05:60",
+            "2025-02-29T10:13:04Z",
+            "2025-04-31T10:13:04Z",
+            "2025-00-10T10:13:04Z",
+            "2025-07-00T10:13:04Z",
+        ] {
+            let element = with("last_updated_at", json!(bad));
+            assert_eq!(reason_of(&element), Some(Reason::InvalidTimestamp), "{bad}");
+        }
+        for good in [
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "2025-07-01T10:13:04+15:59",
+            "2025-07-01T10:13:04-15:59",
+            "2025-07-01T10:13:04-00:00",
+            "2024-02-29T10:13:04Z",
+        ] {
+            assert!(Timestamp::parse(good).is_ok(), "{good}");
+        }
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:60-15:59")
+                .unwrap()
+                .to_string(),
+            "+10000-01-01T15:59:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn a_leap_second_instant_is_the_next_minute_too() {
+        let leap = Utc
+            .with_ymd_and_hms(2016, 12, 31, 23, 59, 59)
+            .unwrap()
+            .with_nanosecond(1_500_000_999)
+            .unwrap();
+        assert_eq!(
+            Timestamp::from_datetime(leap),
+            Timestamp::parse("2017-01-01T00:00:00.500000Z").unwrap()
+        );
     }
 }

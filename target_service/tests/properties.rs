@@ -2,7 +2,10 @@
 //! panics, the same instant compares equal in any offset, what the rules
 //! allow is accepted, reading an element's text directly decides exactly
 //! as reading it into a `Value` first, an unknown member never changes an
-//! outcome whatever it holds, and JSON syntax is what serde_json says it is.
+//! outcome whatever it holds, JSON syntax is what serde_json says it is,
+//! and a timestamp is read as PostgreSQL reads it.
+
+use std::sync::{Mutex, OnceLock};
 
 use chrono::{DateTime, Duration, FixedOffset, TimeZone, Utc};
 use proptest::prelude::*;
@@ -309,7 +312,8 @@ proptest! {
     #[test]
     fn one_instant_in_any_offset_is_the_same_timestamp(
         seconds in 0i64..4_000_000_000, micros in 0u32..1_000_000,
-        offset_minutes in -(23 * 60 + 59)..(23 * 60 + 59),
+        // PostgreSQL takes offsets up to ±15:59.
+        offset_minutes in -(15 * 60 + 59)..=(15 * 60 + 59),
     ) {
         let utc = Utc.timestamp_opt(seconds, micros * 1000).single().unwrap();
         let offset = FixedOffset::east_opt(offset_minutes * 60).unwrap();
@@ -352,5 +356,97 @@ proptest! {
     ) {
         let name = format!("{before}{control}{after}");
         prop_assert!(Name::parse(&name).is_err());
+    }
+}
+
+/// One connection to PostgreSQL for the timestamp oracle; it only runs
+/// `SELECT`s, so it needs no database of its own.
+fn postgres() -> &'static Mutex<postgres::Client> {
+    static CLIENT: OnceLock<Mutex<postgres::Client>> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        let url = std::env::var("TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let client = postgres::Client::connect(&url, postgres::NoTls)
+            .expect("TEST_DATABASE_URL must reach PostgreSQL");
+        Mutex::new(client)
+    })
+}
+
+/// What PostgreSQL reads `text` as, or `None` if it refuses it as a date
+/// and time.
+fn postgres_reads(text: &str) -> Option<DateTime<Utc>> {
+    let mut client = postgres()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match client.query_one("SELECT $1::text::timestamptz", &[&text]) {
+        Ok(row) => Some(row.get(0)),
+        Err(err) => {
+            let code = err.code().map(|code| code.code().to_owned());
+            // Class 22, data exception: the text, not the connection.
+            assert!(
+                code.as_deref().is_some_and(|c| c.starts_with("22")),
+                "{err}"
+            );
+            None
+        }
+    }
+}
+
+/// RFC 3339 timestamps near every edge: year 0000 and 9999, days past a
+/// month's end, seconds 59 to 61, fractions, offsets near and past ±15:59.
+/// (Hour 24, which PostgreSQL takes but RFC 3339 does not, is left out.)
+fn edge_timestamp() -> impl Strategy<Value = String> {
+    let year = prop_oneof![0u32..3, 1999u32..2001, 9998u32..=9999];
+    let date = (year, 0u32..=13, prop_oneof![0u32..=3, 27u32..=32]);
+    let time = (
+        prop_oneof![0u32..=1, 22u32..=23],
+        prop_oneof![0u32..=1, 58u32..=60],
+        prop_oneof![0u32..=1, 58u32..=61],
+        prop::option::of("[0-9]{1,9}"),
+    );
+    let offset = prop_oneof![
+        Just("Z".to_owned()),
+        Just("z".to_owned()),
+        (
+            any::<bool>(),
+            prop_oneof![0u32..=1, 13u32..=17],
+            prop_oneof![0u32..=1, 58u32..=60]
+        )
+            .prop_map(|(east, hours, minutes)| format!(
+                "{}{hours:02}:{minutes:02}",
+                if east { '+' } else { '-' }
+            )),
+    ];
+    (date, time, offset, any::<bool>()).prop_map(
+        |((y, mo, d), (h, mi, s, fraction), offset, upper)| {
+            let fraction = fraction
+                .map(|digits| format!(".{digits}"))
+                .unwrap_or_default();
+            let t = if upper { 'T' } else { 't' };
+            format!("{y:04}-{mo:02}-{d:02}{t}{h:02}:{mi:02}:{s:02}{fraction}{offset}")
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1500))]
+
+    #[test]
+    fn a_timestamp_is_read_as_postgresql_reads_it(text in edge_timestamp()) {
+        let ours = Timestamp::parse(&text);
+        let theirs = postgres_reads(&text);
+        prop_assert_eq!(ours.is_ok(), theirs.is_some(), "{} {:?} {:?}", text, ours, theirs);
+        if let Ok(ours) = ours {
+            // PostgreSQL rounds what it reads to microseconds; the contract
+            // truncates, so compare with the text cut to six digits.
+            let cut = match text.find('.') {
+                Some(dot) => {
+                    let digits = text[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
+                    format!("{}{}", &text[..dot + 1 + digits.min(6)], &text[dot + 1 + digits..])
+                }
+                None => text.clone(),
+            };
+            prop_assert_eq!(Some(ours.as_datetime()), postgres_reads(&cut), "{}", text);
+        }
     }
 }

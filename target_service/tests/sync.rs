@@ -1051,8 +1051,11 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
         at,
     );
     let very_deep = valid_with(6, &format!(r#""deep": {},"#, nest(100_000)), at);
+    // A second of 60 is the next minute; a year PostgreSQL lacks is refused.
+    let leap = valid_with(7, "", "2025-12-31T23:59:60Z");
+    let year_zero = valid_with(8, "", "0000-06-01T00:00:00Z");
     let body = format!(
-        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep}]\r\n",
+        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep},{leap},{year_zero}]\r\n",
         profile(1, at),
         profile(3, at)
     );
@@ -1065,12 +1068,21 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
         0,
         "the page is not spoilt"
     );
-    for n in [1, 3, 5, 6] {
+    for n in [1, 3, 5, 6, 7] {
         assert!(user_row(&db, n).is_some(), "user {n} synced");
     }
-    for n in [2, 4] {
+    for n in [2, 4, 8] {
         assert!(user_row(&db, n).is_none(), "user {n} not synced");
     }
+    let stored: chrono::DateTime<chrono::Utc> = db
+        .client()
+        .query_one(
+            "SELECT last_updated_at FROM users WHERE id = $1::text::uuid",
+            &[&id(7)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(stored.to_rfc3339(), "2026-01-01T00:00:00+00:00");
     let rows: Vec<(String, Option<uuid::Uuid>, String, String)> = db
         .client()
         .query(
@@ -1081,7 +1093,7 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
     let (reason, profile_id, message, payload) = &rows[0];
     assert_eq!(reason, "email_taken");
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(4)));
@@ -1091,6 +1103,10 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(2)));
     assert!(message.contains("lone surrogate"), "{message}");
     assert_eq!(payload, &lone_surrogate, "the text as the source sent it");
+    let (reason, profile_id, _, payload) = &rows[2];
+    assert_eq!(reason, "invalid_timestamp");
+    assert_eq!(profile_id.map(|u| u.to_string()), Some(id(8)));
+    assert_eq!(payload, &year_zero);
     assert_eq!(rejected(&target, "malformed"), 0);
     assert_invariant(&target);
     target.shutdown();
