@@ -41,7 +41,7 @@ impl Feed {
     /// Generates a fresh batch, logs it, and returns exactly that batch.
     pub fn fresh_batch(&self, metrics: &Metrics) -> Page {
         let mut writer = self.writer();
-        let head = self.generate(&mut writer, metrics);
+        let head = self.generate(&mut writer, metrics, usize::MAX);
         let batch = &writer.batch;
         Page {
             body: batch.to_json_array(batch.len()),
@@ -67,7 +67,7 @@ impl Feed {
         }
         // `since` is the head and we hold the generator, so the batch gets
         // the numbers `since + 1 ..`.
-        let head = self.generate(&mut writer, metrics);
+        let head = self.generate(&mut writer, metrics, usize::MAX);
         let batch = &writer.batch;
         let count = batch.len().min(limit);
         Ok(Page {
@@ -78,7 +78,8 @@ impl Feed {
         })
     }
 
-    /// Generates whole batches until at least `changes` changes are logged.
+    /// Generates batches until exactly `changes` more changes are logged,
+    /// the last batch cut short where it would go past.
     pub fn preload(&self, changes: u64, metrics: &Metrics) {
         self.preload_unless(changes, metrics, &AtomicBool::new(false));
     }
@@ -93,7 +94,8 @@ impl Feed {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            head = self.generate(&mut writer, metrics);
+            let left = usize::try_from(changes - (head - start)).unwrap_or(usize::MAX);
+            head = self.generate(&mut writer, metrics, left);
         }
         true
     }
@@ -108,10 +110,11 @@ impl Feed {
         self.read_log().bytes()
     }
 
-    /// Generates a batch into `writer.batch` and appends it; returns the new head.
-    fn generate(&self, writer: &mut Writer, metrics: &Metrics) -> u64 {
+    /// Generates a batch of at most `most` changes into `writer.batch` and
+    /// appends it; returns the new head.
+    fn generate(&self, writer: &mut Writer, metrics: &Metrics, most: usize) -> u64 {
         let Writer { generator, batch } = writer;
-        generator.next_batch(batch);
+        generator.next_batch_at_most(batch, most);
         let (head, entries) = {
             let mut log = self.log.write().unwrap_or_else(PoisonError::into_inner);
             let head = log.append(batch);
@@ -189,11 +192,20 @@ mod tests {
     }
 
     #[test]
-    fn preload_generates_whole_batches() {
+    fn preload_logs_exactly_the_changes_asked_for() {
+        for changes in [0, 1, 2, 3, 7, 3_000, 5_001] {
+            let (feed, metrics) = feed(1_000);
+            feed.preload(changes, &metrics);
+            assert_eq!(feed.head(), changes);
+            assert_eq!(metrics.changes_generated.get(), changes);
+            assert_eq!(metrics.log_entries.get(), changes.min(1_000) as i64);
+        }
+        // A second preload adds exactly as many again, after the first.
         let (feed, metrics) = feed(1_000);
-        feed.preload(5_000, &metrics);
-        assert!((5_000..5_010).contains(&feed.head()));
-        assert_eq!(metrics.log_entries.get(), 1_000);
+        feed.preload(3, &metrics);
+        feed.preload(4, &metrics);
+        assert_eq!(feed.head(), 7);
+        assert_eq!(count(&feed.since(0, 100, &metrics).unwrap()), 7);
     }
 
     #[test]

@@ -270,6 +270,13 @@ impl Generator {
     /// Replaces the contents of `batch` with a new batch: 2–5 new users, then
     /// 2–5 updates of existing users when there are any.
     pub fn next_batch(&mut self, batch: &mut Batch) {
+        self.next_batch_at_most(batch, usize::MAX);
+    }
+
+    /// [`Generator::next_batch`], cut short to its first `most` changes (for
+    /// a preload of an exact number). What is cut is never generated, so
+    /// the generator remembers only what it handed out.
+    pub fn next_batch_at_most(&mut self, batch: &mut Batch, most: usize) {
         batch.clear();
         let creations = self.rng.usize(2..=5);
         let updates = if self.pool.is_empty() {
@@ -277,6 +284,8 @@ impl Generator {
         } else {
             self.rng.usize(2..=5)
         };
+        let creations = creations.min(most);
+        let updates = updates.min(most - creations);
         for _ in 0..creations {
             self.create(batch);
         }
@@ -1051,6 +1060,50 @@ mod tests {
             "a restarted source must not reuse contacts"
         );
         assert_eq!(contacts(1), first, "the same seed gives the same contacts");
+    }
+
+    #[test]
+    fn a_batch_cut_short_is_the_start_of_the_whole_one_and_all_that_is_remembered() {
+        let mut batch = Batch::new();
+        let mut generator = Generator::new(7, 0.0);
+        generator.next_batch_at_most(&mut batch, 0);
+        assert!(batch.is_empty());
+        assert_eq!(generator.pool_len(), 0);
+        generator.next_batch_at_most(&mut batch, 1);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(generator.pool_len(), 1, "only the user handed out");
+        // Updates then refer only to that user.
+        let id = field(&serde_json::from_slice(batch.get(0)).unwrap(), "id")
+            .unwrap()
+            .to_string();
+        let mut whole = Batch::new();
+        generator.next_batch(&mut whole);
+        // The pool grew by this batch's new users, which come first.
+        let creations = generator.pool_len() - 1;
+        for change in whole.iter().skip(creations) {
+            let change: Value = serde_json::from_slice(change).unwrap();
+            let updated = field(&change, "id").unwrap();
+            assert!(
+                updated == id
+                    || whole.iter().take(creations).any(|c| {
+                        field(&serde_json::from_slice(c).unwrap(), "id") == Some(updated)
+                    })
+            );
+        }
+        // A cut batch is the start of what the same seed makes whole.
+        let (mut cut, mut full) = (Generator::new(9, 0.5), Generator::new(9, 0.5));
+        let mut full_batch = Batch::new();
+        cut.next_batch_at_most(&mut batch, 3);
+        full.next_batch(&mut full_batch);
+        assert_eq!(batch.len(), 3);
+        let without_time = |c: &[u8]| {
+            let mut v: Value = serde_json::from_slice(c).unwrap();
+            v.as_object_mut().map(|o| o.remove("last_updated_at"));
+            v
+        };
+        for i in 0..3 {
+            assert_eq!(without_time(batch.get(i)), without_time(full_batch.get(i)));
+        }
     }
 
     #[test]
