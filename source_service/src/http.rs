@@ -265,22 +265,39 @@ struct ChangesQuery {
 }
 
 impl ChangesQuery {
-    /// Reads `since` and `limit`; other parameters are ignored.
+    /// Reads `since` and `limit`. Every parameter given is read or refused,
+    /// never silently dropped: a misspelt name, a repeated one, or `limit`
+    /// without `since` (where no limit applies: a fresh batch is returned
+    /// whole) is a `400` naming it, because answering as if it were not there
+    /// would hand out, and generate, something the client did not ask for.
+    /// Names and values are percent-decoded first (`%31` is `1`, `+` a
+    /// space); numbers are plain decimal digits, leading zeros allowed.
     fn parse(query: &str) -> Result<ChangesQuery, String> {
         let mut since = None;
         let mut limit = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = percent_decode(key).unwrap_or_default();
-            let slot = match key.as_str() {
-                "since" => &mut since,
-                "limit" => &mut limit,
-                _ => continue,
+            let (name, slot) = match percent_decode(key).as_deref() {
+                Some("since") => ("since", &mut since),
+                Some("limit") => ("limit", &mut limit),
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {:?}; /users/changes reads only since and limit",
+                        shorten(key)
+                    ))
+                }
             };
             if slot.is_some() {
-                return Err(format!("{key} is given more than once; give it once"));
+                return Err(format!("{name} is given more than once; give it once"));
             }
             *slot = Some(percent_decode(value).unwrap_or_else(|| value.to_string()));
+        }
+        if limit.is_some() && since.is_none() {
+            return Err(
+                "limit is only read together with since; without since, a fresh batch is \
+                 returned whole"
+                    .to_owned(),
+            );
         }
         let since = match since {
             None => None,
@@ -408,7 +425,7 @@ mod tests {
     fn since_pages_through_the_log() {
         let h = handler(1000, 100);
         let head = h.feed().head();
-        let (_, reply) = h.handle("GET", "/users/changes?since=10&limit=20&unknown=x");
+        let (_, reply) = h.handle("GET", "/users/changes?since=10&limit=20");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 20);
         assert_eq!(header(&reply, "X-Next-Cursor"), 30);
@@ -455,6 +472,60 @@ mod tests {
         assert_eq!(reply.status, 200);
         let (_, reply) = h.handle("GET", "/users/changes?since=%30");
         assert_eq!(reply.status, 200, "percent-encoded digits are digits");
+    }
+
+    #[test]
+    fn every_parameter_is_read_or_refused() {
+        let h = handler(1000, 100);
+        let head = h.feed().head();
+        for (query, error) in [
+            ("limit=3", "limit is only read together with since"),
+            ("limit=0", "limit is only read together with since"),
+            ("since=1&since=1", "since is given more than once"),
+            ("since=1&limit=1&limit=1", "limit is given more than once"),
+            ("since=1&%73ince=2", "since is given more than once"),
+            ("since=", "since must be a whole number"),
+            ("since=+1", "not \" 1\""),
+            ("since=%2B1", "not \"+1\""),
+            ("since=1%", "not \"1%\""),
+            ("since=0x1", "since must be a whole number"),
+            ("since=1&limit=%2B1", "limit must be a whole number"),
+            ("sinse=1", "unknown parameter \"sinse\""),
+            ("since=1&foo=bar", "unknown parameter \"foo\""),
+            ("SINCE=1", "unknown parameter \"SINCE\""),
+            ("=1", "unknown parameter \"\""),
+            ("%zz=1", "unknown parameter \"%zz\""),
+            ("foo", "unknown parameter \"foo\""),
+        ] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            assert_eq!(reply.status, 400, "{query}");
+            let message = error_of(&reply);
+            assert!(message.contains(error), "{query}: {message}");
+            assert!(reply.header("X-Next-Cursor").is_none());
+        }
+        assert_eq!(h.feed().head(), head, "a refused request generates nothing");
+        for (query, next) in [
+            ("since=01&limit=1", 2),
+            ("since=0000000000000000000000001&limit=001", 2),
+            ("since=%31&limit=%32", 3),
+            ("%73ince=1&%6cimit=1", 2),
+            ("since=1&&limit=1&", 2),
+            ("limit=1&since=1", 2),
+        ] {
+            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            assert_eq!(reply.status, 200, "{query}");
+            assert_eq!(header(&reply, "X-Next-Cursor"), next, "{query}");
+        }
+        // No parameters at all, however written: a fresh batch.
+        for url in ["/users/changes?", "/users/changes?&", "/users/changes?&&"] {
+            let before = h.feed().head();
+            let (_, reply) = h.handle("GET", url);
+            assert_eq!(reply.status, 200, "{url}");
+            assert_eq!(
+                header(&reply, "X-Head-Cursor"),
+                before + body(&reply).as_array().unwrap().len() as u64
+            );
+        }
     }
 
     #[test]
