@@ -178,8 +178,10 @@ impl Fetcher {
             (Some((_, limit)), Some(_)) => limit,
             _ => MAX_PAGE_WITHOUT_CURSOR,
         };
-        let body = String::from_utf8(self.read_body(response)?).map_err(|_| {
-            FetchError::Failed("the source sent a body that is not UTF-8 text".to_owned())
+        let body = body_text(self.read_body(response)?).map_err(|why| {
+            FetchError::Failed(format!(
+                "the source sent a body that is not UTF-8 text: {why}"
+            ))
         })?;
         let elements = parse_page(&body, most).map_err(|why| {
             FetchError::Failed(format!("the source sent a body that is not {why}"))
@@ -224,6 +226,55 @@ impl Fetcher {
         }
         Ok(body)
     }
+}
+
+/// The body as text. Bytes that are not UTF-8 inside a JSON string are
+/// written as the lone surrogate escapes `\udc80`–`\udcff`, one per byte
+/// (as Python's `surrogateescape` does): that keeps the page's syntax, lets
+/// an unknown field hold them like any lone surrogate, fails the rule of a
+/// profile field that holds them, and records the element as text that
+/// PostgreSQL can store and that says which bytes came. Anywhere else
+/// they break the JSON itself, and the body is refused.
+fn body_text(bytes: Vec<u8>) -> Result<String, String> {
+    let bytes = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(text),
+        Err(err) => err.into_bytes(),
+    };
+    let mut text = String::with_capacity(bytes.len() + 64);
+    let (mut in_string, mut after_backslash) = (false, false);
+    for chunk in bytes.utf8_chunks() {
+        let valid = chunk.valid();
+        // Only ASCII quotes and backslashes change the state, and no byte of
+        // a multi-byte character is ASCII.
+        for b in valid.bytes() {
+            if after_backslash {
+                after_backslash = false;
+            } else if in_string && b == b'\\' {
+                after_backslash = true;
+            } else if b == b'"' {
+                in_string = !in_string;
+            }
+        }
+        text.push_str(valid);
+        if chunk.invalid().is_empty() {
+            continue;
+        }
+        if !in_string || after_backslash {
+            return Err(format!(
+                "byte {} is not UTF-8, and not inside a JSON string",
+                text.len()
+            ));
+        }
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\u{:04x}", 0xDC00 | u16::from(*byte)));
+        }
+        // Six bytes of text for each: memory stays within a few times the
+        // body only if such bytes are few.
+        if text.len() > 2 * bytes.len() {
+            return Err("too many of its bytes are not UTF-8".to_owned());
+        }
+    }
+    Ok(text)
 }
 
 /// Finds the elements of a JSON array of at most `most` elements, failing
@@ -283,7 +334,7 @@ fn parse_page(body: &str, most: usize) -> Result<Vec<Range<usize>>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_page;
+    use super::{body_text, parse_page};
 
     fn nested(depth: usize) -> String {
         format!("{}{}", "[".repeat(depth), "]".repeat(depth))
@@ -389,5 +440,28 @@ mod tests {
         );
         assert_eq!(parse_page(&body, 5).unwrap().len(), 5);
         assert!(serde_json::from_str::<serde_json::Value>(&body).is_err());
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_inside_strings_are_kept_as_lone_surrogates() {
+        let body = b"[{\"name\": \"Ad\xe9\", \"x\": \"\xff\xfe \\\\\xc3\"}, \"\xc3\xa9\"]".to_vec();
+        let text = body_text(body).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"name": "Ad\udce9", "x": "\udcff\udcfe \\\udcc3"}, "é"]"#
+        );
+        assert_eq!(parse_page(&text, 3).unwrap().len(), 2);
+        assert_eq!(body_text(b"[\"plain\"]".to_vec()).unwrap(), "[\"plain\"]");
+        for not_json in [
+            b"[1, \xff]".to_vec(),
+            b"\xef\xbb[]".to_vec(),
+            b"[{\"a\xff\": 1}, \"\\\xff\"]".to_vec(),
+        ] {
+            assert!(body_text(not_json).is_err(), "outside a string, or escaped");
+        }
+        let mostly_junk = [b"[\"".to_vec(), vec![0xff; 1000], b"\"]".to_vec()].concat();
+        assert!(body_text(mostly_junk).is_err(), "memory stays bounded");
+        let escaped_quote = b"[\"\\\"\xff\"]".to_vec();
+        assert_eq!(body_text(escaped_quote).unwrap(), r#"["\"\udcff"]"#);
     }
 }

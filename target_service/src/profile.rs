@@ -569,7 +569,8 @@ fn field_rule<T>(
 ) -> Result<T, String> {
     if field.lone_surrogate {
         Err(format!(
-            "{name} holds a lone surrogate escape (\\ud800-\\udfff without its pair), which is not a character"
+            "{name} holds a lone surrogate escape (\\ud800-\\udfff without its pair, or a byte that \
+             is not UTF-8, kept as one), which is not a character"
         ))
     } else {
         rule(&field.text)

@@ -1054,12 +1054,24 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     // A second of 60 is the next minute; a year PostgreSQL lacks is refused.
     let leap = valid_with(7, "", "2025-12-31T23:59:60Z");
     let year_zero = valid_with(8, "", "0000-06-01T00:00:00Z");
+    // Bytes that are not UTF-8 inside strings: kept as lone surrogates.
+    let junk_extra = valid_with(9, r#""junk": "NOT-UTF-8","#, at);
+    let junk_name = valid_with(10, "", at).replace("User 10", "User NOT-UTF-8");
     let body = format!(
-        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep},{leap},{year_zero}]\r\n",
+        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep},{leap},{year_zero},{junk_extra},{junk_name}]\r\n",
         profile(1, at),
         profile(3, at)
     );
-    let source = ScriptedSource::new(move |_| Reply::raw(200, &body));
+    let body = body.replace("NOT-UTF-8", "\u{0}").into_bytes();
+    let body: Vec<u8> = body
+        .into_iter()
+        .flat_map(|b| if b == 0 { vec![0xff, 0xfe] } else { vec![b] })
+        .collect();
+    let source = ScriptedSource::new(move |_| Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: body.clone(),
+    });
     let target = start_target(&db, &source.url, &[("SYNC_INTERVAL", "3600")]);
     wait_rounds(&target, 1);
 
@@ -1068,10 +1080,10 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
         0,
         "the page is not spoilt"
     );
-    for n in [1, 3, 5, 6, 7] {
+    for n in [1, 3, 5, 6, 7, 9] {
         assert!(user_row(&db, n).is_some(), "user {n} synced");
     }
-    for n in [2, 4, 8] {
+    for n in [2, 4, 8, 10] {
         assert!(user_row(&db, n).is_none(), "user {n} not synced");
     }
     let stored: chrono::DateTime<chrono::Utc> = db
@@ -1086,14 +1098,14 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     let rows: Vec<(String, Option<uuid::Uuid>, String, String)> = db
         .client()
         .query(
-            "SELECT reason, profile_id, message, payload FROM sync_rejections ORDER BY reason",
+            "SELECT reason, profile_id, message, payload FROM sync_rejections ORDER BY reason, payload",
             &[],
         )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     let (reason, profile_id, message, payload) = &rows[0];
     assert_eq!(reason, "email_taken");
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(4)));
@@ -1103,7 +1115,12 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(2)));
     assert!(message.contains("lone surrogate"), "{message}");
     assert_eq!(payload, &lone_surrogate, "the text as the source sent it");
-    let (reason, profile_id, _, payload) = &rows[2];
+    let (reason, profile_id, message, payload) = &rows[2];
+    assert_eq!(reason, "invalid_name");
+    assert_eq!(profile_id.map(|u| u.to_string()), Some(id(10)));
+    assert!(message.contains("not UTF-8"), "{message}");
+    assert_eq!(payload, &junk_name.replace("NOT-UTF-8", r"\udcff\udcfe"));
+    let (reason, profile_id, _, payload) = &rows[3];
     assert_eq!(reason, "invalid_timestamp");
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(8)));
     assert_eq!(payload, &year_zero);
