@@ -196,6 +196,7 @@ const WAITING: u8 = 0; // for the client: its next request head
 const HANDLING: u8 = 1; // a handler runs
 const SENDING: u8 = 2; // for the client to take a response
 const CLOSING: u8 = 3; // draining before the close
+const EVICTED: u8 = 4; // closed to make room; its thread is on its way out
 
 struct Connection {
     stream: TcpStream,
@@ -232,7 +233,7 @@ impl Shared {
         let victim = registry
             .open
             .values()
-            .filter(|c| c.state.load(Ordering::Acquire) != HANDLING)
+            .filter(|c| !matches!(c.state.load(Ordering::Acquire), HANDLING | EVICTED))
             .min_by_key(|c| {
                 // Waiting connections go first, then those sending, oldest first.
                 let state = c.state.load(Ordering::Acquire);
@@ -240,6 +241,8 @@ impl Shared {
             });
         match victim {
             Some(connection) => {
+                // Not chosen again while its thread winds down.
+                connection.state.store(EVICTED, Ordering::Release);
                 connection.close();
                 true
             }
