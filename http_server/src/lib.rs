@@ -35,6 +35,9 @@
 //!   and an 8 KiB buffer, never a handler: at most `Settings::handlers`
 //!   requests are being handled at once, and none waits behind a slow
 //!   client;
+//! - responses waiting for their clients hold at most
+//!   `Settings::response_budget` bytes in all: past it, the connections
+//!   whose clients have been slowest to take theirs are closed;
 //! - `Server::shutdown` stops accepting, closes connections that wait for
 //!   their client, lets responses in flight finish within `Settings::grace`,
 //!   then closes the rest.
@@ -42,7 +45,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -65,6 +68,9 @@ const STACK_SIZE: usize = 256 * 1024;
 /// reset that closing with unread data sends.
 const DRAIN_TIME: Duration = Duration::from_millis(500);
 const DRAIN_BYTES: usize = 256 * 1024;
+/// A body up to this size is copied behind its head and sent with one
+/// write; a larger one is sent from where it is, after the head.
+const COPY_BODY: usize = 16 * 1024;
 /// A response buffer larger than this is not kept for the connection's next
 /// response.
 const KEEP_BUFFER: usize = 64 * 1024;
@@ -85,6 +91,9 @@ pub struct Settings {
     pub handlers: Option<usize>,
     /// How long `shutdown` lets responses in flight finish.
     pub grace: Duration,
+    /// Most bytes of responses waiting for their clients, in all; past it
+    /// the slowest clients are cut off.
+    pub response_budget: usize,
 }
 
 impl Default for Settings {
@@ -95,6 +104,7 @@ impl Default for Settings {
             max_connections: default_max_connections(),
             handlers: None,
             grace: Duration::from_secs(3),
+            response_budget: 64 * 1024 * 1024,
         }
     }
 }
@@ -182,6 +192,8 @@ struct Shared {
     connections: Mutex<Registry>,
     /// Notified whenever a connection ends.
     ended: Condvar,
+    /// Bytes of responses being sent, in all.
+    pending: AtomicUsize,
     started: Instant,
 }
 
@@ -203,6 +215,8 @@ struct Connection {
     state: AtomicU8,
     /// When the current state began, in milliseconds since the server started.
     since: AtomicU64,
+    /// Bytes of the response being sent.
+    pending: AtomicUsize,
 }
 
 impl Connection {
@@ -230,24 +244,60 @@ impl Shared {
     /// Closes the connection that has waited longest for its client (not one
     /// whose handler runs). Returns false if there is none.
     fn evict_one(&self, registry: &Registry) -> bool {
+        self.evict(registry, |_, _| true).is_some()
+    }
+
+    /// Closes the connection that has waited longest for its client among
+    /// those `eligible` (by connection and state), waiting ones before those
+    /// sending; never one whose handler runs. Returns the bytes of response
+    /// it held, if one was closed.
+    fn evict(
+        &self,
+        registry: &Registry,
+        eligible: impl Fn(&Connection, u8) -> bool,
+    ) -> Option<usize> {
         let victim = registry
             .open
             .values()
-            .filter(|c| !matches!(c.state.load(Ordering::Acquire), HANDLING | EVICTED))
+            .filter(|c| {
+                let state = c.state.load(Ordering::Acquire);
+                !matches!(state, HANDLING | EVICTED) && eligible(c, state)
+            })
             .min_by_key(|c| {
-                // Waiting connections go first, then those sending, oldest first.
                 let state = c.state.load(Ordering::Acquire);
                 (state == SENDING, c.since.load(Ordering::Relaxed))
-            });
-        match victim {
-            Some(connection) => {
-                // Not chosen again while its thread winds down.
-                connection.state.store(EVICTED, Ordering::Release);
-                connection.close();
-                true
-            }
-            None => false,
+            })?;
+        // Not chosen again while its thread winds down.
+        victim.state.store(EVICTED, Ordering::Release);
+        victim.close();
+        Some(victim.pending.load(Ordering::Relaxed))
+    }
+
+    /// Counts `bytes` of response about to be sent on `connection`. Past
+    /// `RESPONSE_BUDGET` in all, the connections whose clients have taken
+    /// their responses slowest are closed until the excess is freed, so
+    /// clients that never read cannot hold more than that much memory.
+    fn reserve(&self, connection: &Connection, bytes: usize) {
+        connection.pending.store(bytes, Ordering::Relaxed);
+        let total = self.pending.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        let mut excess = total.saturating_sub(self.settings.response_budget);
+        if excess == 0 {
+            return;
         }
+        let registry = self.registry();
+        while excess > 0 {
+            let other_sender =
+                |c: &Connection, state| state == SENDING && !std::ptr::eq(c, connection);
+            match self.evict(&registry, other_sender) {
+                Some(freed) => excess = excess.saturating_sub(freed.max(1)),
+                None => return,
+            }
+        }
+    }
+
+    fn release(&self, connection: &Connection) {
+        let bytes = connection.pending.swap(0, Ordering::Relaxed);
+        self.pending.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
 
@@ -301,6 +351,7 @@ impl Server {
             gate,
             connections: Mutex::new(Registry::default()),
             ended: Condvar::new(),
+            pending: AtomicUsize::new(0),
             started: Instant::now(),
             settings,
         });
@@ -438,6 +489,7 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
         stream,
         state: AtomicU8::new(WAITING),
         since: AtomicU64::new(shared.millis()),
+        pending: AtomicUsize::new(0),
     });
     let id = {
         let mut registry = shared.registry();
@@ -644,10 +696,17 @@ fn respond(
     if shared.stopping.load(Ordering::SeqCst) {
         keep_alive = false;
     }
-    encode(out, &response, is_head, !keep_alive);
-    drop(response);
+    // A large body is sent from where the handler made it, not copied.
+    let body: &[u8] = if encode(out, &response, is_head, !keep_alive) || is_head {
+        &[]
+    } else {
+        &response.body
+    };
     connection.set(SENDING, shared);
-    let sent = send(&connection.stream, out, shared.settings.io_timeout);
+    shared.reserve(connection, out.len() + response.body.len());
+    let sent = send(&connection.stream, &[out, body], shared.settings.io_timeout);
+    shared.release(connection);
+    drop(response);
     if out.capacity() > KEEP_BUFFER {
         *out = Vec::new();
     }
@@ -665,7 +724,7 @@ fn respond(
 fn fail(connection: &Connection, shared: &Shared, out: &mut Vec<u8>, status: u16, message: &str) {
     connection.set(SENDING, shared);
     encode(out, &error(status, message), false, true);
-    if send(&connection.stream, out, shared.settings.io_timeout).is_ok() {
+    if send(&connection.stream, &[out], shared.settings.io_timeout).is_ok() {
         close_gently(connection, shared);
     }
 }
@@ -694,41 +753,53 @@ fn close_gently(connection: &Connection, shared: &Shared) {
     }
 }
 
-/// Writes all of `data` within `timeout`, however the client paces its reads.
-fn send(stream: &TcpStream, data: &[u8], timeout: Duration) -> io::Result<()> {
+/// Writes all of `parts`, one after the other, within `timeout` in all,
+/// however the client paces its reads.
+fn send(stream: &TcpStream, parts: &[&[u8]], timeout: Duration) -> io::Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut sent = 0;
+    let mut first = true;
     let mut shortened = false;
-    let result = loop {
-        if sent == data.len() {
-            break Ok(());
-        }
-        if sent > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "response not taken in time",
-                ));
+    let mut result = Ok(());
+    'parts: for part in parts {
+        let mut sent = 0;
+        while sent < part.len() {
+            if !first {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    result = Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "response not taken in time",
+                    ));
+                    break 'parts;
+                }
+                stream.set_write_timeout(Some(left))?;
+                shortened = true;
             }
-            stream.set_write_timeout(Some(left))?;
-            shortened = true;
+            first = false;
+            match (&*stream).write(&part[sent..]) {
+                Ok(0) => {
+                    result = Err(io::ErrorKind::WriteZero.into());
+                    break 'parts;
+                }
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    result = Err(e);
+                    break 'parts;
+                }
+            }
         }
-        match (&*stream).write(&data[sent..]) {
-            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
+    }
     if shortened && result.is_ok() {
         stream.set_write_timeout(Some(timeout))?;
     }
     result
 }
 
-/// Serialises a response into `out` (cleared first).
-fn encode(out: &mut Vec<u8>, response: &Response, is_head: bool, close: bool) {
+/// Serialises a response into `out` (cleared first): its head, and its body
+/// when small (one write is one segment) and not for `HEAD`. Returns whether
+/// the body went in.
+fn encode(out: &mut Vec<u8>, response: &Response, is_head: bool, close: bool) -> bool {
     out.clear();
     let status = response.status;
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
@@ -749,9 +820,11 @@ fn encode(out: &mut Vec<u8>, response: &Response, is_head: bool, close: bool) {
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if !is_head {
+    let copy = !is_head && response.body.len() <= COPY_BODY;
+    if copy {
         out.extend_from_slice(&response.body);
     }
+    copy
 }
 
 fn trim(value: &[u8]) -> &[u8] {

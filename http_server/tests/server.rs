@@ -15,7 +15,10 @@ fn start(settings: Settings) -> Server {
     let handler = |request: &Request| Response {
         status: 200,
         headers: vec![("Content-Type", "text/plain".to_string())],
-        body: format!("{} {}", request.method, request.target).into_bytes(),
+        body: match request.target {
+            "/big" => vec![b'x'; 100_000],
+            target => format!("{} {target}", request.method).into_bytes(),
+        },
     };
     Server::start(listener, settings, Arc::new(handler)).unwrap()
 }
@@ -63,6 +66,14 @@ fn keep_alive_and_pipelined_requests_are_answered_in_order() {
     stream.write_all(b"HEAD /c HTTP/1.1\r\n\r\n").unwrap();
     let head = read_response(&mut stream, 0);
     assert!(head.contains("Content-Length: 7\r\n"), "{head}");
+    // A large body is sent after its head, not copied behind it.
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\n\r\nHEAD /big HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let big = read_response(&mut stream, 100_000);
+    assert!(big.contains("Content-Length: 100000\r\n") && big.ends_with("xxxx"));
+    let head = read_response(&mut stream, 0);
+    assert!(head.contains("Content-Length: 100000\r\n"), "{head}");
     stream
         .write_all(b"GET /d HTTP/1.1\r\nConnection: close\r\n\r\n")
         .unwrap();
@@ -111,7 +122,13 @@ fn at_the_cap_the_connection_waiting_longest_makes_room() {
         max_connections: 4,
         ..Settings::default()
     });
-    let mut idle: Vec<TcpStream> = (0..4).map(|_| connect(server.addr())).collect();
+    let mut idle: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            // Apart in time, so that which waited longest is clear.
+            std::thread::sleep(Duration::from_millis(20));
+            connect(server.addr())
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     for round in 0..3 {
         let mut stream = connect(server.addr());

@@ -344,17 +344,23 @@ pub fn a_reconnecting_client_that_never_reads_holds_nothing(kind: &Kind) {
             std::thread::sleep(Duration::from_millis(5));
         }
     });
+    let before = service.rss_kib();
     std::thread::sleep(Duration::from_millis(500));
     let mut failures = Vec::new();
+    let mut most = 0;
     for _ in 0..16 {
         match service.probe() {
             Ok(took) if took < Duration::from_secs(1) => {}
             outcome => failures.push(format!("{outcome:?}")),
         }
+        most = most.max(service.rss_kib());
         std::thread::sleep(Duration::from_millis(250));
     }
     hostile.join().expect("the hostile client");
     assert!(failures.is_empty(), "failed probes: {failures:?}");
+    // Responses nobody reads are bounded in all (64 MiB), not per connection.
+    eprintln!("RSS {before} KiB, at most {most} KiB");
+    assert!(most < before + 160 * 1024, "RSS {before} KiB -> {most} KiB");
     service.terminate_within(Duration::from_secs(5));
 }
 
