@@ -33,8 +33,9 @@
 //!   accept error ends the accept loop;
 //! - a connection waiting for its client costs a thread with a small stack
 //!   and an 8 KiB buffer, never a handler: at most `Settings::handlers`
-//!   requests are being handled at once, and none waits behind a slow
-//!   client;
+//!   requests are being handled at once (or, with
+//!   `Settings::handler_patience`, a request that waited that long for a
+//!   turn runs anyway), and none waits behind a slow client;
 //! - responses waiting for their clients hold at most
 //!   `Settings::response_budget` bytes in all: past it, the connections
 //!   whose clients have been slowest to take theirs are closed;
@@ -87,8 +88,13 @@ pub struct Settings {
     /// Most connections open at once.
     pub max_connections: usize,
     /// Most requests handled at once; `None` for no limit beyond the
-    /// connections.
+    /// connections. Under load, a few handlers taking turns answer sooner
+    /// than hundreds of threads sharing the cores.
     pub handlers: Option<usize>,
+    /// With `handlers`: how long a request waits for a turn before it runs
+    /// anyway (`None`: as long as it takes), so that handlers that wait on
+    /// something else (a database) hold the others back that long at most.
+    pub handler_patience: Option<Duration>,
     /// How long `shutdown` lets responses in flight finish.
     pub grace: Duration,
     /// Most bytes of responses waiting for their clients, in all; past it
@@ -103,6 +109,7 @@ impl Default for Settings {
             io_timeout: Duration::from_secs(10),
             max_connections: default_max_connections(),
             handlers: None,
+            handler_patience: None,
             grace: Duration::from_secs(3),
             response_budget: 64 * 1024 * 1024,
         }
@@ -305,20 +312,41 @@ impl Shared {
 struct Gate {
     free: Mutex<usize>,
     freed: Condvar,
+    /// How long a request waits for a turn before it runs anyway.
+    patience: Option<Duration>,
 }
 
 impl Gate {
     fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        {
+        let deadline = self.patience.map(|p| Instant::now() + p);
+        let took_turn = {
             let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            while *free == 0 {
-                free = self
-                    .freed
-                    .wait(free)
-                    .unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if *free > 0 {
+                    *free -= 1;
+                    break true;
+                }
+                match deadline {
+                    None => {
+                        free = self
+                            .freed
+                            .wait(free)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break false;
+                        }
+                        free = self
+                            .freed
+                            .wait_timeout(free, left)
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                    }
+                }
             }
-            *free -= 1;
-        }
+        };
         struct Release<'a>(&'a Gate);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
@@ -326,7 +354,7 @@ impl Gate {
                 self.0.freed.notify_one();
             }
         }
-        let _release = Release(self);
+        let _release = took_turn.then_some(Release(self));
         f()
     }
 }
@@ -344,6 +372,7 @@ impl Server {
         let gate = settings.handlers.map(|n| Gate {
             free: Mutex::new(n.max(1)),
             freed: Condvar::new(),
+            patience: settings.handler_patience,
         });
         let shared = Arc::new(Shared {
             handler,

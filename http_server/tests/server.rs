@@ -17,6 +17,10 @@ fn start(settings: Settings) -> Server {
         headers: vec![("Content-Type", "text/plain".to_string())],
         body: match request.target {
             "/big" => vec![b'x'; 100_000],
+            "/slow" => {
+                std::thread::sleep(Duration::from_secs(2));
+                b"slow".to_vec()
+            }
             target => format!("{} {target}", request.method).into_bytes(),
         },
     };
@@ -166,4 +170,27 @@ fn shutdown_closes_idle_connections_at_once() {
         let mut byte = [0u8; 1];
         assert_eq!(stream.read(&mut byte).unwrap_or(0), 0);
     }
+}
+
+#[test]
+fn a_slow_handler_holds_the_others_back_no_longer_than_the_patience() {
+    let server = start(Settings {
+        handlers: Some(1),
+        handler_patience: Some(Duration::from_millis(50)),
+        ..Settings::default()
+    });
+    let mut slow = connect(server.addr());
+    slow.write_all(b"GET /slow HTTP/1.1\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let mut fast = connect(server.addr());
+    fast.write_all(b"GET /fast HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(read_to_close(&mut fast).ends_with("GET /fast"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(read_response(&mut slow, 4).ends_with("slow"));
 }
