@@ -43,7 +43,7 @@
 //!   their client, lets responses in flight finish within `Settings::grace`,
 //!   then closes the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -308,54 +308,95 @@ impl Shared {
     }
 }
 
-/// Bounds how many handlers run at once.
+/// Bounds how many handlers run at once. Turns are handed out in order of
+/// arrival (a freed turn goes to the longest waiter, never to a newcomer),
+/// so under load every request waits about as long as the others, not some
+/// much longer.
 struct Gate {
-    free: Mutex<usize>,
-    freed: Condvar,
+    state: Mutex<GateState>,
     /// How long a request waits for a turn before it runs anyway.
     patience: Option<Duration>,
 }
 
+struct GateState {
+    free: usize,
+    waiting: VecDeque<Arc<Waiter>>,
+}
+
+struct Waiter {
+    thread: std::thread::Thread,
+    granted: AtomicBool,
+}
+
 impl Gate {
+    fn new(turns: usize, patience: Option<Duration>) -> Gate {
+        Gate {
+            state: Mutex::new(GateState {
+                free: turns.max(1),
+                waiting: VecDeque::new(),
+            }),
+            patience,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        let deadline = self.patience.map(|p| Instant::now() + p);
-        let took_turn = {
-            let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
-                if *free > 0 {
-                    *free -= 1;
-                    break true;
-                }
-                match deadline {
-                    None => {
-                        free = self
-                            .freed
-                            .wait(free)
-                            .unwrap_or_else(PoisonError::into_inner);
-                    }
-                    Some(deadline) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            break false;
-                        }
-                        free = self
-                            .freed
-                            .wait_timeout(free, left)
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .0;
-                    }
-                }
-            }
-        };
         struct Release<'a>(&'a Gate);
         impl Drop for Release<'_> {
             fn drop(&mut self) {
-                *self.0.free.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-                self.0.freed.notify_one();
+                let mut state = self.0.lock();
+                match state.waiting.pop_front() {
+                    Some(next) => {
+                        next.granted.store(true, Ordering::Release);
+                        next.thread.unpark();
+                    }
+                    None => state.free += 1,
+                }
             }
         }
-        let _release = took_turn.then_some(Release(self));
+        let _release = self.take_turn().then_some(Release(self));
         f()
+    }
+
+    /// Waits for a turn; false if the patience ran out first.
+    fn take_turn(&self) -> bool {
+        let deadline = self.patience.map(|p| Instant::now() + p);
+        let waiter = {
+            let mut state = self.lock();
+            if state.free > 0 && state.waiting.is_empty() {
+                state.free -= 1;
+                return true;
+            }
+            let waiter = Arc::new(Waiter {
+                thread: std::thread::current(),
+                granted: AtomicBool::new(false),
+            });
+            state.waiting.push_back(Arc::clone(&waiter));
+            waiter
+        };
+        loop {
+            if waiter.granted.load(Ordering::Acquire) {
+                return true;
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        let mut state = self.lock();
+                        if waiter.granted.load(Ordering::Acquire) {
+                            return true;
+                        }
+                        state.waiting.retain(|w| !Arc::ptr_eq(w, &waiter));
+                        return false;
+                    }
+                    std::thread::park_timeout(left);
+                }
+            }
+        }
     }
 }
 
@@ -369,11 +410,9 @@ impl Server {
         let addr = listener.local_addr()?;
         // Accept wakes up this often to look at the stop flag.
         socket2::SockRef::from(&listener).set_read_timeout(Some(ACCEPT_POLL))?;
-        let gate = settings.handlers.map(|n| Gate {
-            free: Mutex::new(n.max(1)),
-            freed: Condvar::new(),
-            patience: settings.handler_patience,
-        });
+        let gate = settings
+            .handlers
+            .map(|n| Gate::new(n, settings.handler_patience));
         let shared = Arc::new(Shared {
             handler,
             stopping: AtomicBool::new(false),
