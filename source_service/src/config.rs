@@ -18,12 +18,11 @@ use log::LevelFilter;
 /// Most worker threads we accept; more would only waste memory on stacks.
 pub const MAX_THREADS: usize = 1024;
 
-/// How long a client may take no data while a response waits to be sent;
-/// then its connection is dropped. tiny_http has no timeout of its own, and
-/// it writes the responses of one connection in order, each worker waiting
-/// for the one before: a client that pipelines big requests and never reads
-/// would otherwise hold every worker (and shutdown) for as long as it stays
-/// connected. A client that keeps reading, however slowly, is not affected.
+/// How long a client has to send a request head, and to take a response,
+/// before its connection is dropped (SPEC §6: a client that sends or reads
+/// too slowly is cut off after 10 s). Both are deadlines, not idle times, so
+/// a client that trickles a byte at a time is cut off all the same; a
+/// keep-alive connection with no request for that long is closed too.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the service needs to start, already checked.
@@ -44,7 +43,8 @@ pub struct Config {
     /// `LOG_LEVEL`: how much the service logs.
     pub log_level: LevelFilter,
     /// Not read from the environment: always `WRITE_TIMEOUT`, except in
-    /// tests that need a stalled client dropped sooner.
+    /// tests that need a stalled client dropped sooner. It bounds reading a
+    /// request head as well as sending a response.
     pub write_timeout: Duration,
 }
 

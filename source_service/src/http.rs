@@ -1,11 +1,18 @@
-//! HTTP routing as plain functions: from a method and a URL to a `Reply`.
+//! HTTP routing as plain functions: from an `Incoming` request to a `Reply`.
 //!
 //! Nothing here touches a socket, so every answer the service gives can be
-//! unit-tested by calling `Handler::handle`. `lib.rs` owns the server loop
-//! that turns `tiny_http` requests into calls here and replies into responses.
-//! Every error body is JSON `{"error": "..."}` saying what was wrong.
+//! unit-tested by calling `Handler::handle`. `lib.rs` owns the server (the
+//! `http_server` crate) that turns requests into calls here and replies into
+//! responses. Every error body is JSON `{"error": "..."}` saying what was
+//! wrong.
+//!
+//! `HEAD` is answered like `GET` on `/healthz` and `/metrics` (the server
+//! leaves the body out). On `/users/changes` it is `405`: the headers of that
+//! `GET` describe the batch it generates for a reader that is caught up, so a
+//! `HEAD` could only tell the truth by generating, which a `HEAD` must not do.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use serde_json::json;
 
@@ -20,6 +27,15 @@ pub const MAX_LIMIT: usize = 10_000;
 const JSON: &str = "application/json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What a handler reads of a request.
+pub struct Incoming<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query).
+    pub url: &'a str,
+    /// The `Authorization` header, when present.
+    pub authorization: Option<&'a str>,
+}
+
 /// The routes the service knows; `Other` is every unknown path, so that
 /// metrics labels stay bounded whatever clients ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +48,12 @@ pub enum Route {
 
 impl Route {
     pub const ALL: [Route; 4] = [Route::Changes, Route::Healthz, Route::Metrics, Route::Other];
+
+    /// The route of a request target as sent.
+    pub fn of(url: &str) -> Route {
+        let url = origin_form(url);
+        Route::from_path(url.split_once('?').map_or(&*url, |(path, _)| path))
+    }
 
     fn from_path(path: &str) -> Route {
         match path {
@@ -126,9 +148,19 @@ impl Handler {
         &self.epoch
     }
 
-    /// Answers one request. `url` is the request target as sent: a path with
-    /// an optional query string, or the same after `http://host:port`.
-    pub fn handle(&self, method: &str, url: &str) -> (Route, Reply) {
+    /// Answers one request, counting it in `source_requests_total` and
+    /// `source_request_duration_seconds`.
+    pub fn handle(&self, request: &Incoming) -> Reply {
+        let started = Instant::now();
+        let (route, reply) = self.answer(request.method, request.url);
+        self.metrics.count_request(route, reply.status);
+        self.metrics.observe_duration(route, started.elapsed());
+        reply
+    }
+
+    /// The answer to `method` on `url`, the request target as sent: a path
+    /// with an optional query string, or the same after `http://host:port`.
+    fn answer(&self, method: &str, url: &str) -> (Route, Reply) {
         let url = origin_form(url);
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let route = Route::from_path(path);
@@ -140,16 +172,21 @@ impl Handler {
                     shorten(path)
                 ),
             ),
-            _ if method != "GET" => {
+            _ if !(method == "GET" || method == "HEAD" && route != Route::Changes) => {
+                let allow = if route == Route::Changes {
+                    "GET"
+                } else {
+                    "GET, HEAD"
+                };
                 let mut reply = Reply::error(
                     405,
                     format!(
-                        "method {} is not allowed on {}; use GET",
+                        "method {} is not allowed on {}; use {allow}",
                         shorten(method),
                         route.label()
                     ),
                 );
-                reply.headers.push(("Allow", "GET".to_string()));
+                reply.headers.push(("Allow", allow.to_string()));
                 reply
             }
             Route::Changes => self.changes(query),
@@ -410,7 +447,7 @@ mod tests {
     #[test]
     fn fresh_batch_without_parameters() {
         let h = handler(100, 0);
-        let (route, reply) = h.handle("GET", "/users/changes");
+        let (route, reply) = h.answer("GET", "/users/changes");
         assert_eq!(route, Route::Changes);
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
@@ -425,16 +462,16 @@ mod tests {
     fn since_pages_through_the_log() {
         let h = handler(1000, 100);
         let head = h.feed().head();
-        let (_, reply) = h.handle("GET", "/users/changes?since=10&limit=20");
+        let (_, reply) = h.answer("GET", "/users/changes?since=10&limit=20");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 20);
         assert_eq!(header(&reply, "X-Next-Cursor"), 30);
         assert_eq!(header(&reply, "X-Head-Cursor"), head);
-        let (_, reply) = h.handle("GET", "/users/changes?since=30");
+        let (_, reply) = h.answer("GET", "/users/changes?since=30");
         assert_eq!(header(&reply, "X-Next-Cursor"), head);
         assert_eq!(body(&reply).as_array().unwrap().len() as u64, head - 30);
         // Caught up: a fresh batch.
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={head}"));
+        let (_, reply) = h.answer("GET", &format!("/users/changes?since={head}"));
         let n = body(&reply).as_array().unwrap().len() as u64;
         assert!(n >= 2);
         assert_eq!(header(&reply, "X-Next-Cursor"), head + n);
@@ -460,7 +497,7 @@ mod tests {
             "since=0&limit=",
             "limit=0",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
             let error = error_of(&reply);
             assert!(
@@ -468,9 +505,9 @@ mod tests {
                 "{error}"
             );
         }
-        let (_, reply) = h.handle("GET", "/users/changes?since=0&limit=10000");
+        let (_, reply) = h.answer("GET", "/users/changes?since=0&limit=10000");
         assert_eq!(reply.status, 200);
-        let (_, reply) = h.handle("GET", "/users/changes?since=%30");
+        let (_, reply) = h.answer("GET", "/users/changes?since=%30");
         assert_eq!(reply.status, 200, "percent-encoded digits are digits");
     }
 
@@ -497,7 +534,7 @@ mod tests {
             ("%zz=1", "unknown parameter \"%zz\""),
             ("foo", "unknown parameter \"foo\""),
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
             let message = error_of(&reply);
             assert!(message.contains(error), "{query}: {message}");
@@ -512,14 +549,14 @@ mod tests {
             ("since=1&&limit=1&", 2),
             ("limit=1&since=1", 2),
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 200, "{query}");
             assert_eq!(header(&reply, "X-Next-Cursor"), next, "{query}");
         }
         // No parameters at all, however written: a fresh batch.
         for url in ["/users/changes?", "/users/changes?&", "/users/changes?&&"] {
             let before = h.feed().head();
-            let (_, reply) = h.handle("GET", url);
+            let (_, reply) = h.answer("GET", url);
             assert_eq!(reply.status, 200, "{url}");
             assert_eq!(
                 header(&reply, "X-Head-Cursor"),
@@ -533,7 +570,7 @@ mod tests {
         let h = handler(50, 200);
         let head = h.feed().head();
         for since in [head + 1, u64::MAX, 0, head - 51] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let value = body(&reply);
             assert!(value["error"].is_string());
@@ -544,7 +581,7 @@ mod tests {
             );
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
         }
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
+        let (_, reply) = h.answer("GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 50);
     }
@@ -553,7 +590,7 @@ mod tests {
     fn digits_past_u64_are_a_cursor_newer_than_the_head() {
         let h = handler(1000, 200);
         let head = h.feed().head();
-        let (_, max) = h.handle("GET", &format!("/users/changes?since={}", u64::MAX));
+        let (_, max) = h.answer("GET", &format!("/users/changes?since={}", u64::MAX));
         assert_eq!(max.status, 410);
         for since in [
             "18446744073709551616",
@@ -561,7 +598,7 @@ mod tests {
             &"9".repeat(1000),
             "%31%38446744073709551616",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}&limit=5"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?since={since}&limit=5"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(error.contains("newer than the newest change"), "{error}");
@@ -576,7 +613,7 @@ mod tests {
             assert_eq!(reply.header("X-Source-Epoch"), Some("epoch-1"));
         }
         assert!(error_of(
-            &h.handle("GET", "/users/changes?since=18446744073709551616")
+            &h.answer("GET", "/users/changes?since=18446744073709551616")
                 .1
         )
         .starts_with("since=18446744073709551616 is newer"));
@@ -585,7 +622,7 @@ mod tests {
             "since=0&limit=18446744073709551616",
             "since=-18446744073709551616",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
         }
         assert_eq!(h.feed().head(), head, "nothing was generated");
@@ -599,7 +636,7 @@ mod tests {
         let head = h.feed().head();
         let min_since = head - 50;
         for since in [head + 1, 99_999_999, 0] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = h.answer("GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(
@@ -610,7 +647,7 @@ mod tests {
         }
         // While nothing is dropped, the restart point of a too-new cursor is 0.
         let h = handler(1000, 200);
-        let (_, reply) = h.handle("GET", "/users/changes?since=99999999");
+        let (_, reply) = h.answer("GET", "/users/changes?since=99999999");
         assert_eq!(reply.status, 410);
         assert!(error_of(&reply).ends_with("restart from since=0"));
     }
@@ -618,7 +655,7 @@ mod tests {
     #[test]
     fn since_zero_is_valid_on_an_empty_log() {
         let h = handler(100, 0);
-        let (_, reply) = h.handle("GET", "/users/changes?since=0");
+        let (_, reply) = h.answer("GET", "/users/changes?since=0");
         assert_eq!(reply.status, 200);
         assert!(body(&reply).as_array().unwrap().len() >= 2);
     }
@@ -633,7 +670,7 @@ mod tests {
             "/healthz/x",
             "/nope?since=1",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = h.answer("GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
             assert!(error_of(&reply).contains("no such path"));
         }
@@ -643,13 +680,48 @@ mod tests {
             ("PUT", "/metrics"),
             ("HEAD", "/users/changes"),
         ] {
-            let (_, reply) = h.handle(method, url);
+            let (_, reply) = h.answer(method, url);
             assert_eq!(reply.status, 405, "{method} {url}");
-            assert_eq!(reply.header("Allow"), Some("GET"));
+            let allow = if url == "/users/changes" {
+                "GET"
+            } else {
+                "GET, HEAD"
+            };
+            assert_eq!(reply.header("Allow"), Some(allow), "{method} {url}");
             assert!(error_of(&reply).contains(method));
         }
-        let (_, reply) = h.handle("POST", "/elsewhere");
+        let (_, reply) = h.answer("POST", "/elsewhere");
         assert_eq!(reply.status, 404);
+    }
+
+    #[test]
+    fn head_is_answered_like_get_except_where_get_generates() {
+        let h = handler(100, 0);
+        for url in ["/healthz", "/metrics"] {
+            let (_, get) = h.answer("GET", url);
+            let (_, head) = h.answer("HEAD", url);
+            assert_eq!((head.status, head.content_type), (200, get.content_type));
+        }
+        let (_, reply) = h.answer("HEAD", "/users/changes?since=0");
+        assert_eq!(reply.status, 405);
+        assert_eq!(h.feed().head(), 0, "a HEAD generates nothing");
+    }
+
+    #[test]
+    fn handle_counts_the_request() {
+        let h = handler(100, 0);
+        let request = Incoming {
+            method: "GET",
+            url: "/healthz",
+            authorization: None,
+        };
+        assert_eq!(h.handle(&request).status, 200);
+        assert_eq!(Route::of("http://host/healthz?x=1"), Route::Healthz);
+        let text = String::from_utf8(h.answer("GET", "/metrics").1.body).unwrap();
+        assert!(
+            text.contains(r#"source_requests_total{code="200",path="/healthz"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -661,10 +733,10 @@ mod tests {
             "HTTP://localhost/healthz",
             "https://[::1]:8080/healthz",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = h.answer("GET", url);
             assert_eq!((route, reply.status), (Route::Healthz, 200), "{url}");
         }
-        let (route, reply) = h.handle(
+        let (route, reply) = h.answer(
             "GET",
             "http://source.example:8080/users/changes?since=10&limit=20",
         );
@@ -681,21 +753,21 @@ mod tests {
             "healthz",
             "*",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = h.answer("GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
         }
-        assert!(error_of(&h.handle("GET", "http://host?x=1").1).contains("no such path: /;"));
-        let (_, reply) = h.handle("POST", "http://host/healthz");
+        assert!(error_of(&h.answer("GET", "http://host?x=1").1).contains("no such path: /;"));
+        let (_, reply) = h.answer("POST", "http://host/healthz");
         assert_eq!(reply.status, 405);
     }
 
     #[test]
     fn healthz_and_metrics() {
         let h = handler(100, 0);
-        let (_, reply) = h.handle("GET", "/healthz");
+        let (_, reply) = h.answer("GET", "/healthz");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply), serde_json::json!({"status": "ok"}));
-        let (_, reply) = h.handle("GET", "/metrics");
+        let (_, reply) = h.answer("GET", "/metrics");
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/plain"));
         let text = String::from_utf8(reply.body).unwrap();
@@ -706,9 +778,9 @@ mod tests {
     fn long_input_is_not_echoed_whole() {
         let h = handler(100, 0);
         let long = "x".repeat(10_000);
-        let (_, reply) = h.handle("GET", &format!("/{long}"));
+        let (_, reply) = h.answer("GET", &format!("/{long}"));
         assert!(reply.body.len() < 400);
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={long}"));
+        let (_, reply) = h.answer("GET", &format!("/users/changes?since={long}"));
         assert!(reply.body.len() < 400);
     }
 

@@ -2,17 +2,18 @@
 //! over HTTP (see SPEC §2).
 //!
 //! This file starts the application and owns every thread it runs: `App::start`
-//! preloads the change log, binds the server and starts `threads` workers that
-//! share one `tiny_http::Server` and loop on `recv()`, and one thread that
-//! checks the server still accepts connections. `Running::shutdown` wakes the
-//! workers with `unblock()` and the checker with `unpark()`, lets in-flight
-//! requests finish and joins them.
+//! preloads the change log, binds the server (`http_server`: one thread per
+//! connection, at most `threads` requests handled at once, the limits of
+//! SPEC §6 "Hostile clients") and starts one thread that checks the server
+//! still accepts connections. `Running::shutdown` stops accepting, lets
+//! in-flight requests finish and joins them.
 //!
-//! tiny_http accepts connections on a thread of its own, which ends for good
-//! at an accept error (reported through `recv()`) or a panic (reported
-//! nowhere; the listening socket just closes). Either way the process would
-//! live on with nothing listening, so both are a `Fault`, which `main` turns
-//! into a non-zero exit for a supervisor to restart the service.
+//! The accept loop ends at no accept error (running out of descriptors
+//! included: it closes the connection waiting longest and tries again), but
+//! a panic would end it and close the listening socket, and the process
+//! would live on with nothing listening: the listener watch reports that as
+//! a `Fault`, which `main` turns into a non-zero exit for a supervisor to
+//! restart the service.
 //!
 //! Code map: `config` (environment), `generator` (seeded changes as JSON),
 //! `change_log` (numbered, bounded replay log), `feed` (the two behind their
@@ -33,13 +34,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use tiny_http::{Header, Response, Server};
 
 use crate::change_log::ChangeLog;
 pub use crate::config::{Config, ConfigError};
 use crate::feed::Feed;
 use crate::generator::Generator;
-use crate::http::{Handler, Reply};
+use crate::http::{Handler, Incoming, Reply};
 use crate::metrics::Metrics;
 
 /// Entry point of the application.
@@ -73,7 +73,7 @@ impl App {
         // Bind before the preload, which may take a while, so that an address
         // in use is reported at once; listen only after it, so that nobody
         // connects before the service can answer.
-        let socket = bind(config.addr, config.write_timeout)
+        let socket = http_server::bind(config.addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", config.addr)))?;
         let feed = Feed::new(
             Generator::new(seed, config.invalid_rate),
@@ -94,41 +94,37 @@ impl App {
         }
 
         let epoch = uuid::Uuid::new_v4().to_string();
-        socket.listen(1024).map_err(|e| {
+        let listener = http_server::listen(socket).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
         })?;
-        let listener: std::net::TcpListener = socket.into();
-        let server = Server::from_listener(listener, None).map_err(io::Error::other)?;
-        let addr = server.server_addr().to_ip().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                "server is not on an IP address",
-            )
-        })?;
-        let server = Arc::new(server);
         let handler = Arc::new(Handler::new(feed, metrics, epoch));
+        let settings = http_server::Settings {
+            name: "http",
+            io_timeout: config.write_timeout,
+            handlers: Some(config.threads),
+            ..http_server::Settings::default()
+        };
+        let serve = {
+            let handler = Arc::clone(&handler);
+            move |request: &http_server::Request| {
+                let incoming = Incoming {
+                    method: request.method,
+                    url: request.target,
+                    authorization: request.header("Authorization"),
+                };
+                response(handler.handle(&incoming))
+            }
+        };
+        let server = http_server::Server::start(listener, settings, Arc::new(serve))?;
+        let addr = server.addr();
         let mut running = Running {
             addr,
-            server,
-            workers: Vec::with_capacity(config.threads),
+            server: Some(server),
             watch: None,
             stopping: Arc::new(AtomicBool::new(false)),
             fault: Arc::new(Fault::default()),
         };
 
-        // On an error, dropping `running` stops the threads already started.
-        for n in 0..config.threads {
-            let (server, handler, stopping, fault) = (
-                Arc::clone(&running.server),
-                Arc::clone(&handler),
-                Arc::clone(&running.stopping),
-                Arc::clone(&running.fault),
-            );
-            let worker = std::thread::Builder::new()
-                .name(format!("http-{n}"))
-                .spawn(move || serve(&server, &handler, &stopping, &fault))?;
-            running.workers.push(worker);
-        }
         let (stopping, fault) = (Arc::clone(&running.stopping), Arc::clone(&running.fault));
         let watch = std::thread::Builder::new()
             .name("listener-watch".to_string())
@@ -178,41 +174,11 @@ impl Fault {
     }
 }
 
-/// Binds a TCP socket (not yet listening) with `TCP_NODELAY`,
-/// `TCP_USER_TIMEOUT` and `SO_SNDTIMEO` set. Linux copies these options to
-/// every accepted connection; tiny_http sets none of them on its connections.
-///
-/// `TCP_NODELAY` matters because tiny_http writes a response's head and body
-/// in separate sends: with Nagle's algorithm the body would wait for the
-/// client's delayed ACK, some 40 ms per keep-alive request.
-///
-/// The other two enforce `write_timeout` (see `config::WRITE_TIMEOUT`). `TCP_USER_TIMEOUT` makes the
-/// kernel abort a connection whose client has advertised a zero window (or
-/// not acknowledged data) for that long, so every response still queued on
-/// it fails at once instead of each waiting out its own timeout.
-/// `SO_SNDTIMEO` bounds each blocking send as well, in case the kernel does
-/// not apply the first to a zero window.
-///
-/// There is deliberately no `SO_RCVTIMEO`: on a listening socket it also
-/// limits `accept`, and tiny_http stops accepting for good at the first
-/// accept error, so a quiet minute would end the server.
-fn bind(addr: SocketAddr, write_timeout: Duration) -> io::Result<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_tcp_nodelay(true)?;
-    socket.set_tcp_user_timeout(Some(write_timeout))?;
-    socket.set_write_timeout(Some(write_timeout))?;
-    socket.bind(&addr.into())?;
-    Ok(socket)
-}
-
 /// A started application.
 pub struct Running {
     /// The address the server listens on (with the real port when 0 was asked).
     pub addr: SocketAddr,
-    server: Arc<Server>,
-    workers: Vec<JoinHandle<()>>,
+    server: Option<http_server::Server>,
     watch: Option<JoinHandle<()>>,
     stopping: Arc<AtomicBool>,
     fault: Arc<Fault>,
@@ -256,17 +222,8 @@ impl Running {
 
     fn stop(&mut self) {
         self.stopping.store(true, Ordering::SeqCst);
-        // Each unblock makes one recv() return an error. They queue behind
-        // the requests already received, so those are answered first; each
-        // worker exits at the first unblock it meets, and there is one per
-        // worker, so none is left waiting.
-        for _ in 0..self.workers.len() {
-            self.server.unblock();
-        }
-        for worker in self.workers.drain(..) {
-            if worker.join().is_err() {
-                warn!("a server thread panicked");
-            }
+        if let Some(server) = self.server.take() {
+            server.shutdown();
         }
         if let Some(watch) = self.watch.take() {
             watch.thread().unpark();
@@ -274,58 +231,20 @@ impl Running {
                 warn!("the listener watch panicked");
             }
         }
-        // The last reference to the server goes with `self`, which closes the
-        // listening socket. Requests that arrive on open connections from now
-        // on are not answered; the process is about to exit.
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if !self.workers.is_empty() || self.watch.is_some() {
+        if self.server.is_some() || self.watch.is_some() {
             self.stop();
         }
     }
 }
 
-/// One worker: answers requests until shutdown.
-///
-/// A worker leaves only at an unblock from `Running::stop` (not at the flag),
-/// so requests received before shutdown began are still answered; or when
-/// `recv()` fails otherwise, which tiny_http does only when its accept thread
-/// has given up: a fault.
-fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool, fault: &Fault) {
-    loop {
-        let request = match server.recv() {
-            Ok(request) => request,
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
-            Err(e) => {
-                fault.report(format!("the server stopped accepting connections: {e}"));
-                return;
-            }
-        };
-        let started = Instant::now();
-        let (route, reply) = handler.handle(request.method().as_str(), request.url());
-        handler.metrics().count_request(route, reply.status);
-        let mut response = response(reply);
-        if stopping.load(Ordering::SeqCst) {
-            // Tell keep-alive clients not to send more on this connection.
-            if let Ok(close) = Header::from_bytes(&b"Connection"[..], &b"close"[..]) {
-                response.add_header(close);
-            }
-        }
-        if let Err(e) = request.respond(response) {
-            debug!("client went away before the response was sent: {e}");
-        }
-        handler.metrics().observe_duration(route, started.elapsed());
-    }
-}
-
 /// Until shutdown, checks every `LISTENER_CHECK_INTERVAL` that a connection
 /// to the server is not refused. A refusal means the listening socket is
-/// closed: tiny_http's accept thread panicked (as it does when it cannot
-/// duplicate an accepted socket for lack of file descriptors), which nothing
-/// else reports. Other outcomes, a timeout under load included, are not
+/// closed: the accept loop panicked, which nothing else reports. Other outcomes, a timeout under load included, are not
 /// faults; a connection made is closed at once.
 fn watch_listener(addr: SocketAddr, stopping: &AtomicBool, fault: &Fault) {
     let mut target = addr;
@@ -354,14 +273,12 @@ fn watch_listener(addr: SocketAddr, stopping: &AtomicBool, fault: &Fault) {
     }
 }
 
-fn response(reply: Reply) -> Response<io::Cursor<Vec<u8>>> {
-    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
-    let content_type = ("Content-Type", reply.content_type);
-    let headers = reply.headers.iter().map(|(n, v)| (*n, v.as_str()));
-    for (name, value) in std::iter::once(content_type).chain(headers) {
-        if let Ok(header) = Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
+fn response(reply: Reply) -> http_server::Response {
+    let mut headers = reply.headers;
+    headers.push(("Content-Type", reply.content_type.to_string()));
+    http_server::Response {
+        status: reply.status,
+        headers,
+        body: reply.body,
     }
-    response
 }

@@ -192,9 +192,50 @@ fn unknown_paths_are_404_and_other_methods_405() {
         };
         let reply = common::into_reply(response);
         assert_eq!(reply.status, 405, "{method} {path}");
-        assert_eq!(reply.header("Allow"), Some("GET"));
+        let allow = if path == "/users/changes" {
+            "GET"
+        } else {
+            "GET, HEAD"
+        };
+        assert_eq!(reply.header("Allow"), Some(allow), "{method} {path}");
         assert!(reply.error().contains(method));
     }
+}
+
+#[test]
+fn head_is_get_without_a_body_and_never_generates() {
+    let app = start(|c| c.preload = 100);
+    let addr = app.running.as_ref().unwrap().addr;
+    let head = app
+        .get("/users/changes?since=0&limit=1")
+        .cursor("X-Head-Cursor");
+    for path in ["/healthz", "/metrics"] {
+        let response = raw_request(
+            addr,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+        assert!(response.ends_with("\r\n\r\n"), "no body: {response}");
+        let length: usize = response
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("Content-Length");
+        assert!(length > 0, "the length of the GET body: {response}");
+    }
+    let response = raw_request(
+        addr,
+        &format!(
+            "HEAD /users/changes?since={head} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert!(response.starts_with("HTTP/1.1 405 "), "{response}");
+    assert!(response.contains("\r\nAllow: GET\r\n"), "{response}");
+    assert_eq!(
+        app.get("/users/changes?since=0&limit=1")
+            .cursor("X-Head-Cursor"),
+        head
+    );
 }
 
 /// Sends one raw HTTP/1.1 request and returns the whole response as text.

@@ -1,6 +1,7 @@
 //! The metrics and health endpoints: `/metrics`, `/healthz`, `/readyz`,
-//! `/status`, as a plain function from method and path to a response, so it
-//! is tested without sockets and the server loop stays trivial.
+//! `/status`, as a plain function from an `Incoming` request to a `Reply`,
+//! so it is tested without sockets. The server itself (connections, limits,
+//! timeouts) is the `http_server` crate, started in `lib.rs`.
 //!
 //! Handlers read atomics and a short-held lock only: they never wait on
 //! PostgreSQL or the source, so a stuck database cannot stall a scrape.
@@ -9,6 +10,15 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::status::StatusBoard;
+
+/// What a handler reads of a request.
+pub struct Incoming<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query).
+    pub url: &'a str,
+    /// The `Authorization` header, when present.
+    pub authorization: Option<&'a str>,
+}
 
 /// What to send back.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,11 +34,20 @@ const JSON: &str = "application/json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 const PATHS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/status"];
 
-pub fn route(method: &str, url: &str, metrics: &Metrics, status: &StatusBoard) -> Reply {
+pub fn route(request: &Incoming, metrics: &Metrics, status: &StatusBoard) -> Reply {
+    let url = request.url;
     let path = url.split(['?', '#']).next().unwrap_or(url);
     if !PATHS.contains(&path) {
-        return json_reply(404, json!({ "error": format!("no such path: {path}") }));
+        return json_reply(
+            404,
+            json!({ "error": format!(
+                "no such path: {}; this service answers GET {}",
+                shorten(path),
+                PATHS.join(", ")
+            ) }),
+        );
     }
+    let method = request.method;
     if method != "GET" && method != "HEAD" {
         let mut reply = json_reply(405, json!({ "error": format!("{path} only answers GET") }));
         reply.allow = Some("GET, HEAD");
@@ -60,30 +79,46 @@ fn json_reply(status: u16, body: serde_json::Value) -> Reply {
     }
 }
 
-/// Answers one request on the socket; a client that hung up is not an error.
-pub fn respond(request: tiny_http::Request, metrics: &Metrics, status: &StatusBoard) {
-    let reply = route(request.method().as_str(), request.url(), metrics, status);
-    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-    let headers = [
-        ("Content-Type", Some(reply.content_type)),
-        ("Allow", reply.allow),
-    ];
-    for (name, value) in headers {
-        if let Some(value) = value {
-            if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(header);
-            }
-        }
+/// Echoed client input is cut short so error bodies stay small.
+fn shorten(s: &str) -> String {
+    const MAX: usize = 100;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
     }
-    let _ = request.respond(response);
+}
+
+/// The reply as the server sends it.
+pub fn to_response(reply: Reply) -> http_server::Response {
+    let mut headers = vec![("Content-Type", reply.content_type.to_string())];
+    if let Some(allow) = reply.allow {
+        headers.push(("Allow", allow.to_string()));
+    }
+    http_server::Response {
+        status: reply.status,
+        headers,
+        body: reply.body,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn call(method: &str, url: &str, status: &StatusBoard) -> (u16, serde_json::Value) {
-        let reply = route(method, url, &Metrics::new(), status);
+    fn get(method: &'static str, url: &'static str) -> Incoming<'static> {
+        Incoming {
+            method,
+            url,
+            authorization: None,
+        }
+    }
+
+    fn call(
+        method: &'static str,
+        url: &'static str,
+        status: &StatusBoard,
+    ) -> (u16, serde_json::Value) {
+        let reply = route(&get(method, url), &Metrics::new(), status);
         let body = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
         (reply.status, body)
     }
@@ -130,8 +165,11 @@ mod tests {
         let status = StatusBoard::default();
         let (code, body) = call("GET", "/nope", &status);
         assert_eq!(code, 404);
-        assert!(body["error"].is_string());
-        let reply = route("POST", "/metrics", &Metrics::new(), &status);
+        let error = body["error"].as_str().unwrap();
+        for path in PATHS {
+            assert!(error.contains(path), "{error}");
+        }
+        let reply = route(&get("POST", "/metrics"), &Metrics::new(), &status);
         assert_eq!(reply.status, 405);
         assert_eq!(reply.allow, Some("GET, HEAD"));
         assert_eq!(reply.content_type, "application/json");
@@ -139,7 +177,11 @@ mod tests {
 
     #[test]
     fn metrics_are_prometheus_text() {
-        let reply = route("GET", "/metrics", &Metrics::new(), &StatusBoard::default());
+        let reply = route(
+            &get("GET", "/metrics"),
+            &Metrics::new(),
+            &StatusBoard::default(),
+        );
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/plain"));
         assert!(String::from_utf8(reply.body)

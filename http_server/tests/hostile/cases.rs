@@ -1,0 +1,447 @@
+//! Hostile clients against a service binary (SPEC §6 "Hostile clients"),
+//! shared by the hostile tests of both services: each case starts the real
+//! binary in a child process (so that its descriptor limit can be set and
+//! its memory read), misbehaves over real sockets, and checks that the
+//! service goes on answering, within bounds generous enough for a loaded
+//! 2-core machine.
+#![allow(dead_code)] // each service uses the cases that fit it
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How to start one service and what to ask of it.
+pub struct Kind {
+    pub bin: &'static str,
+    pub env: &'static [(&'static str, &'static str)],
+    /// The variable holding the listen address.
+    pub addr_var: &'static str,
+    /// What the service logs just before its address once it listens.
+    pub addr_marker: &'static str,
+    /// A path whose answer is large enough to fill socket buffers.
+    pub big_path: &'static str,
+}
+
+/// The binary, running; killed when dropped.
+pub struct Service {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Service {
+    pub fn start(kind: &Kind) -> Service {
+        Service::start_with_limit(kind, None)
+    }
+
+    /// Starts the binary, under `RLIMIT_NOFILE = nofile` when given.
+    pub fn start_with_limit(kind: &Kind, nofile: Option<u32>) -> Service {
+        let mut command = match nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg(kind.bin);
+                c
+            }
+            None => Command::new(kind.bin),
+        };
+        command
+            .env(kind.addr_var, "127.0.0.1:0")
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in kind.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("the binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        let marker = kind.addr_marker;
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split(marker).nth(1) {
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != ';')
+                        .collect();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the service logs its address");
+        Service {
+            child,
+            addr: addr.parse().expect("an address"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn assert_running(&mut self) {
+        let exited = self.child.try_wait().expect("wait works");
+        assert!(exited.is_none(), "the service exited: {exited:?}");
+    }
+
+    /// Resident memory of the service, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the service runs");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// SIGTERM; asserts exit 0 within `limit`.
+    pub fn terminate_within(mut self, limit: Duration) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no exit within {limit:?} of SIGTERM");
+    }
+
+    /// One `GET /healthz` on a new connection: its time, or why it failed.
+    pub fn probe(&self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let response = exchange(
+            self.addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )?;
+        if response.starts_with("HTTP/1.1 200 ") && response.ends_with(r#"{"status":"ok"}"#) {
+            Ok(started.elapsed())
+        } else {
+            Err(format!("unexpected answer: {response:?}"))
+        }
+    }
+
+    /// Probes `/healthz` and asserts an answer within `limit`.
+    pub fn assert_answers_within(&self, limit: Duration) {
+        match self.probe() {
+            Ok(took) => assert!(took < limit, "/healthz took {took:?}"),
+            Err(e) => panic!("/healthz failed: {e}"),
+        }
+    }
+}
+
+/// Sends `request` on a new connection and reads until the server closes it.
+pub fn exchange(addr: SocketAddr, request: &str, timeout: Duration) -> Result<String, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("{e} after {:?}", String::from_utf8_lossy(&response)))?;
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// Raises this process's own descriptor limit, so that the test client is
+/// not the one that runs out.
+fn raise_own_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// 1. A `Content-Length` of 10^15, or beyond `u64`, with no body: answered,
+///    nothing allocated, nothing killed.
+pub fn huge_content_length_kills_nothing(kind: &Kind) {
+    let service = Service::start(kind);
+    let before = service.rss_kib();
+    for length in ["1000000000000000", "99999999999999999999999999", "-1", "x"] {
+        let request =
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n");
+        let response = exchange(service.addr, &request, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("Content-Length {length}: {e}"));
+        assert!(
+            response.starts_with("HTTP/1.1 200 "),
+            "{length}: {response}"
+        );
+        assert!(response.contains("Connection: close\r\n"), "{response}");
+    }
+    service.assert_answers_within(Duration::from_secs(1));
+    assert!(service.rss_kib() < before + 16 * 1024, "memory grew");
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// 2. 32 connections that announce a body and never send it park nothing:
+///    probes are answered within 1 s meanwhile, and SIGTERM still exits 0.
+pub fn announced_unsent_bodies_park_nothing(kind: &Kind) {
+    let service = Service::start(kind);
+    let held: Vec<TcpStream> = (0..32)
+        .map(|_| {
+            let mut s = TcpStream::connect(service.addr).expect("connects");
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+                .expect("sends");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..10 {
+        service.assert_answers_within(Duration::from_secs(1));
+    }
+    service.terminate_within(Duration::from_secs(5));
+    drop(held);
+}
+
+/// 3. A client with a 1 KiB receive buffer pipelining 4000 requests it
+///    never reads holds neither the other clients nor shutdown.
+pub fn a_pipelining_client_that_never_reads_holds_nothing(kind: &Kind) {
+    use socket2::{Domain, Socket, Type};
+    let service = Service::start(kind);
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(1024).expect("SO_RCVBUF");
+    socket.connect(&service.addr.into()).expect("connects");
+    let mut stalled: TcpStream = socket.into();
+    stalled
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let request = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", kind.big_path);
+    let pipeline = request.repeat(4000);
+    // Fills the buffers both ways, then the server stops reading.
+    let _ = stalled.write_all(pipeline.as_bytes());
+    for _ in 0..5 {
+        service.assert_answers_within(Duration::from_secs(1));
+    }
+    service.terminate_within(Duration::from_secs(5));
+    drop(stalled);
+}
+
+/// 4. Under RLIMIT_NOFILE 1024, ~600 idle connections do not end the
+///    listener: meanwhile a new client is answered or cleanly refused
+///    (never left hanging), and once they close it is served again.
+pub fn six_hundred_idle_connections_at_1024_descriptors(kind: &Kind) {
+    raise_own_nofile();
+    let mut service = Service::start_with_limit(kind, Some(1024));
+    let held: Vec<TcpStream> = (0..600)
+        .filter_map(|_| TcpStream::connect_timeout(&service.addr, Duration::from_secs(2)).ok())
+        .collect();
+    assert!(held.len() >= 500, "only {} connections made", held.len());
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..5 {
+        let started = Instant::now();
+        let outcome = service.probe();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a new client waited {:?}: {outcome:?}",
+            started.elapsed()
+        );
+        if let Err(e) = outcome {
+            // A refusal must be clean: a 503, a reset or a close.
+            assert!(
+                e.contains("503") || e.contains("reset") || e.contains("refused") || e.is_empty(),
+                "{e}"
+            );
+        }
+    }
+    service.assert_running();
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        service.assert_answers_within(Duration::from_secs(1));
+    }
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// 5. A 256 MiB header line without CRLF is cut off with `431` at 8 KiB and
+///    the service's memory stays small.
+pub fn a_256_mib_header_line_is_cut_off(kind: &Kind) {
+    let service = Service::start(kind);
+    let before = service.rss_kib();
+    let mut stream = TcpStream::connect(service.addr).expect("connects");
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut reader = stream.try_clone().expect("clone");
+    reader
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let read = std::thread::spawn(move || {
+        let mut response = Vec::new();
+        let _ = reader.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    });
+    let chunk = vec![b'a'; 64 * 1024];
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: ");
+    while sent < 256 * 1024 * 1024 && started.elapsed() < Duration::from_secs(20) {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let response = read.join().expect("reader");
+    assert!(
+        response.starts_with("HTTP/1.1 431 "),
+        "after {sent} bytes: {response:?}"
+    );
+    assert!(sent < 64 * 1024 * 1024, "the server read {sent} bytes");
+    let after = service.rss_kib();
+    assert!(
+        after < before + 16 * 1024,
+        "RSS {before} KiB -> {after} KiB"
+    );
+    service.assert_answers_within(Duration::from_secs(1));
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// 6. A client that keeps opening connections, sending requests and never
+///    reading does not make `/healthz` probes fail.
+pub fn a_reconnecting_client_that_never_reads_holds_nothing(kind: &Kind) {
+    let service = Service::start(kind);
+    let addr = service.addr;
+    let request = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", kind.big_path).repeat(50);
+    let hostile = std::thread::spawn(move || {
+        let mut open = std::collections::VecDeque::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(6) {
+            if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                let _ = s.set_write_timeout(Some(Duration::from_millis(50)));
+                let _ = s.write_all(request.as_bytes());
+                open.push_back(s);
+            }
+            if open.len() > 200 {
+                open.pop_front();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let before = service.rss_kib();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failures = Vec::new();
+    let mut most = 0;
+    for _ in 0..16 {
+        match service.probe() {
+            Ok(took) if took < Duration::from_secs(1) => {}
+            outcome => failures.push(format!("{outcome:?}")),
+        }
+        most = most.max(service.rss_kib());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    hostile.join().expect("the hostile client");
+    assert!(failures.is_empty(), "failed probes: {failures:?}");
+    // Responses nobody reads are bounded in all (64 MiB), not per connection.
+    eprintln!("RSS {before} KiB, at most {most} KiB");
+    assert!(most < before + 160 * 1024, "RSS {before} KiB -> {most} KiB");
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// 7. 32 keep-alive clients at once against fewer workers: no request waits
+///    more than a few hundred milliseconds.
+pub fn thirty_two_clients_wait_little(kind: &Kind) {
+    let service = Service::start(kind);
+    let addr = service.addr;
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).expect("connects");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut worst = Duration::ZERO;
+                let mut count = 0;
+                let mut buffer = [0u8; 4096];
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(3) {
+                    let sent = Instant::now();
+                    stream
+                        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                        .expect("sends");
+                    let mut got = Vec::new();
+                    while !got.ends_with(br#"{"status":"ok"}"#) {
+                        let n = stream.read(&mut buffer).expect("answer within 5 s");
+                        assert!(n > 0, "closed");
+                        got.extend_from_slice(&buffer[..n]);
+                    }
+                    worst = worst.max(sent.elapsed());
+                    count += 1;
+                }
+                (worst, count)
+            })
+        })
+        .collect();
+    let results: Vec<(Duration, u32)> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let worst = results.iter().map(|r| r.0).max().unwrap_or_default();
+    let total: u32 = results.iter().map(|r| r.1).sum();
+    assert!(total > 32 * 10, "only {total} requests in 3 s");
+    assert!(
+        worst < Duration::from_millis(500),
+        "a request waited {worst:?}"
+    );
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// A client that sends its head a byte a second is cut off with `408` once
+/// 10 s have passed, however often it sends.
+pub fn a_trickling_client_is_cut_off_after_10_s(kind: &Kind) {
+    let service = Service::start(kind);
+    let mut stream = TcpStream::connect(service.addr).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(900)))
+        .expect("timeout");
+    let started = Instant::now();
+    let head = b"GET /healthz HTTP/1.1\r\nX-Slow: ";
+    stream.write_all(head).expect("sends");
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while started.elapsed() < Duration::from_secs(20) {
+        if stream.write_all(b"a").is_err() {
+            break;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => response.extend_from_slice(&buffer[..n]),
+            Err(_) => {}
+        }
+    }
+    let took = started.elapsed();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 408 "), "{response:?}");
+    assert!(
+        (Duration::from_secs(9)..Duration::from_secs(14)).contains(&took),
+        "cut off after {took:?}"
+    );
+    service.assert_answers_within(Duration::from_secs(1));
+    service.terminate_within(Duration::from_secs(5));
+}
