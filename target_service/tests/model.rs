@@ -141,12 +141,7 @@ fn run(case: &Case) -> Result<(), String> {
                 }
                 target.shutdown();
                 if let Some(at_most) = rewind {
-                    db.client()
-                        .execute(
-                            "UPDATE sync_state SET cursor = LEAST(cursor, $1)",
-                            &[&i64::from(at_most)],
-                        )
-                        .map_err(|err| format!("rewinding the cursor: {err}"))?;
+                    rewind_cursor(&db, at_most)?;
                 }
                 target = start();
             }
@@ -161,6 +156,27 @@ fn run(case: &Case) -> Result<(), String> {
     let outcome = compare(&db, &expected);
     target.shutdown();
     outcome
+}
+
+/// Moves the stored cursor back to at most `at_most`, as a crash between
+/// writing changes and storing the cursor leaves it. A target stopped
+/// before it applied the schema has stored nothing to move.
+fn rewind_cursor(db: &TestDb, at_most: u8) -> Result<(), String> {
+    let mut client = db.client();
+    let why = |err: postgres::Error| format!("rewinding the cursor: {err:?}");
+    let schema_applied: Option<String> = client
+        .query_one("SELECT to_regclass('sync_state')::text", &[])
+        .map_err(why)?
+        .get(0);
+    if schema_applied.is_some() {
+        client
+            .execute(
+                "UPDATE sync_state SET cursor = LEAST(cursor, $1)",
+                &[&i64::from(at_most)],
+            )
+            .map_err(why)?;
+    }
+    Ok(())
 }
 
 /// Makes the log's first `count` changes available (never fewer than now).
@@ -388,8 +404,8 @@ fn at() -> impl Strategy<Value = At> {
 
 fn draft(
     ids: u8,
-    emails: u8,
-    mobiles: u8,
+    emails: u16,
+    mobiles: u16,
     faults: std::ops::RangeInclusive<usize>,
 ) -> impl Strategy<Value = Draft> {
     (
@@ -420,7 +436,7 @@ fn draft(
         )
 }
 
-fn element(ids: u8, emails: u8, mobiles: u8) -> impl Strategy<Value = Element> {
+fn element(ids: u8, emails: u16, mobiles: u16) -> impl Strategy<Value = Element> {
     prop_oneof![
         12 => draft(ids, emails, mobiles, 0..=0).prop_map(Element::Change),
         5 => draft(ids, emails, mobiles, 1..=2).prop_map(Element::Change),
@@ -443,7 +459,7 @@ fn step(len: usize) -> impl Strategy<Value = Step> {
 fn case() -> impl Strategy<Value = Case> {
     const LONGEST: usize = 40;
     (
-        (4..=8u8, 4..=8u8, 4..=8u8),
+        (4..=8u8, 4..=8u16, 4..=8u16),
         1..=7u16,
         1..=4u8,
         prop_oneof![Just(1u16), Just(3), Just(4096)],
@@ -537,4 +553,184 @@ fn a_row_created_and_updated_in_one_page_says_updated() {
         log: vec![change(0, 0, 0, 0).into(), change(0, 0, 0, 1).into()],
         steps: vec![],
     });
+}
+
+/// Id 1's first change is a conflict; its second, at the same instant, is
+/// not strictly newer than a change of its id already seen, so it is stale
+/// (in one page main agrees; a page apart it records a second conflict).
+#[test]
+#[ignore = "fails on main: a page apart, the second change is recorded as email_taken"]
+fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale() {
+    check(Case {
+        fetch_limit: 1,
+        writers: 1,
+        channel: 4096,
+        log: vec![
+            change(0, 0, 0, 0).into(),
+            change(1, 1, 0, 1).into(),
+            change(1, 0, 1, 1).into(),
+        ],
+        steps: vec![],
+    });
+}
+
+/// A rejection's identity is its element's exact text, wherever it arrives:
+/// twice in one page is still one row (main records one per copy in a page,
+/// and only in a page).
+#[test]
+#[ignore = "fails on main: each identical copy within a page gets a row of its own"]
+fn identical_rejected_elements_in_one_page_are_recorded_once() {
+    check(Case {
+        fetch_limit: 4,
+        writers: 2,
+        channel: 4096,
+        log: vec![
+            Element::Junk(0),
+            Element::Junk(0),
+            change(0, 0, 0, 0).with(Fault::BadEmail(0)).into(),
+            Element::Again(2),
+        ],
+        steps: vec![],
+    });
+}
+
+/// `10:00:60.000001Z` is `10:01:00.000001Z`, a microsecond after the stored
+/// `10:01:00Z`: it syncs.
+#[test]
+fn sixty_seconds_are_the_next_minute_against_the_stored_row() {
+    check(Case {
+        fetch_limit: 1,
+        writers: 1,
+        channel: 4096,
+        log: vec![
+            change(0, 0, 0, 4).into(),
+            change(0, 1, 1, 5).named(1).leap().into(),
+        ],
+        steps: vec![],
+    });
+}
+
+/// `10:00:60Z` and `10:01:00Z` are one instant: in one page the first of
+/// them wins (main takes the second as newer).
+#[test]
+#[ignore = "fails on main: :60 is compared as earlier than the next minute's :00"]
+fn sixty_seconds_and_the_next_minute_in_one_page_are_equal_and_the_first_wins() {
+    check(Case {
+        fetch_limit: 2,
+        writers: 1,
+        channel: 4096,
+        log: vec![
+            change(0, 0, 0, 4).leap().into(),
+            change(0, 1, 1, 4).named(1).into(),
+        ],
+        steps: vec![],
+    });
+}
+
+/// Work for one id's writer: `count` inactive changes of `id` at instant
+/// 0 (older than its row, so they mark nothing), each a text of its own.
+fn busy(id: u8, count: u16) -> impl Iterator<Item = Element> {
+    (0..count).map(move |k| change(id, 100 + k, 0, 0).with(Fault::Inactive(0)).into())
+}
+
+fn after_a_restart(after: u8) -> Step {
+    Step {
+        after,
+        action: Action::Restart {
+            settle: true,
+            pause_ms: 0,
+            rewind: None,
+        },
+    }
+}
+
+fn settle(after: u8) -> Step {
+    Step {
+        after,
+        action: Action::Settle,
+    }
+}
+
+fn one_page(log: Vec<Element>, steps: Vec<Step>) -> Case {
+    Case {
+        fetch_limit: 1000,
+        writers: 4,
+        channel: 4096,
+        log,
+        steps,
+    }
+}
+
+/// Id 0 holds email 0; after a restart, one page: work for id 0's writer,
+/// id 0 moving to email 1, id 1 claiming email 0. In sequence the claim
+/// comes after the move: synced. Main, whose router forgot id 0's email in
+/// the restart, lets the claim run first on another writer (when the two
+/// ids' home writers differ: most runs).
+#[test]
+#[ignore = "fails on main in most runs: the claim is decided before the move off the email commits"]
+fn an_email_given_up_after_a_restart_is_free_for_a_later_claim_in_the_page() {
+    let mut log: Vec<Element> = vec![change(0, 0, 0, 0).into()];
+    log.extend(busy(0, 600));
+    log.push(change(0, 1, 0, 1).into());
+    log.push(change(1, 0, 1, 1).into());
+    check(one_page(log, vec![after_a_restart(1)]));
+}
+
+/// The same claim, without a restart, after id 0's previous change (in a
+/// page of its own) was stale and asked for another email.
+#[test]
+#[ignore = "fails on main in most runs: the claim is decided before the move off the email commits"]
+fn an_email_given_up_after_a_stale_change_asked_for_another_is_free_for_a_later_claim() {
+    let mut log: Vec<Element> = vec![change(0, 0, 0, 5).into(), change(0, 2, 0, 4).into()];
+    log.extend(busy(0, 600));
+    log.push(change(0, 1, 0, 6).into());
+    log.push(change(1, 0, 1, 6).into());
+    check(one_page(log, vec![settle(1), settle(2)]));
+}
+
+/// The same claim, after id 0's previous change (in an earlier page) was
+/// itself a conflict.
+#[test]
+#[ignore = "fails on main in most runs: the claim is decided before the move off the email commits"]
+fn an_email_given_up_after_a_conflict_is_free_for_a_later_claim() {
+    let mut log: Vec<Element> = vec![
+        change(0, 0, 0, 0).into(),
+        change(2, 3, 3, 0).into(),
+        change(0, 3, 0, 1).into(),
+    ];
+    log.extend(busy(0, 600));
+    log.push(change(0, 1, 0, 2).into());
+    log.push(change(1, 0, 1, 2).into());
+    check(one_page(log, vec![settle(1), settle(3)]));
+}
+
+/// Id 0 takes email 0, id 1 claims it (a conflict), id 0 moves on, all in
+/// one page. Main keeps only id 0's newest change of the page, so id 1
+/// finds the email free and syncs.
+#[test]
+#[ignore = "fails on main: a change superseded later in its page is dropped with its claim"]
+fn a_change_superseded_later_in_its_page_still_held_its_email_until_then() {
+    check(Case {
+        fetch_limit: 3,
+        writers: 1,
+        channel: 4096,
+        log: vec![
+            change(0, 0, 0, 0).into(),
+            change(1, 0, 1, 1).into(),
+            change(0, 1, 0, 2).into(),
+        ],
+        steps: vec![],
+    });
+}
+
+/// The reverse: id 1 claims id 0's email before id 0 gives it up later in
+/// the page: a conflict, whichever writer finishes first.
+#[test]
+#[ignore = "fails on main in most runs: the claim is decided after the move off the email commits"]
+fn an_email_claimed_before_its_owner_gives_it_up_is_a_conflict() {
+    let mut log: Vec<Element> = vec![change(0, 0, 0, 0).into()];
+    log.extend(busy(1, 600));
+    log.push(change(1, 0, 1, 1).into());
+    log.push(change(0, 1, 0, 1).into());
+    check(one_page(log, vec![after_a_restart(1)]));
 }

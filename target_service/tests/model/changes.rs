@@ -45,7 +45,7 @@ pub fn instant(k: u8) -> i64 {
 
 /// The ids of the pool: any version, written in lower or upper case.
 pub fn id_text(k: u8, upper: bool) -> String {
-    let text = format!("0000000{k}-aaaa-{}bbb-9ccc-00000000000{k}", k % 8 + 1);
+    let text = format!("{k:08x}-aaaa-{}bbb-9ccc-{k:012x}", k % 8 + 1);
     if upper {
         text.to_uppercase()
     } else {
@@ -318,8 +318,8 @@ pub struct Draft {
     pub id: u8,
     pub upper_id: bool,
     pub name: u8,
-    pub email: u8,
-    pub mobile: u8,
+    pub email: u16,
+    pub mobile: u16,
     pub pending: bool,
     pub at: At,
     pub faults: Vec<Fault>,
@@ -327,7 +327,7 @@ pub struct Draft {
 
 /// A valid active change of id `id` with email and mobile of those
 /// numbers, at instant `t(at)` in UTC: the start of every regression case.
-pub fn change(id: u8, email: u8, mobile: u8, at: u8) -> Draft {
+pub fn change(id: u8, email: u16, mobile: u16, at: u8) -> Draft {
     Draft {
         id,
         upper_id: false,
@@ -396,12 +396,20 @@ impl Draft {
         NAMES[usize::from(self.name) % NAMES.len()]
     }
 
-    pub fn email_text(&self) -> &'static str {
-        EMAILS[usize::from(self.email) % EMAILS.len()]
+    /// The pool's email, or beyond the pool one of as many more as a
+    /// regression case needs to keep a writer busy.
+    pub fn email_text(&self) -> String {
+        match EMAILS.get(usize::from(self.email)) {
+            Some(email) => (*email).to_owned(),
+            None => format!("more{}@example.com", self.email),
+        }
     }
 
-    pub fn mobile_text(&self) -> &'static str {
-        MOBILES[usize::from(self.mobile) % MOBILES.len()]
+    pub fn mobile_text(&self) -> String {
+        match MOBILES.get(usize::from(self.mobile)) {
+            Some(mobile) => (*mobile).to_owned(),
+            None => format!("+1999{:07}", self.mobile),
+        }
     }
 
     pub fn fault_of(&self, field: Field) -> Option<Fault> {

@@ -146,10 +146,10 @@ impl Expected {
                 .iter()
                 .any(|(owner, row)| *owner != id && of(row) == value)
         };
-        if taken(draft.email_text(), |row| &row.email) {
+        if taken(&draft.email_text(), |row| &row.email) {
             return self.reject(sent, Reason::EmailTaken, Some(id), Some(at));
         }
-        if taken(draft.mobile_text(), |row| &row.mobile) {
+        if taken(&draft.mobile_text(), |row| &row.mobile) {
             return self.reject(sent, Reason::MobileTaken, Some(id), Some(at));
         }
         let word = if self.users.contains_key(&id) {
@@ -161,8 +161,8 @@ impl Expected {
             id,
             Row {
                 name: draft.name_text().to_owned(),
-                email: draft.email_text().to_owned(),
-                mobile: draft.mobile_text().to_owned(),
+                email: draft.email_text(),
+                mobile: draft.mobile_text(),
                 status: draft.status().to_owned(),
                 last_updated_at: at,
                 sync_status: "synced".to_owned(),
