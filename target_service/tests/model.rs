@@ -10,7 +10,7 @@
 //! The target is reached only through its public interface: started with
 //! `App::start`, observed through PostgreSQL and `GET /status`.
 //!
-//! `PROPTEST_CASES` sets how many logs the property tries (16 by default),
+//! `PROPTEST_CASES` sets how many logs the property tries (24 by default, about half a second each),
 //! `MODEL_SHRINK_SECS` and `MODEL_SHRINK_ITERS` how long it may shrink a
 //! failing one (120 s, 1024 tries). A failing
 //! case prints as the Rust expression that builds it, each change annotated
@@ -491,7 +491,7 @@ fn env_number(name: &str, default: u32) -> u32 {
 
 fn property_config() -> ProptestConfig {
     ProptestConfig {
-        cases: env_number("PROPTEST_CASES", 16),
+        cases: env_number("PROPTEST_CASES", 24),
         max_shrink_time: env_number("MODEL_SHRINK_SECS", 120) * 1000,
         max_shrink_iters: env_number("MODEL_SHRINK_ITERS", 1024),
         failure_persistence: None,
