@@ -10,12 +10,12 @@
 //! The target is reached only through its public interface: started with
 //! `App::start`, observed through PostgreSQL and `GET /status`.
 //!
-//! `PROPTEST_CASES` sets how many logs the property tries (24 by default, about half a second each),
-//! `MODEL_SHRINK_SECS` and `MODEL_SHRINK_ITERS` how long it may shrink a
-//! failing one (120 s, 1024 tries). A failing
-//! case prints as the Rust expression that builds it, each change annotated
-//! with its text and the model's decision, ready to become a regression
-//! test below.
+//! `PROPTEST_CASES` sets how many logs the property tries (24 by default,
+//! about half a second each), `MODEL_SHRINK_SECS` and `MODEL_SHRINK_ITERS`
+//! how long it may shrink a failing one (120 s, 1024 tries). A failing case
+//! prints as the Rust expression that builds it, each change annotated with
+//! its text and the model's decision, ready to become a regression test
+//! below.
 
 #[path = "model/changes.rs"]
 mod changes;
