@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/faults.sh [kill|db-outage|source-restart|failover ...] — failure drills, each on its own throwaway PostgreSQL, each checking the final tables against what the source handed out.
+# Usage: scripts/faults.sh [kill|db-outage|db-crash|source-restart|failover ...] — failure drills, each on its own throwaway PostgreSQL, each checking the final tables against what the source handed out.
 set -euo pipefail
 
 # The drills:
@@ -7,6 +7,10 @@ set -euo pipefail
 #                   SIGTERM it mid-backlog (exit 0 in time) and restart it.
 #   db-outage       stop PostgreSQL for 10 s mid-round: /readyz 503, then
 #                   200 again, and the target does not exit.
+#   db-crash        crash PostgreSQL (an immediate stop: no checkpoint, what
+#                   was not yet in the WAL on disk is gone) at 40% and again
+#                   at 70% of a catch-up, starting it again each time: no
+#                   change a crash took may be left behind the stored cursor.
 #   source-restart  restart the source with another seed (a new epoch).
 #   failover        two replicas, one standby; SIGKILL the active one
 #                   mid-backlog, and the standby takes over.
@@ -36,7 +40,7 @@ source scripts/lib/svc.sh
 # variables) is not this script's to stop.
 unset PG_THROWAWAY_DIR PG_THROWAWAY_DATA PG_THROWAWAY_LOG PG_THROWAWAY_PORT
 
-all_drills=(kill db-outage source-restart failover)
+all_drills=(kill db-outage db-crash source-restart failover)
 cargo_target=${CARGO_TARGET_DIR:-$repo/target}
 [[ $cargo_target == /* ]] || cargo_target=$repo/$cargo_target
 bin_dir=$cargo_target/release
@@ -459,6 +463,65 @@ drill_db_outage() {
   say "caught up with the head ${caught_up}s after PostgreSQL came back"
   svc_running "$pid" || fail "target_service exited"
   verify "PostgreSQL down ${outage}s at cursor $cursor/$head, /readyz 503 then 200 ${ready_after}s after, caught up ${caught_up}s after"
+}
+
+# wait_cursor_in_db MIN HEAD: as wait_mid_backlog, but polled inside
+# PostgreSQL every millisecond, for a catch-up that crosses MIN within a few
+# milliseconds of psql's start-up time.
+wait_cursor_in_db() {
+  psql_db -v url="$src_url" -v min="$1" -v head="$2" >/dev/null <<'SQL' ||
+SELECT set_config('drill.url', :'url', false), set_config('drill.min', :'min', false),
+       set_config('drill.head', :'head', false);
+DO $$
+DECLARE
+  stored bigint;
+  deadline timestamptz := clock_timestamp() + interval '60 seconds';
+BEGIN
+  LOOP
+    IF to_regclass('sync_state') IS NOT NULL THEN
+      EXECUTE 'SELECT cursor FROM sync_state WHERE source_url = $1'
+        INTO stored USING current_setting('drill.url');
+    END IF;
+    EXIT WHEN stored >= current_setting('drill.min')::bigint;
+    IF clock_timestamp() > deadline THEN
+      RAISE EXCEPTION 'the stored cursor did not reach % within 60s (it is %)',
+        current_setting('drill.min'), stored;
+    END IF;
+    PERFORM pg_sleep(0.001);
+  END LOOP;
+  IF stored >= current_setting('drill.head')::bigint THEN
+    RAISE EXCEPTION 'the target reached the head (%) before the fault; give it a longer backlog',
+      current_setting('drill.head');
+  END IF;
+END
+$$;
+SQL
+    fail "waiting for the stored cursor to reach $1 of $2 failed (see above)"
+}
+
+drill_db_crash() {
+  local head at recovered=() pid t0 caught_up
+  # About 20,000 new users among the changes, and updates of them.
+  start_source SOURCE_SEED=105 SOURCE_PRELOAD=40000
+  head=$(source_head)
+  start_target target
+  pid=${targets[0]}
+  # Twice, at 40% and at 70%: what a crash takes depends on what the WAL
+  # writer had written at that instant, so one crash alone can be lucky.
+  for at in $((head * 2 / 5)) $((head * 7 / 10)); do
+    wait_cursor_in_db "$at" "$head"
+    pg_throwaway_stop_server immediate || fail "could not crash PostgreSQL"
+    pg_throwaway_start_server || fail "could not start PostgreSQL again"
+    t0=$(now_secs)
+    # Informative only: the target is already writing again.
+    recovered+=("past $at: recovered with cursor $(stored_cursor), $(user_rows) users rows")
+    say "PostgreSQL crashed (immediate stop) once the stored cursor passed $at of $head; ${recovered[-1]#*: }"
+  done
+  wait_caught_up
+  caught_up=$(since "$t0")
+  say "caught up with the head ${caught_up}s after PostgreSQL came back"
+  svc_running "$pid" || fail "target_service exited"
+  verify "PostgreSQL crashed ${recovered[*]}; caught up ${caught_up}s after the last"
 }
 
 drill_source_restart() {
