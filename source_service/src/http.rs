@@ -20,6 +20,19 @@ pub const MAX_LIMIT: usize = 10_000;
 const JSON: &str = "application/json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What a handler reads of a request.
+pub struct Incoming<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query).
+    pub url: &'a str,
+    /// The `Authorization` header, when present.
+    pub authorization: Option<&'a str>,
+}
+
+/// The OpenAPI 3 document of this service, served at `/openapi.json`;
+/// `scripts/test.sh` runs schemathesis against it.
+pub const OPENAPI: &str = include_str!("web/openapi.json");
+
 /// The routes the service knows; `Other` is every unknown path, so that
 /// metrics labels stay bounded whatever clients ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,17 +40,25 @@ pub enum Route {
     Changes,
     Healthz,
     Metrics,
+    OpenApi,
     Other,
 }
 
 impl Route {
-    pub const ALL: [Route; 4] = [Route::Changes, Route::Healthz, Route::Metrics, Route::Other];
+    pub const ALL: [Route; 5] = [
+        Route::Changes,
+        Route::Healthz,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::Other,
+    ];
 
     fn from_path(path: &str) -> Route {
         match path {
             "/users/changes" => Route::Changes,
             "/healthz" => Route::Healthz,
             "/metrics" => Route::Metrics,
+            "/openapi.json" => Route::OpenApi,
             _ => Route::Other,
         }
     }
@@ -48,6 +69,7 @@ impl Route {
             Route::Changes => "/users/changes",
             Route::Healthz => "/healthz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Other => "other",
         }
     }
@@ -128,15 +150,16 @@ impl Handler {
 
     /// Answers one request. `url` is the request target as sent: a path with
     /// an optional query string, or the same after `http://host:port`.
-    pub fn handle(&self, method: &str, url: &str) -> (Route, Reply) {
-        let url = origin_form(url);
+    pub fn handle(&self, request: &Incoming<'_>) -> (Route, Reply) {
+        let method = request.method;
+        let url = origin_form(request.url);
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let route = Route::from_path(path);
         let reply = match route {
             Route::Other => Reply::error(
                 404,
                 format!(
-                    "no such path: {}; this service answers GET /users/changes, /healthz and /metrics",
+                    "no such path: {}; this service answers GET /users/changes, /healthz, /metrics and /openapi.json",
                     shorten(path)
                 ),
             ),
@@ -154,6 +177,7 @@ impl Handler {
             }
             Route::Changes => self.changes(query),
             Route::Healthz => Reply::json(200, br#"{"status":"ok"}"#.to_vec()),
+            Route::OpenApi => Reply::json(200, OPENAPI.as_bytes().to_vec()),
             Route::Metrics => match self.metrics.render() {
                 Ok(body) => Reply {
                     status: 200,
@@ -370,6 +394,26 @@ mod tests {
     use crate::generator::Generator;
     use serde_json::Value;
 
+    fn call(h: &Handler, method: &str, url: &str) -> (Route, Reply) {
+        h.handle(&Incoming {
+            method,
+            url,
+            authorization: None,
+        })
+    }
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let h = handler(10, 0);
+        let (route, reply) = call(&h, "GET", "/openapi.json");
+        assert_eq!(route, Route::OpenApi);
+        assert_eq!(reply.status, 200);
+        let doc: Value = serde_json::from_slice(&reply.body).unwrap();
+        for route in Route::ALL.into_iter().filter(|r| *r != Route::Other) {
+            assert!(doc["paths"][route.label()]["get"].is_object(), "{route:?}");
+        }
+    }
+
     fn handler(capacity: u64, preload: u64) -> Handler {
         let metrics = Metrics::new().unwrap();
         let feed = Feed::new(Generator::new(1, 0.05), ChangeLog::new(capacity));
@@ -393,7 +437,7 @@ mod tests {
     #[test]
     fn fresh_batch_without_parameters() {
         let h = handler(100, 0);
-        let (route, reply) = h.handle("GET", "/users/changes");
+        let (route, reply) = call(&h, "GET", "/users/changes");
         assert_eq!(route, Route::Changes);
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
@@ -408,16 +452,16 @@ mod tests {
     fn since_pages_through_the_log() {
         let h = handler(1000, 100);
         let head = h.feed().head();
-        let (_, reply) = h.handle("GET", "/users/changes?since=10&limit=20&unknown=x");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=10&limit=20&unknown=x");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 20);
         assert_eq!(header(&reply, "X-Next-Cursor"), 30);
         assert_eq!(header(&reply, "X-Head-Cursor"), head);
-        let (_, reply) = h.handle("GET", "/users/changes?since=30");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=30");
         assert_eq!(header(&reply, "X-Next-Cursor"), head);
         assert_eq!(body(&reply).as_array().unwrap().len() as u64, head - 30);
         // Caught up: a fresh batch.
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={head}"));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={head}"));
         let n = body(&reply).as_array().unwrap().len() as u64;
         assert!(n >= 2);
         assert_eq!(header(&reply, "X-Next-Cursor"), head + n);
@@ -443,7 +487,7 @@ mod tests {
             "since=0&limit=",
             "limit=0",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
             let error = error_of(&reply);
             assert!(
@@ -451,9 +495,9 @@ mod tests {
                 "{error}"
             );
         }
-        let (_, reply) = h.handle("GET", "/users/changes?since=0&limit=10000");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=0&limit=10000");
         assert_eq!(reply.status, 200);
-        let (_, reply) = h.handle("GET", "/users/changes?since=%30");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=%30");
         assert_eq!(reply.status, 200, "percent-encoded digits are digits");
     }
 
@@ -462,7 +506,7 @@ mod tests {
         let h = handler(50, 200);
         let head = h.feed().head();
         for since in [head + 1, u64::MAX, 0, head - 51] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let value = body(&reply);
             assert!(value["error"].is_string());
@@ -473,7 +517,7 @@ mod tests {
             );
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
         }
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 50);
     }
@@ -482,7 +526,7 @@ mod tests {
     fn digits_past_u64_are_a_cursor_newer_than_the_head() {
         let h = handler(1000, 200);
         let head = h.feed().head();
-        let (_, max) = h.handle("GET", &format!("/users/changes?since={}", u64::MAX));
+        let (_, max) = call(&h, "GET", &format!("/users/changes?since={}", u64::MAX));
         assert_eq!(max.status, 410);
         for since in [
             "18446744073709551616",
@@ -490,7 +534,7 @@ mod tests {
             &"9".repeat(1000),
             "%31%38446744073709551616",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}&limit=5"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}&limit=5"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(error.contains("newer than the newest change"), "{error}");
@@ -504,17 +548,16 @@ mod tests {
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
             assert_eq!(reply.header("X-Source-Epoch"), Some("epoch-1"));
         }
-        assert!(error_of(
-            &h.handle("GET", "/users/changes?since=18446744073709551616")
-                .1
-        )
-        .starts_with("since=18446744073709551616 is newer"));
+        assert!(
+            error_of(&call(&h, "GET", "/users/changes?since=18446744073709551616").1)
+                .starts_with("since=18446744073709551616 is newer")
+        );
         // Still 400: a number too large for limit, and digits with a sign.
         for query in [
             "since=0&limit=18446744073709551616",
             "since=-18446744073709551616",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
         }
         assert_eq!(h.feed().head(), head, "nothing was generated");
@@ -528,7 +571,7 @@ mod tests {
         let head = h.feed().head();
         let min_since = head - 50;
         for since in [head + 1, 99_999_999, 0] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(
@@ -539,7 +582,7 @@ mod tests {
         }
         // While nothing is dropped, the restart point of a too-new cursor is 0.
         let h = handler(1000, 200);
-        let (_, reply) = h.handle("GET", "/users/changes?since=99999999");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=99999999");
         assert_eq!(reply.status, 410);
         assert!(error_of(&reply).ends_with("restart from since=0"));
     }
@@ -547,7 +590,7 @@ mod tests {
     #[test]
     fn since_zero_is_valid_on_an_empty_log() {
         let h = handler(100, 0);
-        let (_, reply) = h.handle("GET", "/users/changes?since=0");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=0");
         assert_eq!(reply.status, 200);
         assert!(body(&reply).as_array().unwrap().len() >= 2);
     }
@@ -562,7 +605,7 @@ mod tests {
             "/healthz/x",
             "/nope?since=1",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
             assert!(error_of(&reply).contains("no such path"));
         }
@@ -572,12 +615,12 @@ mod tests {
             ("PUT", "/metrics"),
             ("HEAD", "/users/changes"),
         ] {
-            let (_, reply) = h.handle(method, url);
+            let (_, reply) = call(&h, method, url);
             assert_eq!(reply.status, 405, "{method} {url}");
             assert_eq!(reply.header("Allow"), Some("GET"));
             assert!(error_of(&reply).contains(method));
         }
-        let (_, reply) = h.handle("POST", "/elsewhere");
+        let (_, reply) = call(&h, "POST", "/elsewhere");
         assert_eq!(reply.status, 404);
     }
 
@@ -590,10 +633,11 @@ mod tests {
             "HTTP://localhost/healthz",
             "https://[::1]:8080/healthz",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Healthz, 200), "{url}");
         }
-        let (route, reply) = h.handle(
+        let (route, reply) = call(
+            &h,
             "GET",
             "http://source.example:8080/users/changes?since=10&limit=20",
         );
@@ -610,21 +654,21 @@ mod tests {
             "healthz",
             "*",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
         }
-        assert!(error_of(&h.handle("GET", "http://host?x=1").1).contains("no such path: /;"));
-        let (_, reply) = h.handle("POST", "http://host/healthz");
+        assert!(error_of(&call(&h, "GET", "http://host?x=1").1).contains("no such path: /;"));
+        let (_, reply) = call(&h, "POST", "http://host/healthz");
         assert_eq!(reply.status, 405);
     }
 
     #[test]
     fn healthz_and_metrics() {
         let h = handler(100, 0);
-        let (_, reply) = h.handle("GET", "/healthz");
+        let (_, reply) = call(&h, "GET", "/healthz");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply), serde_json::json!({"status": "ok"}));
-        let (_, reply) = h.handle("GET", "/metrics");
+        let (_, reply) = call(&h, "GET", "/metrics");
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/plain"));
         let text = String::from_utf8(reply.body).unwrap();
@@ -635,9 +679,9 @@ mod tests {
     fn long_input_is_not_echoed_whole() {
         let h = handler(100, 0);
         let long = "x".repeat(10_000);
-        let (_, reply) = h.handle("GET", &format!("/{long}"));
+        let (_, reply) = call(&h, "GET", &format!("/{long}"));
         assert!(reply.body.len() < 400);
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={long}"));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={long}"));
         assert!(reply.body.len() < 400);
     }
 

@@ -305,7 +305,14 @@ fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool, fault: &Faul
             }
         };
         let started = Instant::now();
-        let (route, reply) = handler.handle(request.method().as_str(), request.url());
+        let authorization = (request.headers().iter())
+            .find(|h| h.field.equiv("Authorization"))
+            .map(|h| h.value.as_str().to_owned());
+        let (route, reply) = handler.handle(&http::Incoming {
+            method: request.method().as_str(),
+            url: request.url(),
+            authorization: authorization.as_deref(),
+        });
         handler.metrics().count_request(route, reply.status);
         let mut response = response(reply);
         if stopping.load(Ordering::SeqCst) {
