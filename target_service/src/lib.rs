@@ -3,22 +3,30 @@
 //!
 //! Every thread is started here, so their number and lifetimes read at a
 //! glance:
-//! - `http-N` (2): `/metrics`, `/healthz`, `/readyz`, `/status`;
+//! - `http-N` (2): `/metrics`, `/healthz`, `/readyz`, `/status`, the status
+//!   page, `/openapi.json` and `/rejections`;
 //! - `sync`: waits for PostgreSQL, applies the schema, then runs the rounds
 //!   ([`sync::Syncer`]), feeding one bounded channel per writer;
 //! - `writer-N` (`WRITER_THREADS`): batch writes through the r2d2 pool;
 //! - `db-probe`: checks once a second that PostgreSQL answers, for `/readyz`.
 
+pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod fetcher;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod pool;
 pub mod profile;
+pub mod redrive;
+pub mod rejections;
 pub mod routing;
 pub mod status;
+pub mod status_page;
 pub mod store;
 pub mod sync;
+pub mod verify;
 pub mod writer;
 
 use std::io;
@@ -89,17 +97,22 @@ impl App {
             .server_addr()
             .to_ip()
             .ok_or_else(|| io::Error::other("the metrics server is not on an IP address"))?;
+        let admin = Arc::new(http::Admin {
+            token: config.admin_token.clone(),
+            pool: rejections::admin_pool(config.database.connection.clone()),
+        });
         let mut http_threads = Vec::with_capacity(HTTP_THREADS);
         for n in 0..HTTP_THREADS {
-            let (server, metrics, status) = (
+            let (server, metrics, status, admin) = (
                 Arc::clone(&server),
                 Arc::clone(&metrics),
                 Arc::clone(&status),
+                Arc::clone(&admin),
             );
             http_threads.push(thread::Builder::new().name(format!("http-{n}")).spawn(
                 move || {
                     while let Ok(request) = server.recv() {
-                        http::respond(request, &metrics, &status);
+                        http::respond(request, &metrics, &status, &admin);
                     }
                 },
             )?);
