@@ -518,3 +518,58 @@ fn commands_take_help_and_refuse_bad_arguments_in_one_line() {
     assert_eq!(code, 2);
     assert!(err.contains("WRITER_THREADS"));
 }
+
+#[test]
+fn redrive_beside_a_syncing_target_never_makes_a_row_older() {
+    let db = TestDb::new();
+    let mut thief = profile(2, "2025-07-01T10:00:01Z");
+    thief["email"] = json!("user1@example.com");
+    let mut moved = profile(1, "2025-07-01T11:00:00Z");
+    moved["email"] = json!("user1.new@example.com");
+    // A change superseded within its page is stale, so the move comes in a
+    // later page than the claim.
+    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z"), thief]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("SYNC_INTERVAL", "0.05")]);
+    wait_until("conflict recorded", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'email_taken'") == 1
+    });
+    log.changes.lock().unwrap().push(moved);
+    wait_until("owner moved", Duration::from_secs(10), || {
+        user_row(&db, 1).is_some_and(|r| r.1 == "user1.new@example.com")
+    });
+    // The target keeps syncing: new users, and a newer change of id 2 that
+    // arrives while redrive runs.
+    let feeder = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for n in 100..160u32 {
+                log.changes
+                    .lock()
+                    .unwrap()
+                    .push(profile(n, "2025-07-01T10:00:00Z"));
+                if n == 130 {
+                    let mut newer = profile(2, "2025-07-01T13:00:00Z");
+                    newer["email"] = json!("two@example.com");
+                    log.changes.lock().unwrap().push(newer);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (code, out, err) = run(&db, &source.url, &["redrive"], &[]);
+    feeder.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.trim() == "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+            || out.trim() == "redrive: 1 examined, 0 synced, 1 stale, 0 still rejected",
+        "{out}"
+    );
+    wait_until("all synced", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") == 62
+    });
+    // Whichever came first, the newest change of id 2 is what stands.
+    let row = user_row(&db, 2).unwrap();
+    assert_eq!(row.1, "two@example.com");
+    target.shutdown();
+}
