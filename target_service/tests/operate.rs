@@ -217,13 +217,15 @@ fn the_status_page_and_the_api_document_are_served() {
     target.shutdown();
 }
 
-/// A conflict: id 2 claims the email id 1 holds.
-fn conflict_then_owner_moves(db: &TestDb) {
+/// A conflict (id 2 claims the email id 1 holds) recorded, then the owner
+/// moving to another email, by a target that is left running. A change
+/// superseded within its page is stale, so the move comes in a later page.
+fn conflict_then_owner_moves(db: &TestDb) -> (CursorLog, ScriptedSource, target_service::Running) {
     let mut thief = profile(2, "2025-07-01T10:00:01Z");
     thief["email"] = json!("user1@example.com");
     let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z"), thief]);
     let source = log.source();
-    let target = start_target(db, &source.url, &[]);
+    let target = start_target(db, &source.url, &[("SYNC_INTERVAL", "0.05")]);
     wait_until("conflict recorded", Duration::from_secs(10), || {
         db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'email_taken'") == 1
     });
@@ -233,7 +235,7 @@ fn conflict_then_owner_moves(db: &TestDb) {
     wait_until("owner moved", Duration::from_secs(10), || {
         user_row(db, 1).is_some_and(|r| r.1 == "user1.new@example.com")
     });
-    target.shutdown();
+    (log, source, target)
 }
 
 fn resolution(db: &TestDb, n: u32) -> (Option<String>, bool) {
@@ -250,7 +252,8 @@ fn resolution(db: &TestDb, n: u32) -> (Option<String>, bool) {
 #[test]
 fn redrive_syncs_a_conflict_once_the_owner_moved_and_dry_run_writes_nothing() {
     let db = TestDb::new();
-    conflict_then_owner_moves(&db);
+    let (_log, _source, target) = conflict_then_owner_moves(&db);
+    target.shutdown();
     assert!(user_row(&db, 2).is_none());
     let nowhere = "http://127.0.0.1:9/users/changes";
 
@@ -522,22 +525,7 @@ fn commands_take_help_and_refuse_bad_arguments_in_one_line() {
 #[test]
 fn redrive_beside_a_syncing_target_never_makes_a_row_older() {
     let db = TestDb::new();
-    let mut thief = profile(2, "2025-07-01T10:00:01Z");
-    thief["email"] = json!("user1@example.com");
-    let mut moved = profile(1, "2025-07-01T11:00:00Z");
-    moved["email"] = json!("user1.new@example.com");
-    // A change superseded within its page is stale, so the move comes in a
-    // later page than the claim.
-    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z"), thief]);
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[("SYNC_INTERVAL", "0.05")]);
-    wait_until("conflict recorded", Duration::from_secs(10), || {
-        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'email_taken'") == 1
-    });
-    log.changes.lock().unwrap().push(moved);
-    wait_until("owner moved", Duration::from_secs(10), || {
-        user_row(&db, 1).is_some_and(|r| r.1 == "user1.new@example.com")
-    });
+    let (log, source, target) = conflict_then_owner_moves(&db);
     // The target keeps syncing: new users, and a newer change of id 2 that
     // arrives while redrive runs.
     let feeder = {
