@@ -128,6 +128,20 @@ mod tests {
     }
 
     #[test]
+    fn admin_token_is_read_from_the_configuration() {
+        use crate::config::Config;
+        let with = |value: &'static str| {
+            Config::from_lookup(move |name| (name == "ADMIN_TOKEN").then(|| value.to_owned()))
+        };
+        assert_eq!(with("").unwrap().admin_token, None, "unset by default");
+        let token = with("t0ken").unwrap().admin_token.unwrap();
+        assert!(token.matches("t0ken"));
+        let err = with("two words").unwrap_err();
+        assert_eq!(err.variable, "ADMIN_TOKEN");
+        assert!(!err.to_string().contains("two words"), "{err}");
+    }
+
+    #[test]
     fn tokens_are_checked_and_never_shown() {
         assert!(AdminToken::new("has space").is_err());
         assert!(AdminToken::new(&"a".repeat(2000)).is_err());
