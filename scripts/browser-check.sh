@@ -2,10 +2,11 @@
 # Usage: scripts/browser-check.sh — the status page in a headless Chromium:
 # it renders, follows the live cursor, lists rejections once the admin token
 # is typed in, and shows markup from the source as text, never as elements.
-# Saves a screenshot to docs/status-page.png.
+# Saves a screenshot to target/browser-check/status-page.png, or to
+# SCREENSHOT (SCREENSHOT=docs/status-page.png refreshes the README's).
 #
 # Installs Debian's chromium when missing. Environment: TEST_DATABASE_URL
-# (as for scripts/test.sh), CHROMIUM (the browser to use).
+# (as for scripts/test.sh), CHROMIUM (the browser to use), SCREENSHOT.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,6 +43,8 @@ cargo build --release -p target_service
 pg_ensure_server browser-check "${TEST_DATABASE_URL:-}"
 ops_database browser_check
 rm -rf "$work"
-mkdir -p "$work" docs
+mkdir -p "$work"
+screenshot=${SCREENSHOT:-$work/status-page.png}
+mkdir -p "$(dirname "$screenshot")"
 "$OPS_PY" scripts/lib/browser_check.py "$PWD/target/release/target_service" "$OPS_DB_URL" \
-  "$chromium" docs/status-page.png "$PWD/$work"
+  "$chromium" "$screenshot" "$PWD/$work"
