@@ -24,7 +24,9 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
     payload TEXT NOT NULL,              -- the raw element as JSON text
     changed_at TIMESTAMPTZ,             -- the change's last_updated_at, when it parses
     payload_copy INTEGER NOT NULL DEFAULT 0, -- identical payloads before it in its page
-    received_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    resolved_at TIMESTAMPTZ,            -- when `target_service redrive` settled it
+    resolution VARCHAR(50)              -- synced | stale, set by redrive
 );
 -- A replayed change is recorded once: the same raw element at the same place
 -- among its identical twins of a page is the same change. Its key is a UUID,

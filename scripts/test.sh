@@ -75,6 +75,12 @@ else
   echo "skipped: scripts/smoke.sh does not exist yet"
 fi
 
+step "schemathesis against both services' /openapi.json"
+bash scripts/api-check.sh
+
+step "status page in a headless browser"
+bash scripts/browser-check.sh
+
 step "docker compose config -q"
 check_compose
 

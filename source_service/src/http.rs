@@ -36,6 +36,10 @@ pub struct Incoming<'a> {
     pub authorization: Option<&'a str>,
 }
 
+/// The OpenAPI 3 document of this service, served at `/openapi.json`;
+/// `scripts/test.sh` runs schemathesis against it.
+pub const OPENAPI: &str = include_str!("web/openapi.json");
+
 /// The routes the service knows; `Other` is every unknown path, so that
 /// metrics labels stay bounded whatever clients ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +47,18 @@ pub enum Route {
     Changes,
     Healthz,
     Metrics,
+    OpenApi,
     Other,
 }
 
 impl Route {
-    pub const ALL: [Route; 4] = [Route::Changes, Route::Healthz, Route::Metrics, Route::Other];
+    pub const ALL: [Route; 5] = [
+        Route::Changes,
+        Route::Healthz,
+        Route::Metrics,
+        Route::OpenApi,
+        Route::Other,
+    ];
 
     /// The route of a request target as sent.
     pub fn of(url: &str) -> Route {
@@ -60,6 +71,7 @@ impl Route {
             "/users/changes" => Route::Changes,
             "/healthz" => Route::Healthz,
             "/metrics" => Route::Metrics,
+            "/openapi.json" => Route::OpenApi,
             _ => Route::Other,
         }
     }
@@ -70,6 +82,7 @@ impl Route {
             Route::Changes => "/users/changes",
             Route::Healthz => "/healthz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::Other => "other",
         }
     }
@@ -168,7 +181,7 @@ impl Handler {
             Route::Other => Reply::error(
                 404,
                 format!(
-                    "no such path: {}; this service answers GET /users/changes, /healthz and /metrics",
+                    "no such path: {}; this service answers GET /users/changes, /healthz, /metrics and /openapi.json",
                     shorten(path)
                 ),
             ),
@@ -191,6 +204,7 @@ impl Handler {
             }
             Route::Changes => self.changes(query),
             Route::Healthz => Reply::json(200, br#"{"status":"ok"}"#.to_vec()),
+            Route::OpenApi => Reply::json(200, OPENAPI.as_bytes().to_vec()),
             Route::Metrics => match self.metrics.render() {
                 Ok(body) => Reply {
                     status: 200,
@@ -423,6 +437,18 @@ mod tests {
     use crate::change_log::ChangeLog;
     use crate::generator::Generator;
     use serde_json::Value;
+
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let h = handler(10, 0);
+        let (route, reply) = h.answer("GET", "/openapi.json");
+        assert_eq!(route, Route::OpenApi);
+        assert_eq!(reply.status, 200);
+        let doc: Value = serde_json::from_slice(&reply.body).unwrap();
+        for route in Route::ALL.into_iter().filter(|r| *r != Route::Other) {
+            assert!(doc["paths"][route.label()]["get"].is_object(), "{route:?}");
+        }
+    }
 
     fn handler(capacity: u64, preload: u64) -> Handler {
         let metrics = Metrics::new().unwrap();

@@ -41,6 +41,9 @@ pub struct Config {
     pub max_future_skew: Duration,
     pub shutdown_timeout: Duration,
     pub log_level: LevelFilter,
+    /// `ADMIN_TOKEN`: the bearer token `GET /rejections` asks for; unset
+    /// (the default) keeps the endpoint closed.
+    pub admin_token: Option<crate::admin::AdminToken>,
 }
 
 /// A variable whose value cannot be used; displays as one line for the operator.
@@ -135,6 +138,13 @@ impl Config {
             )?,
             shutdown_timeout: vars.seconds("SHUTDOWN_TIMEOUT_SECS", 10.0, 0.001, HOUR)?,
             log_level: log_level(&vars)?,
+            admin_token: (vars.get("ADMIN_TOKEN").as_deref())
+                .map(crate::admin::AdminToken::new)
+                .transpose()
+                .map_err(|problem| ConfigError {
+                    variable: "ADMIN_TOKEN",
+                    problem,
+                })?,
         })
     }
 }

@@ -1,15 +1,20 @@
-//! The metrics and health endpoints: `/metrics`, `/healthz`, `/readyz`,
-//! `/status`, as a plain function from an `Incoming` request to a `Reply`,
-//! so it is tested without sockets. The server itself (connections, limits,
-//! timeouts) is the `http_server` crate, started in `lib.rs`.
+//! The target's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`,
+//! `/status`, the status page at `/`, `/openapi.json` and `/rejections`, as
+//! a plain function from an `Incoming` request to a `Reply`, so it is tested
+//! without sockets. The server itself (connections, limits, timeouts) is the
+//! `http_server` crate, started in `lib.rs`.
 //!
-//! Handlers read atomics and a short-held lock only: they never wait on
-//! PostgreSQL or the source, so a stuck database cannot stall a scrape.
+//! Handlers read atomics and a short-held lock only, except `/rejections`,
+//! which reads PostgreSQL through a pool of its own with short timeouts
+//! ([`crate::rejections`]): a stuck database cannot stall a scrape.
 
 use serde_json::json;
 
+use crate::admin::{self, AdminToken};
 use crate::metrics::Metrics;
+use crate::rejections::{self, AdminPool, BadParameter, Filter, ListError};
 use crate::status::StatusBoard;
+use crate::{openapi, status_page};
 
 /// What a handler reads of a request.
 pub struct Incoming<'a> {
@@ -25,18 +30,53 @@ pub struct Incoming<'a> {
 pub struct Reply {
     pub status: u16,
     pub content_type: &'static str,
+    /// Headers besides `Content-Type`: `Allow` on `405`, `WWW-Authenticate`
+    /// on `401`.
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
-    /// For `405`: the methods the path takes.
-    pub allow: Option<&'static str>,
+}
+
+impl Reply {
+    /// The value of header `name` (case-insensitive), if set.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        if name.eq_ignore_ascii_case("content-type") {
+            return Some(self.content_type);
+        }
+        (self.headers.iter())
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What `/rejections` needs: the token it asks for and where it reads.
+pub struct Admin {
+    pub token: Option<AdminToken>,
+    pub pool: AdminPool,
 }
 
 const JSON: &str = "application/json";
+const HTML: &str = "text/html; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-const PATHS: [&str; 4] = ["/metrics", "/healthz", "/readyz", "/status"];
+/// Every path the router answers.
+pub const PATHS: [&str; 7] = [
+    "/",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/status",
+    "/openapi.json",
+    "/rejections",
+];
 
-pub fn route(request: &Incoming, metrics: &Metrics, status: &StatusBoard) -> Reply {
+pub fn route(
+    request: &Incoming<'_>,
+    metrics: &Metrics,
+    status: &StatusBoard,
+    admin: &Admin,
+) -> Reply {
     let url = request.url;
-    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let path = path.split('#').next().unwrap_or(path);
     if !PATHS.contains(&path) {
         return json_reply(
             404,
@@ -47,18 +87,30 @@ pub fn route(request: &Incoming, metrics: &Metrics, status: &StatusBoard) -> Rep
             ) }),
         );
     }
-    let method = request.method;
-    if method != "GET" && method != "HEAD" {
+    if request.method != "GET" && request.method != "HEAD" {
         let mut reply = json_reply(405, json!({ "error": format!("{path} only answers GET") }));
-        reply.allow = Some("GET, HEAD");
+        reply.headers.push(("Allow", "GET, HEAD".to_owned()));
         return reply;
     }
     match path {
+        "/" => Reply {
+            status: 200,
+            content_type: HTML,
+            headers: status_page::headers(),
+            body: status_page::PAGE.as_bytes().to_vec(),
+        },
+        "/openapi.json" => Reply {
+            status: 200,
+            content_type: JSON,
+            headers: Vec::new(),
+            body: openapi::TARGET.as_bytes().to_vec(),
+        },
+        "/rejections" => list_rejections(request, query, admin),
         "/metrics" => Reply {
             status: 200,
             content_type: PROMETHEUS_TEXT,
+            headers: Vec::new(),
             body: metrics.render(),
-            allow: None,
         },
         "/healthz" => json_reply(200, json!({ "status": "ok" })),
         "/readyz" if status.is_ready() => json_reply(200, json!({ "status": "ready" })),
@@ -70,30 +122,59 @@ pub fn route(request: &Incoming, metrics: &Metrics, status: &StatusBoard) -> Rep
     }
 }
 
+/// `GET /rejections`: authorization first, so nothing about the data (not
+/// even whether a filter is valid) is told to a stranger.
+fn list_rejections(request: &Incoming<'_>, query: &str, admin: &Admin) -> Reply {
+    if let Err(refusal) = admin::authorize(admin.token.as_ref(), request.authorization) {
+        let mut reply = json_reply(refusal.status(), json!({ "error": refusal.message() }));
+        if refusal == admin::Refusal::Unauthorized {
+            reply
+                .headers
+                .push(("WWW-Authenticate", "Bearer".to_owned()));
+        }
+        return reply;
+    }
+    let filter = match Filter::parse(query) {
+        Ok(filter) => filter,
+        Err(BadParameter(message)) => return json_reply(400, json!({ "error": message })),
+    };
+    match rejections::list(&admin.pool, &filter) {
+        Ok(body) => json_reply(200, body),
+        Err(err) => {
+            let why = match err {
+                ListError::Unreachable(why) => why,
+                ListError::Query(err) => crate::store::describe(&err),
+            };
+            log::warn!("GET /rejections: cannot read sync_rejections: {why}");
+            json_reply(
+                503,
+                json!({ "error": "the database did not answer in time; try again shortly" }),
+            )
+        }
+    }
+}
+
 fn json_reply(status: u16, body: serde_json::Value) -> Reply {
     Reply {
         status,
         content_type: JSON,
+        headers: Vec::new(),
         body: body.to_string().into_bytes(),
-        allow: None,
     }
 }
 
 /// Echoed client input is cut short so error bodies stay small.
-fn shorten(s: &str) -> String {
-    const MAX: usize = 100;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.to_string(),
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(100) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
     }
 }
 
 /// The reply as the server sends it.
 pub fn to_response(reply: Reply) -> http_server::Response {
     let mut headers = vec![("Content-Type", reply.content_type.to_string())];
-    if let Some(allow) = reply.allow {
-        headers.push(("Allow", allow.to_string()));
-    }
+    headers.extend(reply.headers);
     http_server::Response {
         status: reply.status,
         headers,
@@ -105,20 +186,32 @@ pub fn to_response(reply: Reply) -> http_server::Response {
 mod tests {
     use super::*;
 
-    fn get(method: &'static str, url: &'static str) -> Incoming<'static> {
-        Incoming {
-            method,
-            url,
-            authorization: None,
+    /// An admin whose database is nowhere: only refusals and 400s answer.
+    fn admin(token: Option<&str>) -> Admin {
+        let mut config = postgres::Config::new();
+        config.host("127.0.0.1").port(1).user("nobody");
+        config.connect_timeout(std::time::Duration::from_millis(200));
+        Admin {
+            token: token.map(|t| AdminToken::new(t).unwrap()),
+            pool: rejections::admin_pool(config),
         }
     }
 
-    fn call(
-        method: &'static str,
-        url: &'static str,
-        status: &StatusBoard,
-    ) -> (u16, serde_json::Value) {
-        let reply = route(&get(method, url), &Metrics::new(), status);
+    fn request<'a>(method: &'a str, url: &'a str, authorization: Option<&'a str>) -> Incoming<'a> {
+        Incoming {
+            method,
+            url,
+            authorization,
+        }
+    }
+
+    fn call(method: &str, url: &str, status: &StatusBoard) -> (u16, serde_json::Value) {
+        let reply = route(
+            &request(method, url, None),
+            &Metrics::new(),
+            status,
+            &admin(None),
+        );
         let body = serde_json::from_slice(&reply.body).unwrap_or(serde_json::Value::Null);
         (reply.status, body)
     }
@@ -169,23 +262,89 @@ mod tests {
         for path in PATHS {
             assert!(error.contains(path), "{error}");
         }
-        let reply = route(&get("POST", "/metrics"), &Metrics::new(), &status);
+        let reply = route(
+            &request("POST", "/metrics", None),
+            &Metrics::new(),
+            &status,
+            &admin(None),
+        );
         assert_eq!(reply.status, 405);
-        assert_eq!(reply.allow, Some("GET, HEAD"));
+        assert_eq!(reply.header("Allow"), Some("GET, HEAD"));
         assert_eq!(reply.content_type, "application/json");
     }
 
     #[test]
     fn metrics_are_prometheus_text() {
         let reply = route(
-            &get("GET", "/metrics"),
+            &request("GET", "/metrics", None),
             &Metrics::new(),
             &StatusBoard::default(),
+            &admin(None),
         );
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/plain"));
         assert!(String::from_utf8(reply.body)
             .unwrap()
             .contains("profiles_fetched_total"));
+    }
+
+    #[test]
+    fn rejections_need_the_admin_token() {
+        let status = StatusBoard::default();
+        let metrics = Metrics::new();
+        let closed = route(
+            &request("GET", "/rejections", Some("Bearer x")),
+            &metrics,
+            &status,
+            &admin(None),
+        );
+        assert_eq!(closed.status, 403);
+        assert!(String::from_utf8_lossy(&closed.body).contains("ADMIN_TOKEN"));
+        let open = admin(Some("right"));
+        for authorization in [None, Some("Bearer wrong"), Some("right")] {
+            let reply = route(
+                &request("GET", "/rejections", authorization),
+                &metrics,
+                &status,
+                &open,
+            );
+            assert_eq!(reply.status, 401, "{authorization:?}");
+            assert_eq!(reply.header("WWW-Authenticate"), Some("Bearer"));
+        }
+        let bad = route(
+            &request("GET", "/rejections?limit=0", Some("Bearer right")),
+            &metrics,
+            &status,
+            &open,
+        );
+        assert_eq!(bad.status, 400);
+        let down = route(
+            &request("GET", "/rejections", Some("Bearer right")),
+            &metrics,
+            &status,
+            &open,
+        );
+        assert_eq!(down.status, 503, "no database behind it");
+    }
+
+    #[test]
+    fn the_page_and_the_document_are_served() {
+        let status = StatusBoard::default();
+        let page = route(
+            &request("GET", "/", None),
+            &Metrics::new(),
+            &status,
+            &admin(None),
+        );
+        assert_eq!(page.status, 200);
+        assert!(page.content_type.starts_with("text/html"));
+        let doc = route(
+            &request("GET", "/openapi.json", None),
+            &Metrics::new(),
+            &status,
+            &admin(None),
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&doc.body).unwrap();
+        assert!(doc["paths"]["/rejections"].is_object());
     }
 }

@@ -5,22 +5,30 @@
 //! glance:
 //! - `http-accept` and one `http-conn` per connection ([`http_server`], at
 //!   most three quarters of `RLIMIT_NOFILE` connections): `/metrics`,
-//!   `/healthz`, `/readyz`, `/status`;
+//!   `/healthz`, `/readyz`, `/status`, the status page, `/openapi.json` and
+//!   `/rejections` (the last through a pool of its own);
 //! - `sync`: waits for PostgreSQL, applies the schema, then runs the rounds
 //!   ([`sync::Syncer`]), feeding one bounded channel per writer;
 //! - `writer-N` (`WRITER_THREADS`): batch writes through the r2d2 pool;
 //! - `db-probe`: checks once a second that PostgreSQL answers, for `/readyz`.
 
+pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod fetcher;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod pool;
 pub mod profile;
+pub mod redrive;
+pub mod rejections;
 pub mod routing;
 pub mod status;
+pub mod status_page;
 pub mod store;
 pub mod sync;
+pub mod verify;
 pub mod writer;
 
 use std::io;
@@ -77,7 +85,11 @@ impl App {
         let status = Arc::new(StatusBoard::default());
         let stopping = Arc::new(AtomicBool::new(false));
 
-        let server = start_http(&config, &metrics, &status)?;
+        let admin = Arc::new(http::Admin {
+            token: config.admin_token.clone(),
+            pool: rejections::admin_pool(config.database.connection.clone()),
+        });
+        let server = start_http(&config, &metrics, &status, &admin)?;
         let addr = server.addr();
         info!(
             "metrics and health on http://{addr}; syncing from {}",
@@ -147,6 +159,7 @@ fn start_http(
     config: &Config,
     metrics: &Arc<Metrics>,
     status: &Arc<StatusBoard>,
+    admin: &Arc<http::Admin>,
 ) -> io::Result<http_server::Server> {
     let cannot = |err: io::Error| {
         io::Error::new(
@@ -172,14 +185,14 @@ fn start_http(
         handler_patience: Some(Duration::from_millis(50)),
         ..http_server::Settings::default()
     };
-    let (metrics, status) = (Arc::clone(metrics), Arc::clone(status));
+    let (metrics, status, admin) = (Arc::clone(metrics), Arc::clone(status), Arc::clone(admin));
     let serve = move |request: &http_server::Request| {
         let incoming = http::Incoming {
             method: request.method,
             url: request.target,
             authorization: request.header("Authorization"),
         };
-        http::to_response(http::route(&incoming, &metrics, &status))
+        http::to_response(http::route(&incoming, &metrics, &status, &admin))
     };
     http_server::Server::start(listener, settings, Arc::new(serve))
 }

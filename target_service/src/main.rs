@@ -1,14 +1,27 @@
-//! `target_service`: read the configuration, start the app, stop on SIGTERM
-//! or SIGINT.
+//! `target_service`: read the command line and the configuration, then run
+//! the service (stopping on SIGTERM or SIGINT) or an operator command
+//! (`redrive`, `verify`; see [`target_service::cli`]).
 
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use target_service::cli::{self, Command};
 use target_service::config::Config;
-use target_service::App;
+use target_service::{redrive, verify, App};
 
 fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::Help(usage) = command {
+        println!("{usage}");
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -16,6 +29,41 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match command {
+        Command::Redrive { reasons, dry_run } => match redrive::run(&config, &reasons, dry_run) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("redrive: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Verify { max_report } => match verify::run(&config) {
+            Ok(report) => {
+                for line in report.lines(max_report) {
+                    println!("{line}");
+                }
+                if report.missing_or_behind.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(failure) => {
+                eprintln!("{failure}");
+                match failure {
+                    verify::Failure::NoCursors => ExitCode::from(2),
+                    verify::Failure::Error(_) => ExitCode::FAILURE,
+                }
+            }
+        },
+        Command::Serve | Command::Help(_) => serve(config),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
     target_service::init_logging(config.log_level);
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(signals) => signals,

@@ -111,6 +111,9 @@ impl StatusBoard {
             "epoch": progress.epoch,
             "last_success": progress.last_success.map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true)),
             "last_error": progress.last_error,
+            // Head minus cursor, as `sync_source_lag`; the page shows it.
+            "lag": metrics.source_lag.get(),
+            "queue_depth": metrics.queue_depth.get(),
             "totals": {
                 "fetched": metrics.fetched.get(),
                 "synced": metrics.synced.get(),

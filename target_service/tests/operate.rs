@@ -1,0 +1,563 @@
+//! Operating the target (SPEC §5), against real PostgreSQL and real HTTP:
+//! `GET /rejections` (auth, filters, paging, 400s), the status page,
+//! `/openapi.json`, and the `redrive` and `verify` commands run as the
+//! built binary, checked by their output, exit code and the rows they leave.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const TOKEN: &str = "operator-token-1";
+
+/// `GET` with an optional bearer token: status, `WWW-Authenticate`, body.
+fn get_as(url: &str, token: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut request = ureq::get(url).timeout(Duration::from_secs(10));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.call() {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => panic!("GET {url}: {err}"),
+    };
+    let status = response.status();
+    let challenge = response.header("WWW-Authenticate").map(str::to_owned);
+    let body = response.into_string().unwrap_or_default();
+    (
+        status,
+        challenge,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+/// A change whose email breaks the rule: recorded as `invalid_email`.
+fn bad_email(n: u32) -> Value {
+    let mut change = profile(n, "2025-07-01T10:00:00Z");
+    change["email"] = json!(format!("not-an-email-{n}"));
+    change
+}
+
+/// Runs the built binary with this database and source and nothing else
+/// from the environment that could change its configuration.
+fn run(
+    db: &TestDb,
+    source_url: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> (i32, String, String) {
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("operate-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
+    command
+        .args(args)
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("SOURCE_SERVICE_URL", source_url)
+        .env("HTTP_TIMEOUT_SECS", "5");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run target_service");
+    let _ = std::fs::remove_dir_all(&dir);
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn rejections_answer_only_the_admin_token() {
+    let db = TestDb::new();
+    let source = CursorLog::new(vec![bad_email(1)]).source();
+    let closed = start_target(&db, &source.url, &[]);
+    let (status, _, body) = get_as(&format!("http://{}/rejections", closed.addr), Some(TOKEN));
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("ADMIN_TOKEN"));
+    closed.shutdown();
+
+    let target = start_target(&db, &source.url, &[("ADMIN_TOKEN", TOKEN)]);
+    let url = format!("http://{}/rejections", target.addr);
+    wait_until("recorded", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM sync_rejections") == 1
+    });
+    for token in [None, Some("wrong"), Some("operator-token-")] {
+        let (status, challenge, body) = get_as(&url, token);
+        assert_eq!(status, 401, "{token:?}");
+        assert_eq!(challenge.as_deref(), Some("Bearer"));
+        assert!(body["error"].is_string());
+    }
+    let (status, _, body) = get_as(&url, Some(TOKEN));
+    assert_eq!(status, 200);
+    let rejection = &body["rejections"][0];
+    assert_eq!(rejection["reason"], "invalid_email");
+    assert_eq!(rejection["outcome"], "failed_validation");
+    assert_eq!(rejection["profile_id"], id(1));
+    assert_eq!(rejection["changed_at"], "2025-07-01T10:00:00.000000Z");
+    assert_eq!(rejection["resolved_at"], Value::Null);
+    assert_eq!(rejection["resolution"], Value::Null);
+    let payload: Value = serde_json::from_str(rejection["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(payload, bad_email(1));
+    assert!(rejection["received_at"].is_string());
+    assert_eq!(body["next_before"], Value::Null);
+    target.shutdown();
+}
+
+#[test]
+fn rejections_are_filtered_and_paged_newest_first() {
+    let db = TestDb::new();
+    let mut changes: Vec<Value> = (1..=250).map(bad_email).collect();
+    let mut inactive = profile(300, "2025-07-01T10:00:00Z");
+    inactive["status"] = json!("inactive");
+    changes.push(inactive);
+    let source = CursorLog::new(changes).source();
+    let target = start_target(&db, &source.url, &[("ADMIN_TOKEN", TOKEN)]);
+    let base = format!("http://{}/rejections", target.addr);
+    wait_until("all recorded", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM sync_rejections") == 251
+    });
+
+    // Paging through the 250 invalid emails, 100 at a time.
+    let mut ids: Vec<i64> = Vec::new();
+    let mut pages = 0;
+    let mut before: Option<i64> = None;
+    loop {
+        let url = match before {
+            Some(before) => format!("{base}?reason=invalid_email&limit=100&before={before}"),
+            None => format!("{base}?reason=invalid_email&limit=100"),
+        };
+        let (status, _, body) = get_as(&url, Some(TOKEN));
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        let page = body["rejections"].as_array().unwrap();
+        ids.extend(page.iter().map(|r| r["id"].as_i64().unwrap()));
+        assert!(page.iter().all(|r| r["reason"] == "invalid_email"));
+        match body["next_before"].as_i64() {
+            Some(next) => {
+                assert_eq!(Some(next), ids.last().copied());
+                before = Some(next);
+            }
+            None => break,
+        }
+        assert!(pages < 5, "paging does not end");
+    }
+    assert_eq!(ids.len(), 250);
+    assert_eq!(pages, 3);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "strictly decreasing");
+
+    // Default limit, and the other filters.
+    let (_, _, body) = get_as(&base, Some(TOKEN));
+    assert_eq!(body["rejections"].as_array().unwrap().len(), 100);
+    let (_, _, body) = get_as(&format!("{base}?outcome=skipped"), Some(TOKEN));
+    let skipped = body["rejections"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["reason"], "inactive_status");
+    let (_, _, body) = get_as(&format!("{base}?profile_id={}", id(7)), Some(TOKEN));
+    let one = body["rejections"].as_array().unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["profile_id"], id(7));
+    let (_, _, body) = get_as(&format!("{base}?resolved=true"), Some(TOKEN));
+    assert_eq!(body["rejections"], json!([]));
+    let (_, _, body) = get_as(&format!("{base}?resolved=false&limit=1000"), Some(TOKEN));
+    assert_eq!(body["rejections"].as_array().unwrap().len(), 251);
+    assert_eq!(body["next_before"], Value::Null);
+
+    // Bad parameters name themselves.
+    for (query, named) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("before=abc", "before"),
+        ("resolved=maybe", "resolved"),
+        ("reason=bogus", "reason"),
+        ("outcome=synced", "outcome"),
+        ("profile_id=42", "profile_id"),
+        ("colour=blue", "colour"),
+    ] {
+        let (status, _, body) = get_as(&format!("{base}?{query}"), Some(TOKEN));
+        assert_eq!(status, 400, "{query}");
+        assert!(
+            body["error"].as_str().unwrap().contains(named),
+            "{query}: {body}"
+        );
+    }
+    target.shutdown();
+}
+
+#[test]
+fn the_status_page_and_the_api_document_are_served() {
+    let db = TestDb::new();
+    let source = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z")]).source();
+    let target = start_target(&db, &source.url, &[]);
+    let page = ureq::get(&format!("http://{}/", target.addr))
+        .call()
+        .unwrap();
+    assert!(page.content_type().starts_with("text/html"));
+    assert!(page.header("Content-Security-Policy").is_some());
+    let html = page.into_string().unwrap();
+    assert!(html.contains("fetch(\"status\""));
+    let (status, body) = get(&format!("http://{}/openapi.json", target.addr));
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    assert!(doc["paths"]["/rejections"]["get"]["parameters"].is_array());
+    wait_until("synced", Duration::from_secs(10), || {
+        target.metrics.synced.get() == 1
+    });
+    let (_, body) = get(&format!("http://{}/status", target.addr));
+    let status: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["lag"], 0);
+    assert!(status["queue_depth"].is_i64());
+    target.shutdown();
+}
+
+/// A conflict (id 2 claims the email id 1 holds) recorded, then the owner
+/// moving to another email, by a target that is left running. A change
+/// superseded within its page is stale, so the move comes in a later page.
+fn conflict_then_owner_moves(db: &TestDb) -> (CursorLog, ScriptedSource, target_service::Running) {
+    let mut thief = profile(2, "2025-07-01T10:00:01Z");
+    thief["email"] = json!("user1@example.com");
+    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z"), thief]);
+    let source = log.source();
+    let target = start_target(db, &source.url, &[("SYNC_INTERVAL", "0.05")]);
+    wait_until("conflict recorded", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'email_taken'") == 1
+    });
+    let mut moved = profile(1, "2025-07-01T11:00:00Z");
+    moved["email"] = json!("user1.new@example.com");
+    log.changes.lock().unwrap().push(moved);
+    wait_until("owner moved", Duration::from_secs(10), || {
+        user_row(db, 1).is_some_and(|r| r.1 == "user1.new@example.com")
+    });
+    (log, source, target)
+}
+
+fn resolution(db: &TestDb, n: u32) -> (Option<String>, bool) {
+    let row = db
+        .client()
+        .query_one(
+            "SELECT resolution, resolved_at IS NOT NULL FROM sync_rejections WHERE profile_id = $1::text::uuid",
+            &[&id(n)],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[test]
+fn redrive_syncs_a_conflict_once_the_owner_moved_and_dry_run_writes_nothing() {
+    let db = TestDb::new();
+    let (_log, _source, target) = conflict_then_owner_moves(&db);
+    target.shutdown();
+    assert!(user_row(&db, 2).is_none());
+    let nowhere = "http://127.0.0.1:9/users/changes";
+
+    let (code, out, err) = run(&db, nowhere, &["redrive", "--dry-run"], &[]);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+        ),
+        "{err}"
+    );
+    assert!(user_row(&db, 2).is_none(), "dry run wrote the row");
+    assert_eq!(resolution(&db, 2), (None, false));
+
+    // Only future timestamps: the conflict is not examined.
+    let (code, out, _) = run(
+        &db,
+        nowhere,
+        &["redrive", "--reason", "future_timestamp"],
+        &[],
+    );
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "redrive: 0 examined, 0 synced, 0 stale, 0 still rejected"
+        )
+    );
+
+    let (code, out, err) = run(&db, nowhere, &["redrive", "--reason", "email_taken"], &[]);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+        ),
+        "{err}"
+    );
+    let row = user_row(&db, 2).expect("synced by redrive");
+    assert_eq!(row.1, "user1@example.com");
+    assert_eq!(
+        (row.4.as_str(), row.5.as_deref()),
+        ("synced", Some("created"))
+    );
+    assert_eq!(resolution(&db, 2), (Some("synced".to_owned()), true));
+
+    // Resolved ones are not examined again.
+    let (_, out, _) = run(&db, nowhere, &["redrive"], &[]);
+    assert_eq!(
+        out.trim(),
+        "redrive: 0 examined, 0 synced, 0 stale, 0 still rejected"
+    );
+}
+
+#[test]
+fn redrive_leaves_a_conflict_still_taken_and_marks_an_overtaken_one_stale() {
+    let db = TestDb::new();
+    let mut thief = profile(2, "2025-07-01T10:00:01Z");
+    thief["email"] = json!("user1@example.com");
+    let mut other = profile(3, "2025-07-01T10:00:01Z");
+    other["mobile"] = json!("+15550000001");
+    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z"), thief, other]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("conflicts recorded", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM sync_rejections") == 2
+    });
+    // Id 3 later syncs a newer change of its own: its conflict is overtaken.
+    log.changes
+        .lock()
+        .unwrap()
+        .push(profile(3, "2025-07-01T12:00:00Z"));
+    wait_until("id 3 synced", Duration::from_secs(10), || {
+        user_row(&db, 3).is_some()
+    });
+    target.shutdown();
+
+    let (code, out, err) = run(&db, "http://127.0.0.1:9/users/changes", &["redrive"], &[]);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "redrive: 2 examined, 0 synced, 1 stale, 1 still rejected"
+        ),
+        "{err}"
+    );
+    assert_eq!(resolution(&db, 2), (None, false));
+    assert_eq!(resolution(&db, 3), (Some("stale".to_owned()), true));
+    assert!(user_row(&db, 2).is_none());
+    // The stale one did not make id 3's row older.
+    let at: chrono::DateTime<chrono::Utc> = db
+        .client()
+        .query_one(
+            "SELECT last_updated_at FROM users WHERE id = $1::text::uuid",
+            &[&id(3)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(at.to_rfc3339(), "2025-07-01T12:00:00+00:00");
+}
+
+#[test]
+fn redrive_syncs_a_future_timestamp_once_it_is_due() {
+    let db = TestDb::new();
+    let due = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let at = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let source = CursorLog::new(vec![profile(1, &at)]).source();
+    let target = start_target(&db, &source.url, &[("MAX_FUTURE_SKEW_SECS", "0")]);
+    wait_until("recorded as future", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'future_timestamp'") == 1
+    });
+    target.shutdown();
+    let skew = [("MAX_FUTURE_SKEW_SECS", "0")];
+    let nowhere = "http://127.0.0.1:9/users/changes";
+    if chrono::Utc::now() < due {
+        let (_, out, _) = run(&db, nowhere, &["redrive"], &skew);
+        assert_eq!(
+            out.trim(),
+            "redrive: 1 examined, 0 synced, 0 stale, 1 still rejected"
+        );
+    }
+    std::thread::sleep(
+        (due - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(1100),
+    );
+    let (code, out, err) = run(&db, nowhere, &["redrive"], &skew);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+        ),
+        "{err}"
+    );
+    assert!(user_row(&db, 1).is_some());
+    assert_eq!(resolution(&db, 1), (Some("synced".to_owned()), true));
+}
+
+#[test]
+fn verify_finds_a_deleted_row_and_passes_when_in_step() {
+    let db = TestDb::new();
+    let mut changes: Vec<Value> = (1..=30)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    changes.push(bad_email(40));
+    let mut inactive = profile(41, "2025-07-01T10:00:00Z");
+    inactive["status"] = json!("inactive");
+    changes.push(inactive);
+    // A conflict is recorded: verify does not count it as missing.
+    let mut thief = profile(42, "2025-07-01T10:00:01Z");
+    thief["email"] = json!("user1@example.com");
+    changes.push(thief);
+    changes.push(profile(5, "2025-07-01T11:00:00Z"));
+    let log = CursorLog::new(changes);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("all handled", Duration::from_secs(10), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() == 34
+    });
+    target.shutdown();
+    let requests_before = source.requests.load(std::sync::atomic::Ordering::SeqCst);
+
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "7")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out.trim(),
+        "verify: 34 changes read, 31 ids, 0 missing or behind, 0 rows ahead of the source"
+    );
+    assert_eq!(
+        log.changes.lock().unwrap().len(),
+        34,
+        "verify made the source generate"
+    );
+    assert!(source.requests.load(std::sync::atomic::Ordering::SeqCst) > requests_before + 4);
+
+    db.client()
+        .execute("DELETE FROM users WHERE id = $1::text::uuid", &[&id(17)])
+        .unwrap();
+    db.client()
+        .execute(
+            "UPDATE users SET last_updated_at = '2025-07-01T10:00:00Z' WHERE id = $1::text::uuid",
+            &[&id(5)],
+        )
+        .unwrap();
+    let (code, out, _) = run(&db, &source.url, &["verify"], &[]);
+    assert_eq!(code, 1, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "verify: 34 changes read, 31 ids, 2 missing or behind, 0 rows ahead of the source"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&id(17)) && l.ends_with("missing")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&id(5)) && l.ends_with("behind")),
+        "{out}"
+    );
+    let (code, out, _) = run(&db, &source.url, &["verify", "--max-report", "1"], &[]);
+    assert_eq!((code, out.lines().count()), (1, 2));
+}
+
+#[test]
+fn verify_reads_from_the_oldest_retained_change() {
+    let db = TestDb::new();
+    let log = CursorLog::new(
+        (1..=10)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect(),
+    );
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("synced", Duration::from_secs(10), || {
+        target.metrics.synced.get() == 10
+    });
+    target.shutdown();
+    *log.dropped.lock().unwrap() = 4;
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "verify: 6 changes read, 6 ids, 0 missing or behind, 0 rows ahead of the source"
+    );
+}
+
+#[test]
+fn verify_exits_2_against_a_source_without_cursors() {
+    let db = TestDb::new();
+    let source = ScriptedSource::fixed_page(json!([profile(1, "2025-07-01T10:00:00Z")]));
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[]);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("X-Next-Cursor"));
+}
+
+#[test]
+fn commands_take_help_and_refuse_bad_arguments_in_one_line() {
+    let db = TestDb::new();
+    let nowhere = "http://127.0.0.1:9/users/changes";
+    for args in [
+        &["--help"][..],
+        &["redrive", "--help"],
+        &["verify", "--help"],
+    ] {
+        let (code, out, _) = run(&db, nowhere, args, &[]);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(out.starts_with("usage: target_service"), "{args:?}: {out}");
+    }
+    for args in [
+        &["frobnicate"][..],
+        &["redrive", "--reason", "stale"],
+        &["redrive", "--now"],
+        &["verify", "--max-report", "many"],
+    ] {
+        let (code, out, err) = run(&db, nowhere, args, &[]);
+        assert_eq!((code, out.as_str()), (2, ""), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    let (code, _, err) = run(&db, nowhere, &["redrive"], &[("WRITER_THREADS", "abc")]);
+    assert_eq!(code, 2);
+    assert!(err.contains("WRITER_THREADS"));
+}
+
+#[test]
+fn redrive_beside_a_syncing_target_never_makes_a_row_older() {
+    let db = TestDb::new();
+    let (log, source, target) = conflict_then_owner_moves(&db);
+    // The target keeps syncing: new users, and a newer change of id 2 that
+    // arrives while redrive runs.
+    let feeder = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for n in 100..160u32 {
+                log.changes
+                    .lock()
+                    .unwrap()
+                    .push(profile(n, "2025-07-01T10:00:00Z"));
+                if n == 130 {
+                    let mut newer = profile(2, "2025-07-01T13:00:00Z");
+                    newer["email"] = json!("two@example.com");
+                    log.changes.lock().unwrap().push(newer);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let (code, out, err) = run(&db, &source.url, &["redrive"], &[]);
+    feeder.join().unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.trim() == "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+            || out.trim() == "redrive: 1 examined, 0 synced, 1 stale, 0 still rejected",
+        "{out}"
+    );
+    wait_until("all synced", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") == 62
+    });
+    // Whichever came first, the newest change of id 2 is what stands.
+    let row = user_row(&db, 2).unwrap();
+    assert_eq!(row.1, "two@example.com");
+    target.shutdown();
+}
