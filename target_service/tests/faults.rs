@@ -111,6 +111,75 @@ fn of_two_replicas_one_syncs_and_the_other_takes_over_when_it_stops() {
     second.shutdown();
 }
 
+/// A source with an endless backlog, each page a little slow, so a round
+/// never ends by itself.
+fn endless_source() -> ScriptedSource {
+    ScriptedSource::new(|query| {
+        let since: u64 = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let limit: u64 = query
+            .get("limit")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000);
+        thread::sleep(Duration::from_millis(20));
+        let page: Vec<Value> = (since + 1..=since + limit)
+            .map(|n| profile(n as u32, "2025-07-01T10:00:00Z"))
+            .collect();
+        let mut reply = Reply::json(200, &Value::Array(page));
+        reply.headers = vec![
+            ("X-Next-Cursor".to_owned(), (since + limit).to_string()),
+            ("X-Head-Cursor".to_owned(), (since + 1_000_000).to_string()),
+            ("X-Source-Epoch".to_owned(), "endless".to_owned()),
+        ];
+        reply
+    })
+}
+
+#[test]
+fn a_replica_whose_lock_connection_ends_stops_fetching_and_stands_by_at_once() {
+    let db = TestDb::new();
+    let source = endless_source();
+    let settings = [("FETCH_LIMIT", "50")];
+    let first = start_target(&db, &source.url, &settings);
+    wait_until("first syncs", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM users") > 0
+    });
+    let second = start_target(&db, &source.url, &settings);
+    wait_until("second stands by", Duration::from_secs(10), || {
+        state_of(&second) == "standby"
+    });
+    assert_eq!(state_of(&first), "syncing");
+
+    // End only the first replica's lock connection.
+    let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1",
+            &[&db.name],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(ended, 1, "one replica holds the lock");
+    let cut = Instant::now();
+    wait_until("first stands by", Duration::from_secs(2), || {
+        state_of(&first) == "standby"
+    });
+    assert!(cut.elapsed() < Duration::from_secs(2));
+    // From now on at most one replica syncs, and one does.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut someone_synced = false;
+    while Instant::now() < deadline {
+        let states = [state_of(&first), state_of(&second)];
+        let syncing = states.iter().filter(|s| *s == "syncing").count();
+        assert!(syncing <= 1, "both sync: {states:?}");
+        someone_synced |= syncing == 1;
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(someone_synced, "a replica takes over");
+    first.shutdown();
+    second.shutdown();
+}
+
 #[test]
 fn shutdown_finishes_the_page_stores_its_cursor_and_returns_in_time() {
     let db = TestDb::new();
