@@ -137,10 +137,12 @@ fn the_newest_change_wins_whatever_the_offsets_and_page_order() {
     wait_rounds(&target, 2);
     let row = user_row(&db, 1).unwrap();
     assert_eq!(row.0, "Newest");
-    assert_eq!(row.5.as_deref(), Some("created"));
-    // First round: 1 synced, 3 stale within the page; later rounds: all 4 stale.
-    assert_eq!(target.metrics.synced.get(), 1);
-    assert!(rejected(&target, "stale") >= 7);
+    // Applied one at a time: the older change creates the row, the newest
+    // updates it, and the two at the newest's instant are not newer.
+    assert_eq!(row.5.as_deref(), Some("updated"));
+    // First round: 2 synced, 2 stale; later rounds: all 4 stale.
+    assert_eq!(target.metrics.synced.get(), 2);
+    assert!(rejected(&target, "stale") >= 6);
     let stored: String = db
         .client()
         .query_one(
@@ -433,8 +435,9 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
 #[test]
 fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
     // Sent in this order: an invalid change newer than the valid change
-    // sent after it. The first pass records it against no row yet; the
-    // replay finds a row older than it, and must still leave it alone.
+    // sent after it. The first pass marks the row, which the valid change
+    // then updates; the replay finds that row older than the invalid
+    // change, and must still leave it alone.
     let db = TestDb::new();
     let mut bad = profile(1, "2025-07-01T10:40:00Z");
     bad["email"] = json!("bad-email");
@@ -448,7 +451,7 @@ fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
     assert_eq!(table_snapshot(&db), before);
     assert_eq!(
         user_row(&db, 1).map(|r| (r.4, r.5)),
-        Some(("synced".to_owned(), Some("created".to_owned())))
+        Some(("synced".to_owned(), Some("updated".to_owned())))
     );
     assert_eq!(rejection_reasons(&db), ["invalid_email"]);
     assert_eq!(target.metrics.synced.get(), 0);
@@ -1046,11 +1049,15 @@ fn gives_up_and_claims_in_one_page_are_decided_in_sequence_order_after_a_restart
         ]
     );
     assert_eq!(user_row(&db, 5).map(|r| r.4).as_deref(), Some("synced"));
-    assert_eq!(db.count("SELECT count(*) FROM users"), 10 + 990);
+    assert_eq!(db.count("SELECT count(*) FROM users"), 9 + 990);
     wait_rounds(&target, 1);
     assert_invariant(&target);
     target.shutdown();
 }
+
+/// What a misbehaving source answers to `(since, limit, request number)`:
+/// `(elements, X-Next-Cursor, X-Head-Cursor, X-Source-Epoch)`.
+type Answer = dyn Fn(u64, u64, usize) -> (usize, u64, u64, String) + Send + Sync;
 
 /// A source whose every answer `reply(since, limit, request number)` makes.
 fn misbehaving(
@@ -1080,10 +1087,7 @@ fn misbehaving(
 
 #[test]
 fn a_misbehaving_source_ends_the_round_as_a_fetch_error() {
-    let cases: [(
-        &str,
-        Box<dyn Fn(u64, u64, usize) -> (usize, u64, u64, String) + Send + Sync>,
-    ); 3] = [
+    let cases: [(&str, Box<Answer>); 3] = [
         (
             "a full page whose cursor does not move",
             Box::new(|since, limit, _| (limit as usize, since, 1000, "e".to_owned())),
