@@ -375,6 +375,11 @@ impl Syncer {
         page: Page,
         reaches: Option<SyncState>,
     ) -> Result<(), RoundError> {
+        if !self.gate.leader.holds() {
+            return Err(RoundError(
+                "lost the sync lock; the page is left to the replica that holds it".to_owned(),
+            ));
+        }
         let fetched = page.elements().len() as u64;
         let changes = change::ingest(page, latest_allowed(self.config.max_future_skew));
         let reads = self.pipeline.reads_for(&changes);

@@ -1182,3 +1182,44 @@ fn on_a_latin1_database_what_it_cannot_hold_is_recorded_escaped_and_the_rest_syn
     assert_invariant(&target);
     target.shutdown();
 }
+
+#[test]
+fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
+    use target_service::decide::decide_afresh;
+    use target_service::metrics::Counted;
+    use target_service::profile::Reason;
+
+    let db = TestDb::new();
+    let mut client = db.client();
+    target_service::store::apply_schema(&mut client).unwrap();
+    let now = chrono::Utc::now();
+    let t = "2025-07-01T10:00:00Z";
+    let holder = with_email(1, t, "e@example.com").to_string();
+    let claim = with_email(2, t, "e@example.com").to_string();
+    let moves = with_email(1, "2025-07-01T11:00:00Z", "moved@example.com").to_string();
+    let mut decide =
+        |texts: &[&str], dry_run| decide_afresh(&mut client, texts, now, dry_run).unwrap();
+
+    assert_eq!(decide(&[&holder], false), [Counted::Synced]);
+    assert_eq!(
+        decide(&[&claim], false),
+        [Counted::NotSynced(Reason::EmailTaken)]
+    );
+    assert_eq!(decide(&[&moves], false), [Counted::Synced]);
+    assert_eq!(decide(&[&claim], true), [Counted::Synced], "dry run");
+    assert!(user_row(&db, 2).is_none(), "a dry run writes nothing");
+    assert_eq!(decide(&[&claim], false), [Counted::Synced]);
+    assert_eq!(
+        user_row(&db, 2).map(|r| r.1).as_deref(),
+        Some("e@example.com")
+    );
+    assert_eq!(
+        decide(&[&claim], false),
+        [Counted::NotSynced(Reason::Stale)]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections"),
+        0,
+        "it records nothing"
+    );
+}
