@@ -13,8 +13,6 @@ use std::io::Read;
 use std::ops::Range;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::profile::syntax::{self, SyntaxError};
 
 /// The most elements taken from a source that sends no cursor (and so was
@@ -44,8 +42,9 @@ pub struct Page {
 #[derive(Debug)]
 pub enum FetchError {
     /// `410 Gone`: the cursor means nothing to the source any more. Carries
-    /// the oldest cursor the source still accepts, when it says.
-    Gone { min_since: Option<u64> },
+    /// the oldest cursor the source still accepts (`X-Min-Cursor`), when it
+    /// says.
+    Gone { min_cursor: Option<u64> },
     /// Down, slow, non-2xx, too large, or not a JSON array.
     Failed(String),
 }
@@ -113,18 +112,11 @@ impl Fetcher {
         let response = match request.call() {
             Ok(response) => response,
             Err(ureq::Error::Status(410, response)) => {
-                // Where to start again: `X-Min-Cursor`, or `min_since` in the
-                // body as earlier versions of the source sent it.
-                let header = response
+                // Where to start again, when the source says.
+                let min_cursor = response
                     .header("X-Min-Cursor")
                     .and_then(|value| value.trim().parse().ok());
-                let min_since = header.or_else(|| {
-                    self.read_body(response)
-                        .ok()
-                        .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
-                        .and_then(|body| body.get("min_since").and_then(Value::as_u64))
-                });
-                return Err(FetchError::Gone { min_since });
+                return Err(FetchError::Gone { min_cursor });
             }
             Err(ureq::Error::Status(code, _)) => {
                 return Err(FetchError::Failed(format!(

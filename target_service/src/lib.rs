@@ -9,16 +9,25 @@
 //!   `/rejections` (the last through a pool of its own);
 //! - `sync`: waits for PostgreSQL, applies the schema, then runs the rounds
 //!   ([`sync::Syncer`]), feeding one bounded channel per writer;
-//! - `writer-N` (`WRITER_THREADS`): batch writes through the r2d2 pool;
+//! - `writer-N` (`WRITER_THREADS`): execute the decided writes, a batch per
+//!   transaction, through the r2d2 pool;
+//! - `lock-watch`: pings the connection holding the sync lock twice a second;
 //! - `db-probe`: checks once a second that PostgreSQL answers, for `/readyz`.
 
 pub mod admin;
+pub mod change;
 pub mod cli;
 pub mod config;
+pub mod decide;
 pub mod fetcher;
 pub mod http;
+pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod openapi;
+pub mod overlay;
+pub mod pipeline;
+pub mod plan;
 pub mod pool;
 pub mod profile;
 pub mod redrive;
@@ -26,6 +35,7 @@ pub mod rejections;
 pub mod routing;
 pub mod status;
 pub mod status_page;
+pub mod stop;
 pub mod store;
 pub mod sync;
 pub mod verify;
@@ -33,7 +43,7 @@ pub mod writer;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -197,18 +207,7 @@ fn start_http(
     http_server::Server::start(listener, settings, Arc::new(serve))
 }
 
-/// Sleeps for `total`, or less if shutdown starts meanwhile: every backoff
-/// and poll interval goes through here so none of them delays shutdown.
-pub(crate) fn sleep_unless_stopping(total: Duration, stopping: &AtomicBool) {
-    let deadline = Instant::now() + total;
-    while !stopping.load(Ordering::Acquire) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        thread::sleep(left.min(Duration::from_millis(25)));
-    }
-}
+pub(crate) use crate::stop::sleep_unless_stopping;
 
 /// Joins a thread unless the deadline passes first (then leaves it be).
 fn join_until(handle: JoinHandle<()>, deadline: Instant) -> bool {
@@ -252,13 +251,23 @@ fn run_pipeline(
         .max(1);
     let mut senders = Vec::with_capacity(config.writer_threads);
     let mut writers = Vec::with_capacity(config.writer_threads);
+    let (reports, reports_rx) = crossbeam_channel::unbounded();
+    let abandoned = Arc::new(AtomicU64::new(0));
     for n in 0..config.writer_threads {
         let (tx, rx) = crossbeam_channel::bounded(per_writer);
         senders.push(tx);
-        let (pool, metrics, stopping) = (pool.clone(), Arc::clone(&metrics), Arc::clone(&stopping));
+        let writer = writer::Writer {
+            index: n,
+            inbox: rx,
+            reports: reports.clone(),
+            pool: pool.clone(),
+            metrics: Arc::clone(&metrics),
+            stop: Arc::clone(&stopping),
+            abandoned: Arc::clone(&abandoned),
+        };
         match thread::Builder::new()
             .name(format!("writer-{n}"))
-            .spawn(move || writer::run(rx, pool, metrics, stopping))
+            .spawn(move || writer.run())
         {
             Ok(handle) => writers.push(handle),
             Err(err) => {
@@ -279,6 +288,8 @@ fn run_pipeline(
         status,
         stopping,
         senders,
+        reports_rx,
+        abandoned,
     )
     .run(wake);
     // The syncer owned the senders: the writers drain what is left and end.

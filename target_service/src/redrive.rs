@@ -4,9 +4,8 @@
 //!
 //! Each recorded element is read again from its payload and decided by the
 //! service's own code, through one seam, [`decide_recorded`]: the same
-//! parsing ([`Profile::parse_json`]), the same planner
-//! ([`writer::plan_batch`]) against the rows as they are now, and the same
-//! guarded upsert ([`store::upsert_users`]). One that syncs now is written
+//! parsing, the same planner ([`crate::plan`]) against the rows as they are
+//! now, and the same guarded writes ([`crate::writer::execute`]). One that syncs now is written
 //! exactly as a fresh change, and its rejection gets `resolved_at` and
 //! `resolution` in the same transaction; one that still fails is left as it
 //! was (no second rejection, no mark).
@@ -20,17 +19,16 @@
 //! violation at write time means someone took the email or mobile meanwhile:
 //! the element stays rejected.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient, NoTls};
 
 use crate::config::Config;
+use crate::decide;
 use crate::metrics::Counted;
-use crate::profile::{Profile, Reason};
-use crate::store::{self, Failure, Statements};
-use crate::writer::{self, AlreadyRecorded, Change, Writes};
+use crate::profile::Reason;
+use crate::store::{self, Failure};
 
 /// What a run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -83,91 +81,45 @@ impl Redecided {
 }
 
 /// **The seam** between redrive and the service's write path: decides
-/// `elements`, in order, as the service decides fresh changes against the
+/// `elements`, in order, exactly as the service decides fresh changes
+/// ([`decide::decide_afresh`], the planner of the sync rounds) against the
 /// table as it is now, and writes those that sync (users rows only; nothing
 /// is recorded or marked for the others). `latest_allowed` is now plus
 /// `MAX_FUTURE_SKEW_SECS`.
 ///
 /// It runs on `client` inside the caller's transaction; the write goes in a
 /// savepoint, so a unique violation (an email or mobile taken meanwhile, by
-/// a writer beside it) leaves the transaction usable and the element
-/// [`Redecided::StillRejected`]. Any other failure is returned.
-///
-/// Today it is built from the writer's parts: [`Profile::parse_json`],
-/// [`store::read_users`]/[`store::owners_of`], [`writer::plan_batch`] (with no
-/// element counted as recorded, since being recorded is the point) and
-/// [`store::upsert_users`]. A rebuilt write path replaces this body with a
-/// call to its planner; the signature is all redrive depends on.
+/// a writer beside it) or a refused row leaves the transaction usable and
+/// the element [`Redecided::StillRejected`]. Any other failure is returned.
 pub fn decide_recorded(
     client: &mut impl GenericClient,
-    statements: &Statements,
     elements: &[RecordedElement],
     latest_allowed: DateTime<Utc>,
 ) -> Result<Vec<Redecided>, postgres::Error> {
-    let mut outcomes = vec![Redecided::StillRejected; elements.len()];
-    // Only elements that pass every rule on their own go on to the planner.
-    let mut changes = Vec::new();
-    let mut places = Vec::new();
-    for (place, element) in elements.iter().enumerate() {
-        if let Ok(profile) = Profile::parse_json(&element.payload, latest_allowed) {
-            changes.push(Change::Accepted {
-                profile,
-                payload: 0..element.payload.len(),
-            });
-            places.push(place);
-        }
-    }
-    if changes.is_empty() {
-        return Ok(outcomes);
-    }
-    let profiles: Vec<&Profile> = (changes.iter())
-        .filter_map(|change| match change {
-            Change::Accepted { profile, .. } => Some(profile),
-            Change::Rejected { .. } => None,
-        })
-        .collect();
-    let mut ids: Vec<_> = profiles.iter().map(|p| p.id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let emails: Vec<&str> = profiles.iter().map(|p| p.email.as_str()).collect();
-    let mobiles: Vec<&str> = profiles.iter().map(|p| p.mobile.as_str()).collect();
-    let read = store::read_users(client, statements, &ids)?;
-    let stored = store::stored_users(&read)?;
-    let owners = store::owners_of(client, statements, &emails, &mobiles)?;
-    let plan = writer::plan_batch(
-        (changes.iter())
-            .zip(&places)
-            .map(|(change, &place)| (change, elements[place].payload.as_str())),
-        &stored,
-        &owners,
-        &HashSet::new(),
-        &AlreadyRecorded::new(),
-        Writes::Merged,
-    );
+    let texts: Vec<&str> = elements.iter().map(|e| e.payload.as_str()).collect();
     let mut savepoint = client.transaction()?;
-    let written = match store::upsert_users(&mut savepoint, statements, &plan.writes) {
-        Ok(written) => {
+    let outcomes = match decide::decide_afresh(&mut savepoint, &texts, latest_allowed, false) {
+        Ok(outcomes) => {
             savepoint.commit()?;
-            written
+            outcomes
         }
         Err(err) => match store::classify(&err) {
             // Taken meanwhile, or refused again: still rejected.
             Failure::Unique(_) | Failure::Data => {
                 drop(savepoint);
-                return Ok(outcomes);
+                return Ok(vec![Redecided::StillRejected; elements.len()]);
             }
             Failure::Transient => return Err(err),
         },
     };
-    for ((outcome, &place), profile) in plan.outcomes.iter().zip(&places).zip(&profiles) {
-        outcomes[place] = match outcome {
-            Counted::Synced if written.contains(&profile.id) => Redecided::Synced,
-            // Planned but not applied: the row was as new already.
-            Counted::Synced | Counted::NotSynced(Reason::Stale) => Redecided::Stale,
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Counted::Synced => Redecided::Synced,
+            Counted::NotSynced(Reason::Stale) => Redecided::Stale,
             Counted::NotSynced(_) => Redecided::StillRejected,
-        };
-    }
-    Ok(outcomes)
+        })
+        .collect())
 }
 
 /// Candidates are read in pages of this many ids.
@@ -198,7 +150,6 @@ fn redrive(
     dry_run: bool,
 ) -> Result<Summary, postgres::Error> {
     store::apply_schema(client)?;
-    let statements = Statements::prepare(client)?;
     let reasons: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
     let mut summary = Summary::default();
     let mut after = 0i64;
@@ -231,15 +182,10 @@ fn redrive(
                 id,
                 payload: row.try_get(0)?,
             };
-            let outcome = decide_recorded(
-                &mut tx,
-                &statements,
-                std::slice::from_ref(&element),
-                latest_allowed,
-            )?
-            .first()
-            .copied()
-            .unwrap_or(Redecided::StillRejected);
+            let outcome = decide_recorded(&mut tx, std::slice::from_ref(&element), latest_allowed)?
+                .first()
+                .copied()
+                .unwrap_or(Redecided::StillRejected);
             if let Some(resolution) = outcome.resolution() {
                 tx.execute(
                     "UPDATE sync_rejections SET resolved_at = now(), resolution = $2 WHERE id = $1",

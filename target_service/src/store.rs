@@ -1,19 +1,17 @@
-//! Every SQL statement the target runs, so they can be read in one sitting.
+//! Every SQL statement the target runs, each written out in full, so they
+//! can be read in one sitting.
 //!
 //! Writes are set-based: one statement per kind of write for a whole batch,
 //! with the rows passed as arrays and unpacked by `unnest`, so a batch of a
 //! thousand changes costs a handful of round trips rather than a thousand.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
-use md5::{Digest, Md5};
 use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, GenericClient, Row, Statement};
+use postgres::{Client, GenericClient, Statement};
 use uuid::Uuid;
 
+use crate::change::ChangeKey;
+use crate::plan::{MarkWrite, RejectionWrite, Row, UserWrite};
 use crate::profile::Reason;
 
 /// The schema, embedded so the binary needs no file beside it.
@@ -44,13 +42,13 @@ pub fn apply_schema(client: &mut Client) -> Result<(), postgres::Error> {
 /// Index paths are always right for these statements, so sequential scans
 /// are ruled out.
 ///
-/// Commits do not wait for their WAL to reach disk (`synchronous_commit =
-/// off`). Nothing can be lost by it: PostgreSQL flushes WAL in order, and
-/// the cursor is stored only after every batch before it has committed, so
-/// its commit record comes after theirs. If a crash of the server takes the
-/// last commits with it, it takes the cursor update that covered them too,
-/// and those changes are simply fetched again. The process itself dying
-/// loses nothing either way: a commit the server acknowledged survives it.
+/// Writers' commits do not wait for their WAL to reach disk
+/// (`synchronous_commit = off`); a crash of the server may take the last of
+/// them. That costs nothing because the cursor is stored only by
+/// [`save_state`], whose commit does wait, and so flushes every commit
+/// before it, and only while the server is the one that took those commits
+/// (its start time unchanged since the round began). After a crash the
+/// round is abandoned and what the crash took is fetched again.
 pub fn prepare_session(client: &mut Client) -> Result<(), postgres::Error> {
     client.batch_execute("SET enable_seqscan = off; SET synchronous_commit = off")
 }
@@ -69,6 +67,62 @@ pub fn try_sync_lock(client: &mut Client, source_url: &str) -> Result<bool, post
         &[&SYNC_LOCK_CLASS, &source_url],
     )?;
     row.try_get(0)
+}
+
+/// When the server started: a server that crashed and came back, or another
+/// server after a failover, has another start time.
+pub fn server_started(client: &mut impl GenericClient) -> Result<DateTime<Utc>, postgres::Error> {
+    client
+        .query_one("SELECT pg_postmaster_start_time()", &[])?
+        .try_get(0)
+}
+
+/// Which characters the database can hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoding {
+    /// UTF8 (or SQL_ASCII, which keeps bytes as they come): everything.
+    Unicode,
+    /// LATIN1: U+0000 to U+00FF.
+    Latin1,
+    /// Any other: ASCII for certain; the rest is asked ([`can_store`]).
+    Other(String),
+}
+
+impl Encoding {
+    /// Whether a text fits, when that is known without asking PostgreSQL.
+    pub fn holds(&self, text: &str) -> Option<bool> {
+        match self {
+            _ if text.is_ascii() => Some(true),
+            Encoding::Unicode => Some(true),
+            Encoding::Latin1 => Some(text.chars().all(|c| u32::from(c) <= 0xff)),
+            Encoding::Other(_) => None,
+        }
+    }
+}
+
+pub fn server_encoding(client: &mut impl GenericClient) -> Result<Encoding, postgres::Error> {
+    let name: String = client
+        .query_one("SELECT current_setting('server_encoding')", &[])?
+        .try_get(0)?;
+    Ok(match name.to_ascii_uppercase().as_str() {
+        "UTF8" | "SQL_ASCII" => Encoding::Unicode,
+        "LATIN1" => Encoding::Latin1,
+        _ => Encoding::Other(name),
+    })
+}
+
+/// Asks PostgreSQL whether it can hold `text`: converting its UTF-8 bytes
+/// to the database's encoding fails for a character it lacks. Run outside
+/// any transaction of writes, so a refusal spoils nothing.
+pub fn can_store(client: &mut impl GenericClient, text: &str) -> Result<bool, postgres::Error> {
+    match client.query_one(
+        "SELECT convert_from($1::bytea, 'UTF8')",
+        &[&text.as_bytes()],
+    ) {
+        Ok(_) => Ok(true),
+        Err(err) if classify(&err) == Failure::Data => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// Where syncing a source stands.
@@ -95,460 +149,202 @@ pub fn load_state(
     })
 }
 
+/// Stores where syncing stands, durably, but only on the server that
+/// started at `server_started`: the writes the cursor covers were committed
+/// there, and a crash since may have taken some of them. Returns false
+/// (nothing stored) when the server is another one.
 pub fn save_state(
-    client: &mut impl GenericClient,
+    client: &mut Client,
     source_url: &str,
     state: &SyncState,
-) -> Result<(), postgres::Error> {
+    server_started: DateTime<Utc>,
+) -> Result<bool, postgres::Error> {
     let cursor = i64::try_from(state.cursor).unwrap_or(i64::MAX);
-    client.execute(
-        "INSERT INTO sync_state (source_url, source_epoch, cursor, updated_at) VALUES ($1, $2, $3, now()) \
+    let mut tx = client.transaction()?;
+    tx.batch_execute("SET LOCAL synchronous_commit = on")?;
+    let stored = tx.execute(
+        "INSERT INTO sync_state (source_url, source_epoch, cursor, updated_at) \
+         SELECT $1, $2, $3, now() WHERE pg_postmaster_start_time() = $4 \
          ON CONFLICT (source_url) DO UPDATE \
          SET source_epoch = excluded.source_epoch, cursor = excluded.cursor, updated_at = now()",
-        &[&source_url, &state.epoch, &cursor],
+        &[&source_url, &state.epoch, &cursor, &server_started],
     )?;
-    Ok(())
+    tx.commit()?;
+    Ok(stored == 1)
 }
 
-/// What inserting a rejection does when the same change is already
-/// recorded (its `(profile_id, change_key)` is in `sync_rejections`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
-    /// The insert skips it (`ON CONFLICT (profile_id, change_key) DO
-    /// NOTHING`), so a replay records nothing twice.
-    Skip,
-    /// The statement fails with a unique violation. PostgreSQL then need
-    /// not look each key up before inserting it, which makes this cheaper
-    /// for batches that are not expected to repeat anything (a catch-up);
-    /// the writer writes a refused batch again with `Skip`.
-    Refuse,
-}
-
-/// The statements a writer runs for every batch, prepared once per connection.
+/// The statements run for every page and batch, prepared once per connection.
 pub struct Statements {
-    read_users: Statement,
-    owners_of: Statement,
+    read_rows: Statement,
     read_recorded: Statement,
-    any_valid_change_decided: Statement,
     upsert_users: Statement,
     insert_rejections: Statement,
     mark_users: Statement,
-    write_plan_skipping_recorded: Statement,
-    write_plan_refusing_recorded: Statement,
 }
 
 impl Statements {
-    pub fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+    pub fn prepare(client: &mut impl GenericClient) -> Result<Statements, postgres::Error> {
         Ok(Statements {
-            read_users: client.prepare(READ_USERS)?,
-            owners_of: client.prepare(OWNERS_OF)?,
+            read_rows: client.prepare(READ_ROWS)?,
             read_recorded: client.prepare(READ_RECORDED)?,
-            any_valid_change_decided: client.prepare(ANY_VALID_CHANGE_DECIDED)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
-            insert_rejections: client.prepare(&format!("{INSERT_REJECTIONS}{SKIP_RECORDED}"))?,
+            insert_rejections: client.prepare(INSERT_REJECTIONS)?,
             mark_users: client.prepare(MARK_USERS)?,
-            write_plan_skipping_recorded: client.prepare(&write_plan_sql(Recorded::Skip))?,
-            write_plan_refusing_recorded: client.prepare(&write_plan_sql(Recorded::Refuse))?,
         })
     }
 }
 
-const READ_USERS: &str = "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1)";
-
-const OWNERS_OF: &str =
-    "SELECT id, email, mobile FROM users WHERE email = ANY($1) OR mobile = ANY($2)";
+const READ_ROWS: &str = "SELECT id, last_updated_at, email, mobile FROM users \
+     WHERE id = ANY($1) OR email = ANY($2) OR mobile = ANY($3)";
 
 const READ_RECORDED: &str =
-    "SELECT r.profile_id, r.change_key, r.reason FROM sync_rejections AS r \
-         JOIN unnest($1::uuid[], $2::uuid[]) AS k(id, key) \
-           ON r.profile_id = k.id AND r.change_key = k.key";
-
-/// Its condition on `reason` is the predicate of the partial index
-/// `sync_rejections_valid_change_decisions` (schema.sql), word for word, so
-/// that PostgreSQL uses it.
-const ANY_VALID_CHANGE_DECIDED: &str = "SELECT EXISTS (SELECT 1 FROM sync_rejections \
-         WHERE profile_id = ANY($1) AND reason IN ('email_taken', 'mobile_taken', 'db_error'))";
+    "SELECT change_key, reason FROM sync_rejections WHERE change_key = ANY($1)";
 
 const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
-         SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
-              AS c(id, name, email, mobile, status, last_updated_at, message) \
-         ON CONFLICT (id) DO UPDATE SET \
-              name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status, \
-              last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated' \
-         WHERE u.last_updated_at < excluded.last_updated_at \
-         RETURNING u.id";
+     SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
+          AS c(id, name, email, mobile, status, last_updated_at, message) \
+     ON CONFLICT (id) DO UPDATE SET \
+          name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status, \
+          last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated' \
+     WHERE u.last_updated_at < excluded.last_updated_at \
+     RETURNING u.id";
 
 const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
-              (profile_id, outcome, reason, message, payload, changed_at, payload_copy, change_key) \
-         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::int4[], $8::uuid[])";
-
-/// Appended to [`INSERT_REJECTIONS`] for [`Recorded::Skip`].
-const SKIP_RECORDED: &str = " ON CONFLICT (profile_id, change_key) DO NOTHING";
+          (profile_id, outcome, reason, message, payload, changed_at, change_key) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bytea[]) \
+     ON CONFLICT (change_key) DO NOTHING";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
-         WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
-           AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)";
+     FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
+     WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
+       AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)";
 
-/// The upsert, the rejections and the marks of a batch as one statement:
-/// one round trip instead of three. The marks must be of ids the upsert does
-/// not write, for all parts see the same snapshot of `users`. Its result is
-/// the ids the upsert did not write (usually none, so a batch does not
-/// send back every id it wrote).
-fn write_plan_sql(recorded: Recorded) -> String {
-    let on_recorded = match recorded {
-        Recorded::Skip => SKIP_RECORDED,
-        Recorded::Refuse => "",
-    };
-    format!(
-        "WITH written AS ({UPSERT_USERS}), \
-              recorded AS ({}{on_recorded}), \
-              marked AS ({}) \
-         SELECT c.id FROM unnest($1::uuid[]) AS c(id) \
-         WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = c.id)",
-        shift_parameters(INSERT_REJECTIONS, 7),
-        shift_parameters(MARK_USERS, 15),
-    )
-}
-
-/// Renumbers `$1`, `$2`… of `sql` to `$(1 + by)`, `$(2 + by)`….
-fn shift_parameters(sql: &str, by: usize) -> String {
-    let parameter = regex::Regex::new(r"\$([0-9]+)").expect("a valid pattern");
-    parameter
-        .replace_all(sql, |captures: &regex::Captures<'_>| {
-            let number: usize = captures[1].parse().expect("digits");
-            format!("${}", number + by)
-        })
-        .into_owned()
-}
-
-/// A `users` row as the writer needs to see it before deciding, its text
-/// borrowed from the row as PostgreSQL sent it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredUser<'r> {
-    pub last_updated_at: DateTime<Utc>,
-    pub email: &'r str,
-    pub mobile: &'r str,
-}
-
-/// Stored rows by id.
-pub type StoredUsers<'r> = foldhash::HashMap<Uuid, StoredUser<'r>>;
-
-/// Reads the rows of `ids`, as sent; [`stored_users`] reads them without
-/// copying their text. They are not locked: all changes to one id go to
-/// one writer, and the guards in [`upsert_users`] and [`mark_users`] keep a
-/// stale decision (possible only while two replicas overlap) from ever
-/// overwriting newer data.
-pub fn read_users(
+/// The rows of `ids` and the rows holding any of `emails` or `mobiles`.
+/// They are not locked: only the replica holding the sync lock writes, and
+/// the guards of the write statements keep any other writer's newer row.
+pub fn read_rows(
     client: &mut impl GenericClient,
     statements: &Statements,
     ids: &[Uuid],
-) -> Result<Vec<Row>, postgres::Error> {
-    if ids.is_empty() {
+    emails: &[String],
+    mobiles: &[String],
+) -> Result<Vec<(Uuid, Row)>, postgres::Error> {
+    if ids.is_empty() && emails.is_empty() && mobiles.is_empty() {
         return Ok(Vec::new());
     }
-    client.query(&statements.read_users, &[&ids])
-}
-
-/// The rows [`read_users`] returned, by id.
-pub fn stored_users(rows: &[Row]) -> Result<StoredUsers<'_>, postgres::Error> {
-    let mut stored = StoredUsers::with_capacity_and_hasher(rows.len(), Default::default());
-    for row in rows {
-        let user = StoredUser {
-            last_updated_at: row.try_get(1)?,
-            email: row.try_get(2)?,
-            mobile: row.try_get(3)?,
-        };
-        stored.insert(row.try_get(0)?, user);
-    }
-    Ok(stored)
-}
-
-/// The rows that hold any of these emails or mobiles: `(id, email, mobile)`.
-pub fn owners_of(
-    client: &mut impl GenericClient,
-    statements: &Statements,
-    emails: &[&str],
-    mobiles: &[&str],
-) -> Result<Vec<(Uuid, String, String)>, postgres::Error> {
-    let rows = client.query(&statements.owners_of, &[&emails, &mobiles])?;
-    rows.iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-        .collect()
-}
-
-/// Which of `keys` (profile id, [`change_key`]) are recorded already, each
-/// with whether its reason is one a valid change can get
-/// ([`Reason::befalls_a_valid_change`]). A replayed rejection that is
-/// recorded had its effect when it was first recorded.
-pub fn recorded_changes(
-    client: &mut impl GenericClient,
-    statements: &Statements,
-    keys: &[(Uuid, Uuid)],
-) -> Result<HashMap<(Uuid, Uuid), bool>, postgres::Error> {
-    if keys.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let ids: Vec<Uuid> = keys.iter().map(|(id, _)| *id).collect();
-    let change_keys: Vec<Uuid> = keys.iter().map(|(_, key)| *key).collect();
-    let rows = client.query(&statements.read_recorded, &[&ids, &change_keys])?;
+    let rows = client.query(&statements.read_rows, &[&ids, &emails, &mobiles])?;
     rows.iter()
         .map(|row| {
-            let reason: &str = row.try_get(2)?;
-            let of_a_valid_change = (Reason::ALL.iter())
-                .any(|known| known.befalls_a_valid_change() && known.as_str() == reason);
-            Ok(((row.try_get(0)?, row.try_get(1)?), of_a_valid_change))
+            let stored = Row {
+                last_updated_at: row.try_get(1)?,
+                email: row.try_get(2)?,
+                mobile: row.try_get(3)?,
+            };
+            Ok((row.try_get(0)?, stored))
         })
         .collect()
 }
 
-/// Whether any of `ids` has a recorded conflict or refused row: a change
-/// to one of them may be the replay of such a decision.
-pub fn any_valid_change_decided(
+/// Which of `keys` are recorded, with the reason each was recorded with.
+pub fn read_recorded(
     client: &mut impl GenericClient,
     statements: &Statements,
-    ids: &[Uuid],
-) -> Result<bool, postgres::Error> {
-    if ids.is_empty() {
-        return Ok(false);
+    keys: &[ChangeKey],
+) -> Result<Vec<(ChangeKey, Reason)>, postgres::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    client
-        .query_one(&statements.any_valid_change_decided, &[&ids])?
-        .try_get(0)
+    let keys: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
+    let rows = client.query(&statements.read_recorded, &[&keys])?;
+    let mut recorded = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let key: &[u8] = row.try_get(0)?;
+        let reason: &str = row.try_get(1)?;
+        let (Ok(key), Some(reason)) = (
+            ChangeKey::try_from(key),
+            Reason::ALL.into_iter().find(|r| r.as_str() == reason),
+        ) else {
+            continue;
+        };
+        recorded.push((key, reason));
+    }
+    Ok(recorded)
 }
 
-/// One row to insert or update in `users`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UserWrite<'a> {
-    pub id: Uuid,
-    pub name: &'a str,
-    pub email: &'a str,
-    pub mobile: &'a str,
-    pub status: &'a str,
-    pub last_updated_at: DateTime<Utc>,
-    /// `created` or `updated`, for a row that is inserted (one that already
-    /// existed is always `updated`).
-    pub message: &'static str,
-}
-
-/// Inserts or updates `users` rows, each only if it is strictly newer than
-/// the stored row, and returns the ids actually written. The `WHERE` decides
-/// for rows the writer did not read, and is the last line of defence for "a
-/// stale change never overwrites data" for the rest. An email or mobile held
-/// by a row outside `writes` fails the whole statement (a unique violation).
+/// Inserts or updates `users` rows, each only if strictly newer than the
+/// stored row, in the order given (so a row that gives up an email comes
+/// before the row that claims it); returns the ids written. No id may occur
+/// twice. The `WHERE` is the last line of defence against another writer.
 pub fn upsert_users(
     client: &mut impl GenericClient,
     statements: &Statements,
-    writes: &[UserWrite<'_>],
+    writes: &[&UserWrite],
 ) -> Result<Vec<Uuid>, postgres::Error> {
     if writes.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = UserColumns::of(writes);
-    let rows = client.query(&statements.upsert_users, &columns.parameters())?;
+    let ids: Vec<Uuid> = writes.iter().map(|w| w.id).collect();
+    let names: Vec<&str> = writes.iter().map(|w| w.name.as_str()).collect();
+    let emails: Vec<&str> = writes.iter().map(|w| w.email.as_str()).collect();
+    let mobiles: Vec<&str> = writes.iter().map(|w| w.mobile.as_str()).collect();
+    let statuses: Vec<&str> = writes.iter().map(|w| w.status).collect();
+    let times: Vec<DateTime<Utc>> = writes.iter().map(|w| w.last_updated_at).collect();
+    let messages: Vec<&str> = writes.iter().map(|w| w.message).collect();
+    let rows = client.query(
+        &statements.upsert_users,
+        &[
+            &ids, &names, &emails, &mobiles, &statuses, &times, &messages,
+        ],
+    )?;
     rows.iter().map(|row| row.try_get(0)).collect()
 }
 
-/// [`UserWrite`]s as the parallel arrays the statements take.
-struct UserColumns<'a> {
-    ids: Vec<Uuid>,
-    names: Vec<&'a str>,
-    emails: Vec<&'a str>,
-    mobiles: Vec<&'a str>,
-    statuses: Vec<&'a str>,
-    times: Vec<DateTime<Utc>>,
-    messages: Vec<&'a str>,
-}
-
-impl<'a> UserColumns<'a> {
-    fn of(writes: &[UserWrite<'a>]) -> UserColumns<'a> {
-        UserColumns {
-            ids: writes.iter().map(|w| w.id).collect(),
-            names: writes.iter().map(|w| w.name).collect(),
-            emails: writes.iter().map(|w| w.email).collect(),
-            mobiles: writes.iter().map(|w| w.mobile).collect(),
-            statuses: writes.iter().map(|w| w.status).collect(),
-            times: writes.iter().map(|w| w.last_updated_at).collect(),
-            messages: writes.iter().map(|w| w.message).collect(),
-        }
-    }
-
-    fn parameters(&self) -> [&(dyn ToSql + Sync); 7] {
-        [
-            &self.ids,
-            &self.names,
-            &self.emails,
-            &self.mobiles,
-            &self.statuses,
-            &self.times,
-            &self.messages,
-        ]
-    }
-}
-
-/// One row for `sync_rejections`, borrowing its text from the batch where
-/// it can.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RejectionWrite<'a> {
-    pub profile_id: Option<Uuid>,
-    pub outcome: &'static str,
-    pub reason: &'static str,
-    pub message: Cow<'a, str>,
-    pub payload: &'a str,
-    /// Identical payloads before this one in its page.
-    pub copy: i32,
-    pub changed_at: Option<DateTime<Utc>>,
-}
-
-/// The key that tells one recorded change from another: the MD5 digest of
-/// its payload, a colon and its copy number (identical payloads before it
-/// in its page), as a UUID. Earlier versions had PostgreSQL compute the same
-/// digest (`md5(payload || ':' || payload_copy::text)::uuid`), so the rows
-/// they recorded keep matching their replays.
-pub fn change_key(payload: &str, copy: i32) -> Uuid {
-    let mut digest = Md5::new();
-    digest.update(payload.as_bytes());
-    digest.update(b":");
-    digest.update(copy.to_string().as_bytes());
-    Uuid::from_bytes(digest.finalize().into())
-}
-
-/// Records rejections; one already recorded (same payload, same place
-/// among identical payloads of its page) is left alone, so a replayed
-/// change records nothing twice.
+/// Records rejections; one whose element text is recorded already is left
+/// alone, so a replay records nothing twice.
 pub fn insert_rejections(
     client: &mut impl GenericClient,
     statements: &Statements,
-    rejections: &[RejectionWrite<'_>],
+    rejections: &[&RejectionWrite],
 ) -> Result<(), postgres::Error> {
     if rejections.is_empty() {
         return Ok(());
     }
-    let columns = RejectionColumns::of(rejections);
-    client.execute(&statements.insert_rejections, &columns.parameters())?;
+    let ids: Vec<Option<Uuid>> = rejections.iter().map(|r| r.profile_id).collect();
+    let outcomes: Vec<&str> = rejections.iter().map(|r| r.outcome).collect();
+    let reasons: Vec<&str> = rejections.iter().map(|r| r.reason.as_str()).collect();
+    let messages: Vec<&str> = rejections.iter().map(|r| r.message.as_str()).collect();
+    let payloads: Vec<&str> = rejections.iter().map(|r| r.payload.text()).collect();
+    let times: Vec<Option<DateTime<Utc>>> = rejections.iter().map(|r| r.changed_at).collect();
+    let keys: Vec<&[u8]> = rejections.iter().map(|r| &r.key[..]).collect();
+    client.execute(
+        &statements.insert_rejections,
+        &[
+            &ids, &outcomes, &reasons, &messages, &payloads, &times, &keys,
+        ],
+    )?;
     Ok(())
 }
 
-/// [`RejectionWrite`]s as the parallel arrays the statements take.
-struct RejectionColumns<'a> {
-    ids: Vec<Option<Uuid>>,
-    outcomes: Vec<&'a str>,
-    reasons: Vec<&'a str>,
-    messages: Vec<&'a str>,
-    payloads: Vec<&'a str>,
-    times: Vec<Option<DateTime<Utc>>>,
-    copies: Vec<i32>,
-    keys: Vec<Uuid>,
-}
-
-impl<'a> RejectionColumns<'a> {
-    fn of(rejections: &'a [RejectionWrite<'_>]) -> RejectionColumns<'a> {
-        RejectionColumns {
-            ids: rejections.iter().map(|r| r.profile_id).collect(),
-            outcomes: rejections.iter().map(|r| r.outcome).collect(),
-            reasons: rejections.iter().map(|r| r.reason).collect(),
-            messages: rejections.iter().map(|r| r.message.as_ref()).collect(),
-            payloads: rejections.iter().map(|r| r.payload).collect(),
-            times: rejections.iter().map(|r| r.changed_at).collect(),
-            copies: rejections.iter().map(|r| r.copy).collect(),
-            keys: (rejections.iter())
-                .map(|r| change_key(r.payload, r.copy))
-                .collect(),
-        }
-    }
-
-    fn parameters(&self) -> [&(dyn ToSql + Sync); 8] {
-        [
-            &self.ids,
-            &self.outcomes,
-            &self.reasons,
-            &self.messages,
-            &self.payloads,
-            &self.times,
-            &self.copies,
-            &self.keys,
-        ]
-    }
-}
-
-/// A rejected change that is newer than its row: the row's sync columns
-/// say so, its data columns stay as they were.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StatusMark<'a> {
-    pub id: Uuid,
-    pub changed_at: DateTime<Utc>,
-    pub outcome: &'static str,
-    pub message: Cow<'a, str>,
-}
-
 /// Applies marks (at most one per id) to rows older than the mark's change;
-/// a row already marked the same way is not rewritten, so a replay costs no
-/// writes. A mark for an id without a row changes nothing.
+/// a row already marked the same way is not rewritten.
 pub fn mark_users(
     client: &mut impl GenericClient,
     statements: &Statements,
-    marks: &[StatusMark<'_>],
+    marks: &[&MarkWrite],
 ) -> Result<(), postgres::Error> {
     if marks.is_empty() {
         return Ok(());
     }
-    let columns = MarkColumns::of(marks);
-    client.execute(&statements.mark_users, &columns.parameters())?;
+    let ids: Vec<Uuid> = marks.iter().map(|m| m.id).collect();
+    let times: Vec<DateTime<Utc>> = marks.iter().map(|m| m.changed_at).collect();
+    let outcomes: Vec<&str> = marks.iter().map(|m| m.outcome).collect();
+    let messages: Vec<&str> = marks.iter().map(|m| m.message.as_str()).collect();
+    client.execute(
+        &statements.mark_users,
+        &[&ids, &times, &outcomes, &messages],
+    )?;
     Ok(())
-}
-
-/// [`StatusMark`]s as the parallel arrays the statements take.
-struct MarkColumns<'a> {
-    ids: Vec<Uuid>,
-    times: Vec<DateTime<Utc>>,
-    outcomes: Vec<&'a str>,
-    messages: Vec<&'a str>,
-}
-
-impl<'a> MarkColumns<'a> {
-    fn of(marks: &'a [StatusMark<'_>]) -> MarkColumns<'a> {
-        MarkColumns {
-            ids: marks.iter().map(|m| m.id).collect(),
-            times: marks.iter().map(|m| m.changed_at).collect(),
-            outcomes: marks.iter().map(|m| m.outcome).collect(),
-            messages: marks.iter().map(|m| m.message.as_ref()).collect(),
-        }
-    }
-
-    fn parameters(&self) -> [&(dyn ToSql + Sync); 4] {
-        [&self.ids, &self.times, &self.outcomes, &self.messages]
-    }
-}
-
-/// Writes a batch's plan in one statement (see [`write_plan_sql`]): the
-/// upsert of `writes`, `rejections` (meeting recorded ones as `recorded`
-/// says), and `marks`, which must not mark an id that `writes` writes.
-/// Returns the ids of `writes` the upsert did not write, their rows being
-/// as new already.
-pub fn write_plan(
-    client: &mut impl GenericClient,
-    statements: &Statements,
-    recorded: Recorded,
-    writes: &[UserWrite<'_>],
-    rejections: &[RejectionWrite<'_>],
-    marks: &[StatusMark<'_>],
-) -> Result<Vec<Uuid>, postgres::Error> {
-    let users = UserColumns::of(writes);
-    let rejections = RejectionColumns::of(rejections);
-    let marks = MarkColumns::of(marks);
-    let parameters: Vec<&(dyn ToSql + Sync)> = users
-        .parameters()
-        .into_iter()
-        .chain(rejections.parameters())
-        .chain(marks.parameters())
-        .collect();
-    let statement = match recorded {
-        Recorded::Skip => &statements.write_plan_skipping_recorded,
-        Recorded::Refuse => &statements.write_plan_refusing_recorded,
-    };
-    let rows = client.query(statement, &parameters)?;
-    rows.iter().map(|row| row.try_get(0)).collect()
 }
 
 /// What PostgreSQL said of a failed statement, for people: its message

@@ -1,119 +1,115 @@
-//! The sync round and its timer: which page to ask for, where each parsed
-//! change goes, and when the cursor may move.
+//! The sync round and its timer: which page to ask for, when a source
+//! misbehaves, and when the cursor is stored.
 //!
-//! A round fetches page after page (the next fetch overlaps the writing of
-//! the previous page) and hands each change to the writer its id belongs to.
-//! The cursor a page ends at is stored only once every change of that page,
-//! and of every page before it, is committed; so a crash at any moment costs
-//! a replay, never a change. Only the replica holding the PostgreSQL advisory
-//! lock for the source runs rounds.
+//! A round fetches page after page; each page is decided as a whole by
+//! [`plan`] against the rows it can touch, read in bulk, and the decisions
+//! go to the writers ([`Pipeline`]) while the next page is fetched. The
+//! cursor a page ends at is stored once every write of that page and of the
+//! pages before it has committed, durably and only on the server that took
+//! those commits ([`store::save_state`]). Only the replica holding the
+//! advisory lock ([`Leader`]) runs rounds; one that loses it stops at once.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::thread;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use log::{debug, info, warn};
-use postgres::{Client, NoTls};
-use uuid::Uuid;
+use log::{info, warn};
 
+use crate::change::{self, Change, Parsed};
 use crate::config::Config;
 use crate::fetcher::{FetchError, Fetcher, Page};
-use crate::metrics::{Counted, Metrics};
+use crate::leader::Leader;
+use crate::metrics::Metrics;
+use crate::pipeline::{Halt, Pipeline};
+use crate::plan::{plan, Storage};
 use crate::pool::DbPool;
-use crate::profile::{Profile, Reason, Timestamp};
-use crate::routing::Router;
-use crate::sleep_unless_stopping;
 use crate::status::{Activity, StatusBoard};
-use crate::store;
-use crate::writer::{Change, PageProgress, WorkItem};
+use crate::stop::{sleep_unless_stopping, stopping};
+use crate::store::{self, Encoding, Statements, SyncState};
+use crate::writer::{Report, WorkItem};
 
-/// Why a round ended early. The round is retried from the stored cursor.
+/// The stored cursor moves at most this often while a round goes on (each
+/// store waits for the disk); it is always stored when the round ends.
+const SAVE_EVERY: Duration = Duration::from_millis(500);
+
+/// Why a round ended early. The next round starts from the stored cursor.
 #[derive(Debug)]
 struct RoundError(String);
 
-impl<E: std::fmt::Display> From<E> for RoundError {
-    fn from(err: E) -> Self {
-        RoundError(err.to_string())
+impl From<Halt> for RoundError {
+    fn from(halt: Halt) -> Self {
+        RoundError(halt.0)
     }
 }
 
-/// A page handed to the writers, waiting to be committed.
-struct InFlight {
-    page_no: u64,
-    /// Where the stored cursor may move once this page is committed;
-    /// `None` for a source without cursors.
-    reaches: Option<store::SyncState>,
+/// Where one round stands.
+struct Round {
+    number: u64,
+    /// The server's start time when the round began.
+    server_started: DateTime<Utc>,
+    encoding: Encoding,
+    /// Reached by committed pages, not stored yet.
+    unsaved: Option<SyncState>,
+    last_saved: Instant,
 }
 
 pub struct Syncer {
     config: Arc<Config>,
     pool: DbPool,
+    db: Option<r2d2::PooledConnection<crate::pool::Manager>>,
     fetcher: Fetcher,
     metrics: Arc<Metrics>,
     status: Arc<StatusBoard>,
-    stopping: Arc<AtomicBool>,
-    writers: Vec<Sender<WorkItem>>,
-    page_done_tx: Sender<u64>,
-    page_done_rx: Receiver<u64>,
-    /// A connection of its own for the session advisory lock.
-    lock_connection: Option<Client>,
-    /// Whether `lock_connection` holds the lock.
-    holds_lock: bool,
+    gate: Gate,
+    pipeline: Pipeline,
+    rounds: u64,
     /// The source sent no cursor headers last time: fetch without parameters.
     source_without_cursor: bool,
-    pages_sent: u64,
-    /// The source's newest sequence number, as last reported.
-    source_head: Option<u64>,
-    /// Pages reported committed that are not yet at the front of the queue.
-    completed_pages: HashSet<u64>,
-    router: Router,
-    /// Changes handed to writers, and (counted by them) committed.
-    items_sent: u64,
-    items_committed: Arc<AtomicU64>,
-    /// When shutdown stops waiting for writers; set once shutdown starts.
-    give_up_at: Option<Instant>,
 }
 
 impl Syncer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Arc<Config>,
         pool: DbPool,
         metrics: Arc<Metrics>,
         status: Arc<StatusBoard>,
-        stopping: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
         writers: Vec<Sender<WorkItem>>,
+        reports: Receiver<Report>,
+        abandoned: Arc<AtomicU64>,
     ) -> Syncer {
-        let (page_done_tx, page_done_rx) = crossbeam_channel::unbounded();
-        let writer_count = writers.len();
         let fetcher = Fetcher::new(
             &config.source_url,
             config.http_timeout,
             config.max_response_bytes,
         );
+        let leader = Leader::new(
+            config.database.connection.clone(),
+            &config.source_url,
+            Arc::clone(&status),
+            Arc::clone(&stop),
+        );
         Syncer {
-            config,
+            pipeline: Pipeline::new(writers, reports, abandoned, Arc::clone(&metrics)),
             pool,
+            db: None,
             fetcher,
+            gate: Gate {
+                leader,
+                stop,
+                give_up_at: Cell::new(None),
+                budget: config.shutdown_timeout.mul_f64(0.6),
+            },
+            config,
             metrics,
             status,
-            stopping,
-            writers,
-            page_done_tx,
-            page_done_rx,
-            lock_connection: None,
-            holds_lock: false,
+            rounds: 0,
             source_without_cursor: false,
-            pages_sent: 0,
-            source_head: None,
-            completed_pages: HashSet::new(),
-            router: Router::new(writer_count),
-            items_sent: 0,
-            items_committed: Arc::new(AtomicU64::new(0)),
-            give_up_at: None,
         }
     }
 
@@ -122,7 +118,7 @@ impl Syncer {
     /// `wake` is closed for shutdown.
     pub fn run(mut self, wake: Receiver<()>) {
         loop {
-            if self.stopping.load(Ordering::Acquire) {
+            if stopping(&self.gate.stop) {
                 break;
             }
             let started = Instant::now();
@@ -137,11 +133,22 @@ impl Syncer {
     }
 
     fn round(&mut self) {
-        if !self.hold_sync_lock() {
-            self.status.set_state(Activity::Standby);
-            return;
+        match self.gate.leader.hold() {
+            Ok(true) => {}
+            Ok(false) => {
+                self.status.set_state(Activity::Standby);
+                return;
+            }
+            Err(why) => {
+                self.metrics.db_errors.inc();
+                warn!("{why}");
+                self.status.round_failed(&why);
+                self.status.set_state(Activity::Standby);
+                return;
+            }
         }
         self.status.set_state(Activity::Syncing);
+        self.rounds += 1;
         let started = Instant::now();
         let result = self.sync_pages();
         self.metrics
@@ -154,99 +161,93 @@ impl Syncer {
                     .last_success
                     .set(now.timestamp_millis() as f64 / 1000.0);
                 self.status.round_succeeded(now);
+                self.pipeline.end_round();
             }
             Err(RoundError(why)) => {
                 warn!("sync round ended early, will retry next round: {why}");
                 self.status.round_failed(&why);
+                let deadline = stopping(&self.gate.stop).then(|| self.gate.give_up_at());
+                self.pipeline.abandon(self.rounds, deadline);
             }
         }
-        self.status.set_state(Activity::Idle);
+        let state = if self.gate.leader.holds() {
+            Activity::Idle
+        } else {
+            Activity::Standby
+        };
+        self.status.set_state(state);
     }
 
-    /// Keeps (or takes) the advisory lock that makes this replica the one
-    /// that syncs. A lost connection means a lost lock: take it again. A
-    /// standby keeps its connection between attempts.
-    fn hold_sync_lock(&mut self) -> bool {
-        if let Some(client) = self.lock_connection.as_mut() {
-            if store::ping(client).is_err() {
-                if self.holds_lock {
-                    warn!("lost the connection holding the sync lock; taking it again");
-                }
-                self.lock_connection = None;
-                self.holds_lock = false;
+    /// Runs `work` on the round's connection, retrying transient failures
+    /// with backoff on a fresh connection while [`Syncer::go_on`] holds.
+    fn with_db<T>(
+        &mut self,
+        what: &str,
+        mut work: impl FnMut(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
+    ) -> Result<T, RoundError> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.db.is_none() {
+                self.db = self.pool.get().map_err(|err| warn!("{what}: {err}")).ok();
             }
-        }
-        if self.holds_lock {
-            return true;
-        }
-        let client = match self.lock_connection.as_mut() {
-            Some(client) => client,
-            None => match self.config.database.connection.connect(NoTls) {
-                Ok(client) => self.lock_connection.insert(client),
-                Err(err) => {
+            let attempt = match self.db.as_mut() {
+                Some(conn) => conn
+                    .with_statements()
+                    .and_then(|(client, statements)| work(client, statements))
+                    .map_err(|err| store::describe(&err)),
+                None => Err("no connection to PostgreSQL".to_owned()),
+            };
+            match attempt {
+                Ok(value) => return Ok(value),
+                Err(why) => {
+                    self.db = None;
                     self.metrics.db_errors.inc();
-                    self.status
-                        .round_failed(&format!("cannot connect to PostgreSQL: {err}"));
-                    warn!("cannot connect to PostgreSQL to take the sync lock: {err}");
-                    return false;
+                    if !self.gate.go_on() || stopping(&self.gate.stop) {
+                        return Err(RoundError(format!("{what} failed: {why}")));
+                    }
+                    warn!("{what} failed, retrying in {delay:?}: {why}");
+                    sleep_unless_stopping(delay, &self.gate.stop);
+                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
-            },
-        };
-        match store::try_sync_lock(client, self.fetcher.url()) {
-            Ok(true) => {
-                info!(
-                    "holding the sync lock for {}; this replica syncs",
-                    self.fetcher.url()
-                );
-                self.holds_lock = true;
-                true
-            }
-            Ok(false) => {
-                debug!("another replica holds the sync lock; standing by");
-                false
-            }
-            Err(err) => {
-                self.metrics.db_errors.inc();
-                warn!("taking the sync lock failed: {err}");
-                self.lock_connection = None;
-                false
             }
         }
     }
 
     fn sync_pages(&mut self) -> Result<(), RoundError> {
+        let (server_started, encoding) = self.with_db("reading the server's state", |c, _| {
+            Ok((store::server_started(c)?, store::server_encoding(c)?))
+        })?;
+        let mut round = Round {
+            number: self.rounds,
+            server_started,
+            encoding,
+            unsaved: None,
+            last_saved: Instant::now(),
+        };
         if self.source_without_cursor {
-            return self.sync_without_cursor();
+            return self.sync_without_cursor(&mut round);
         }
         let url = self.config.source_url.clone();
-        let limit = self.config.fetch_limit;
-        let stored = self.with_retry("reading the sync state", |client| {
-            store::load_state(client, &url)
-        })?;
+        let stored = self.with_db("reading the sync state", |c, _| store::load_state(c, &url))?;
         self.show_position(&stored);
-        let mut committed = stored.clone();
+        let limit = self.config.fetch_limit;
         let mut cursor = stored.cursor;
-        let mut epoch = stored.epoch;
-        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        // The epoch of this round's pages, once one arrived.
+        let mut epoch: Option<Option<String>> = None;
         let mut gone_in_a_row = 0;
         loop {
-            if self.stopping.load(Ordering::Acquire) {
+            if stopping(&self.gate.stop) || !self.gate.leader.holds() {
                 break;
             }
             let page = match self.fetcher.fetch(Some((cursor, limit))) {
                 Ok(page) => page,
-                Err(FetchError::Gone { min_since }) => {
+                Err(FetchError::Gone { min_cursor }) => {
                     gone_in_a_row += 1;
-                    self.finish(&mut in_flight, &mut committed)?;
-                    cursor = self.after_gone(cursor, min_since, gone_in_a_row)?;
-                    epoch = None;
+                    self.finish(&mut round)?;
+                    cursor = self.after_gone(cursor, min_cursor, gone_in_a_row)?;
                     continue;
                 }
-                Err(FetchError::Failed(why)) => {
-                    self.metrics.fetch_errors.inc();
-                    self.finish(&mut in_flight, &mut committed)?;
-                    return Err(RoundError(why));
-                }
+                Err(FetchError::Failed(why)) => return self.fetch_failed(&mut round, why),
             };
             gone_in_a_row = 0;
             let Some(next_cursor) = page.next_cursor else {
@@ -254,64 +255,73 @@ impl Syncer {
                     "the source sends no X-Next-Cursor; fetching once per round without parameters"
                 );
                 self.source_without_cursor = true;
-                self.finish(&mut in_flight, &mut committed)?;
-                let page_no = self.dispatch(page)?;
-                in_flight.push_back(InFlight {
-                    page_no,
-                    reaches: None,
-                });
-                return self.finish(&mut in_flight, &mut committed);
+                self.finish(&mut round)?;
+                self.dispatch(&mut round, page, None)?;
+                return self.finish(&mut round);
             };
-            if epoch.is_some() && page.epoch != epoch {
-                warn!(
-                    "the source restarted (epoch {:?} -> {:?}); its cursors start again from 0",
-                    epoch.as_deref().unwrap_or(""),
-                    page.epoch.as_deref().unwrap_or("")
-                );
-                self.finish(&mut in_flight, &mut committed)?;
-                let restart = store::SyncState {
-                    epoch: page.epoch.clone(),
-                    cursor: 0,
-                };
-                self.save(&restart)?;
-                committed = restart;
-                epoch = page.epoch.clone();
-                if cursor != 0 {
-                    cursor = 0;
-                    continue;
+            match &epoch {
+                Some(seen) if *seen != page.epoch => {
+                    let why = format!(
+                        "the source's epoch changed within the round ({:?} -> {:?})",
+                        seen.as_deref().unwrap_or(""),
+                        page.epoch.as_deref().unwrap_or("")
+                    );
+                    return self.fetch_failed(&mut round, why);
+                }
+                Some(_) => {}
+                None => {
+                    epoch = Some(page.epoch.clone());
+                    if stored.epoch.is_some() && page.epoch != stored.epoch {
+                        warn!(
+                            "the source restarted (epoch {:?} -> {:?}); its cursors start again from 0",
+                            stored.epoch.as_deref().unwrap_or(""),
+                            page.epoch.as_deref().unwrap_or("")
+                        );
+                        let restart = SyncState {
+                            epoch: page.epoch.clone(),
+                            cursor: 0,
+                        };
+                        self.save(&mut round, restart)?;
+                        if cursor != 0 {
+                            cursor = 0;
+                            continue;
+                        }
+                    }
                 }
             }
-            epoch = page.epoch.clone();
-            if next_cursor < cursor {
-                self.metrics.fetch_errors.inc();
-                self.finish(&mut in_flight, &mut committed)?;
-                return Err(RoundError(format!(
-                    "the source's X-Next-Cursor {next_cursor} is behind the cursor {cursor} it was asked for"
-                )));
-            }
-            if page.head_cursor.is_some() {
-                self.source_head = page.head_cursor;
-            }
             let count = page.elements().len();
-            let page_no = self.dispatch(page)?;
-            in_flight.push_back(InFlight {
-                page_no,
-                reaches: Some(store::SyncState {
-                    epoch: epoch.clone(),
-                    cursor: next_cursor,
-                }),
-            });
+            if let Some(why) = misbehaviour(cursor, next_cursor, page.head_cursor, count, limit) {
+                return self.fetch_failed(&mut round, why);
+            }
+            if let Some(head) = page.head_cursor {
+                let lag = head.saturating_sub(next_cursor);
+                self.metrics
+                    .source_lag
+                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
+            }
+            let reaches = SyncState {
+                epoch: page.epoch.clone(),
+                cursor: next_cursor,
+            };
+            self.dispatch(&mut round, page, Some(reaches))?;
             cursor = next_cursor;
-            self.store_committed(&mut in_flight, &mut committed, false)?;
+            self.store_progress(&mut round, false)?;
             if count < limit {
                 break;
             }
         }
-        self.finish(&mut in_flight, &mut committed)
+        self.finish(&mut round)
+    }
+
+    /// A fetch error ends the round, once what is in flight is stored.
+    fn fetch_failed(&mut self, round: &mut Round, why: String) -> Result<(), RoundError> {
+        self.metrics.fetch_errors.inc();
+        self.finish(round)?;
+        Err(RoundError(why))
     }
 
     /// One fetch without parameters, for a source like the original.
-    fn sync_without_cursor(&mut self) -> Result<(), RoundError> {
+    fn sync_without_cursor(&mut self, round: &mut Round) -> Result<(), RoundError> {
         let page = match self.fetcher.fetch(None) {
             Ok(page) => page,
             Err(err) => {
@@ -323,13 +333,8 @@ impl Syncer {
             info!("the source now sends cursors; paging with since from the next round");
             self.source_without_cursor = false;
         }
-        let page_no = self.dispatch(page)?;
-        let mut in_flight = VecDeque::from([InFlight {
-            page_no,
-            reaches: None,
-        }]);
-        let mut committed = store::SyncState::default();
-        self.finish(&mut in_flight, &mut committed)
+        self.dispatch(round, page, None)?;
+        self.finish(round)
     }
 
     /// Where to go after a `410 Gone`: back to 0 (a new source or a cursor
@@ -338,14 +343,14 @@ impl Syncer {
     fn after_gone(
         &mut self,
         cursor: u64,
-        min_since: Option<u64>,
+        min_cursor: Option<u64>,
         times: u32,
     ) -> Result<u64, RoundError> {
         if times == 1 && cursor != 0 {
             warn!("the source no longer knows cursor {cursor}; starting again from 0");
             return Ok(0);
         }
-        match min_since {
+        match min_cursor {
             Some(oldest) if oldest > cursor && times <= 3 => {
                 warn!(
                     "the source dropped changes {}..={oldest} before they were synced; continuing from {oldest}",
@@ -362,241 +367,197 @@ impl Syncer {
         }
     }
 
-    /// Parses a page, settles duplicates within it, and hands every change
-    /// to its writer. Returns the page's number, reported when committed.
-    fn dispatch(&mut self, page: Page) -> Result<u64, RoundError> {
-        self.metrics.fetched.inc_by(page.elements().len() as u64);
-        let latest_allowed = chrono::Duration::from_std(self.config.max_future_skew)
-            .ok()
-            .and_then(|skew| Utc::now().checked_add_signed(skew))
-            .unwrap_or(chrono::DateTime::<Utc>::MAX_UTC);
-        // Identical payloads are numbered in page order. The payload is the
-        // element's text as the source sent it, which stays in the page.
-        let mut copies: foldhash::HashMap<&str, i32> = foldhash::HashMap::default();
-        let changes: Vec<Change> = page
-            .elements()
-            .map(
-                |(span, text)| match Profile::parse_json(text, latest_allowed) {
-                    Ok(profile) => Change::Accepted {
-                        profile,
-                        payload: span,
-                    },
-                    Err(rejection) => {
-                        let seen = copies.entry(text).or_insert(0);
-                        let copy = *seen;
-                        *seen += 1;
-                        Change::Rejected {
-                            rejection,
-                            payload: span,
-                            copy,
-                        }
-                    }
-                },
-            )
-            .collect();
-        drop(copies);
-        let mut changes = drop_superseded_in_page(changes, &self.metrics);
-
-        self.pages_sent += 1;
-        let page_no = self.pages_sent;
-        let progress = PageProgress::new(
-            page_no,
-            page.into_body(),
-            &mut changes,
-            self.page_done_tx.clone(),
-            Arc::clone(&self.items_committed),
-        );
-        for change in changes {
-            let writer = match self.router.route(&change, page_no) {
-                Some(writer) => writer,
-                None => {
-                    // Its id and its email or mobile are in flight on two
-                    // writers: let them commit, then no order is at stake.
-                    self.wait_for_all_sent()?;
-                    self.router.all_committed();
-                    self.router.route(&change, page_no).ok_or_else(|| {
-                        RoundError("routing found work in flight after it was committed".to_owned())
-                    })?
-                }
-            };
-            let item = WorkItem {
-                change,
-                page: Arc::clone(&progress),
-            };
-            self.metrics.queue_depth.inc();
-            // Blocks while that writer's queue is full: the bound on memory.
-            if self.writers[writer].send(item).is_err() {
-                self.metrics.queue_depth.dec();
-                return Err(RoundError("the writer threads have stopped".to_owned()));
-            }
-            self.items_sent += 1;
+    /// Decides a page and sends its writes on; `reaches` is where the
+    /// cursor may move once they commit.
+    fn dispatch(
+        &mut self,
+        round: &mut Round,
+        page: Page,
+        reaches: Option<SyncState>,
+    ) -> Result<(), RoundError> {
+        if !self.gate.leader.holds() {
+            return Err(RoundError(
+                "lost the sync lock; the page is left to the replica that holds it".to_owned(),
+            ));
         }
-        Ok(page_no)
+        let fetched = page.elements().len() as u64;
+        let changes = change::ingest(page, latest_allowed(self.config.max_future_skew));
+        let reads = self.pipeline.reads_for(&changes);
+        let encoding = round.encoding.clone();
+        let (stored, recorded, cannot_hold) =
+            self.with_db("reading the rows a page touches", |client, statements| {
+                let stored = store::read_rows(
+                    client,
+                    statements,
+                    &reads.ids,
+                    &reads.emails,
+                    &reads.mobiles,
+                )?;
+                let recorded = store::read_recorded(client, statements, &reads.keys)?;
+                let mut cannot_hold = HashSet::new();
+                for text in texts_to_ask_about(&changes, &encoding) {
+                    if !store::can_store(client, text)? {
+                        cannot_hold.insert(text.to_owned());
+                    }
+                }
+                Ok((stored, recorded, cannot_hold))
+            })?;
+        let mut view = self.pipeline.overlay().view(&changes, stored, recorded);
+        let can_store = |text: &str| {
+            encoding
+                .holds(text)
+                .unwrap_or_else(|| !cannot_hold.contains(text))
+        };
+        let storage = Storage {
+            can_store: &can_store,
+            refused: self.pipeline.refused(),
+        };
+        let decisions = plan(changes, &mut view, &storage);
+        // Counted once decided: each decision is counted exactly once from here.
+        self.metrics.fetched.inc_by(fetched);
+        let gate = &self.gate;
+        self.pipeline
+            .send_page(round.number, decisions, reaches, &|| gate.go_on())?;
+        Ok(())
     }
 
-    /// Waits until every change handed to a writer so far is committed.
-    fn wait_for_all_sent(&mut self) -> Result<(), RoundError> {
-        while self.items_committed.load(Ordering::Acquire) < self.items_sent {
-            if self.shutdown_budget_spent() {
-                return Err(RoundError(
-                    "shutting down with changes unwritten; they will be fetched again".to_owned(),
-                ));
+    /// Stores the cursor committed pages reach: at once when `now`, else
+    /// at most every [`SAVE_EVERY`].
+    fn store_progress(&mut self, round: &mut Round, now: bool) -> Result<(), RoundError> {
+        if let Some(reached) = self.pipeline.advance() {
+            round.unsaved = Some(reached);
+        }
+        if now || round.last_saved.elapsed() >= SAVE_EVERY {
+            if let Some(state) = round.unsaved.take() {
+                self.save(round, state)?;
             }
-            thread::sleep(Duration::from_millis(1));
         }
         Ok(())
     }
 
-    /// Whether shutdown has started and waiting for writers has used up its
-    /// share of `SHUTDOWN_TIMEOUT_SECS`. Writers finish what they hold
-    /// unless the database is away; that must not hold shutdown past its
-    /// budget.
-    fn shutdown_budget_spent(&mut self) -> bool {
-        if !self.stopping.load(Ordering::Acquire) {
-            return false;
-        }
-        let budget = self.config.shutdown_timeout.mul_f64(0.6);
-        let give_up_at = *self
-            .give_up_at
-            .get_or_insert_with(|| Instant::now() + budget);
-        Instant::now() >= give_up_at
+    /// Waits until every write in flight is committed and stores the
+    /// cursor they reach.
+    fn finish(&mut self, round: &mut Round) -> Result<(), RoundError> {
+        let gate = &self.gate;
+        self.pipeline.wait_until_settled(&|| gate.go_on())?;
+        self.store_progress(round, true)
     }
 
-    /// Waits until every page in flight is committed (or shutdown gives up
-    /// on them) and stores the cursor they reach.
-    fn finish(
-        &mut self,
-        in_flight: &mut VecDeque<InFlight>,
-        committed: &mut store::SyncState,
-    ) -> Result<(), RoundError> {
-        self.store_committed(in_flight, committed, true)
-    }
-
-    /// Stores the cursor of the longest run of committed pages at the front.
-    fn store_committed(
-        &mut self,
-        in_flight: &mut VecDeque<InFlight>,
-        committed: &mut store::SyncState,
-        wait_for_all: bool,
-    ) -> Result<(), RoundError> {
-        loop {
-            while let Ok(page_no) = self.page_done_rx.try_recv() {
-                self.completed_pages.insert(page_no);
-            }
-            let mut reached = None;
-            while in_flight
-                .front()
-                .is_some_and(|page| self.completed_pages.contains(&page.page_no))
-            {
-                if let Some(page) = in_flight.pop_front() {
-                    self.completed_pages.remove(&page.page_no);
-                    self.router.page_committed(page.page_no);
-                    reached = page.reaches.or(reached);
-                }
-            }
-            if let Some(state) = reached {
-                self.save(&state)?;
-                *committed = state;
-                self.show_position(committed);
-            }
-            if in_flight.is_empty() || !wait_for_all {
-                return Ok(());
-            }
-            if self.shutdown_budget_spent() {
-                return Err(RoundError(format!(
-                    "shutting down with {} pages unwritten; they will be fetched again",
-                    in_flight.len()
-                )));
-            }
-            if let Ok(page_no) = self.page_done_rx.recv_timeout(Duration::from_millis(100)) {
-                self.completed_pages.insert(page_no);
-            }
-        }
-    }
-
-    fn save(&mut self, state: &store::SyncState) -> Result<(), RoundError> {
+    fn save(&mut self, round: &mut Round, state: SyncState) -> Result<(), RoundError> {
         let url = self.config.source_url.clone();
-        self.with_retry("storing the cursor", |client| {
-            store::save_state(client, &url, state)
-        })
+        let started = round.server_started;
+        let stored = self.with_db("storing the cursor", |client, _| {
+            store::save_state(client, &url, &state, started)
+        })?;
+        if !stored {
+            return Err(RoundError(
+                "PostgreSQL restarted during the round; what it may have lost is fetched again from the stored cursor"
+                    .to_owned(),
+            ));
+        }
+        round.last_saved = Instant::now();
+        self.show_position(&state);
+        Ok(())
     }
 
-    fn show_position(&self, state: &store::SyncState) {
+    fn show_position(&self, state: &SyncState) {
         self.metrics
             .cursor
             .set(i64::try_from(state.cursor).unwrap_or(i64::MAX));
-        if let Some(head) = self.source_head {
-            let lag = head.saturating_sub(state.cursor);
-            self.metrics
-                .source_lag
-                .set(i64::try_from(lag).unwrap_or(i64::MAX));
-        }
         self.status
             .set_position(state.cursor, state.epoch.as_deref());
     }
+}
 
-    /// Runs a small statement on a pooled connection, retrying transient
-    /// failures with backoff until it succeeds or shutdown starts.
-    fn with_retry<T>(
-        &mut self,
-        what: &str,
-        mut work: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
-    ) -> Result<T, RoundError> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let attempt = match self.pool.get() {
-                Ok(mut conn) => work(&mut conn.client).map_err(|err| err.to_string()),
-                Err(err) => Err(err.to_string()),
-            };
-            match attempt {
-                Ok(value) => return Ok(value),
-                Err(why) => {
-                    self.metrics.db_errors.inc();
-                    if self.stopping.load(Ordering::Acquire) {
-                        return Err(RoundError(format!("{what} failed during shutdown: {why}")));
-                    }
-                    warn!("{what} failed, retrying in {delay:?}: {why}");
-                    sleep_unless_stopping(delay, &self.stopping);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+/// Whether to go on waiting for writers, and when shutdown gives up.
+struct Gate {
+    leader: Leader,
+    stop: Arc<AtomicBool>,
+    give_up_at: Cell<Option<Instant>>,
+    /// How long shutdown waits for writers: its share of `SHUTDOWN_TIMEOUT_SECS`.
+    budget: Duration,
+}
+
+impl Gate {
+    /// When shutdown stops waiting, counted from the first time it is asked.
+    fn give_up_at(&self) -> Instant {
+        let at = (self.give_up_at.get()).unwrap_or_else(|| Instant::now() + self.budget);
+        self.give_up_at.set(Some(at));
+        at
+    }
+
+    /// The lock is held and shutdown has not used up its budget.
+    fn go_on(&self) -> bool {
+        self.leader.holds() && !(stopping(&self.stop) && Instant::now() >= self.give_up_at())
     }
 }
 
-/// "Not strictly newer than a newer change for the same id in the same
-/// page" is stale: of the valid changes to one id in a page, only the newest
-/// (the first of equals) goes on; the rest are counted and dropped here.
-fn drop_superseded_in_page(changes: Vec<Change>, metrics: &Metrics) -> Vec<Change> {
-    let mut newest: foldhash::HashMap<Uuid, (Timestamp, usize)> =
-        foldhash::HashMap::with_capacity_and_hasher(changes.len(), Default::default());
-    for (index, change) in changes.iter().enumerate() {
-        if let Change::Accepted { profile, .. } = change {
-            let at = profile.last_updated_at;
-            newest
-                .entry(profile.id)
-                .and_modify(|best| {
-                    if at > best.0 {
-                        *best = (at, index);
-                    }
-                })
-                .or_insert((at, index));
+/// What makes a page impossible from a source that keeps its contract.
+fn misbehaviour(
+    cursor: u64,
+    next: u64,
+    head: Option<u64>,
+    count: usize,
+    limit: usize,
+) -> Option<String> {
+    if next < cursor {
+        return Some(format!(
+            "the source's X-Next-Cursor {next} is behind the cursor {cursor} it was asked for"
+        ));
+    }
+    if count >= limit && next == cursor {
+        return Some(format!(
+            "the source sent a full page whose X-Next-Cursor {next} does not move forward"
+        ));
+    }
+    match head {
+        Some(head) if next > head => Some(format!(
+            "the source's X-Next-Cursor {next} lies beyond its X-Head-Cursor {head}"
+        )),
+        _ => None,
+    }
+}
+
+/// The latest `last_updated_at` accepted now.
+fn latest_allowed(skew: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(skew)
+        .ok()
+        .and_then(|skew| Utc::now().checked_add_signed(skew))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The texts of a page whose fit in the database's encoding only
+/// PostgreSQL can tell (an encoding other than UTF8 and LATIN1).
+fn texts_to_ask_about<'a>(changes: &'a [Change], encoding: &Encoding) -> Vec<&'a str> {
+    let mut texts = Vec::new();
+    for change in changes {
+        texts.push(change.element.text());
+        match &change.parsed {
+            Parsed::Valid(profile) => texts.push(profile.name.as_str()),
+            Parsed::Invalid(rejection) => texts.push(rejection.message.as_str()),
         }
     }
-    let mut superseded = 0;
-    let kept: Vec<Change> = changes
-        .into_iter()
-        .enumerate()
-        .filter_map(|(index, change)| match &change {
-            Change::Accepted { profile, .. }
-                if newest.get(&profile.id).is_some_and(|best| best.1 != index) =>
-            {
-                superseded += 1;
-                None
-            }
-            _ => Some(change),
-        })
-        .collect();
-    metrics.record(Counted::NotSynced(Reason::Stale), superseded);
-    kept
+    texts.retain(|text| encoding.holds(text).is_none());
+    texts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::misbehaviour;
+
+    #[test]
+    fn a_page_no_source_keeping_its_contract_sends_is_named() {
+        assert!(
+            misbehaviour(10, 10, Some(50), 5, 5).is_some(),
+            "full, not moving"
+        );
+        assert!(misbehaviour(10, 10, Some(10), 0, 5).is_none(), "caught up");
+        assert!(misbehaviour(10, 9, Some(50), 0, 5).is_some(), "behind");
+        assert!(
+            misbehaviour(10, 60, Some(50), 5, 5).is_some(),
+            "beyond the head"
+        );
+        assert!(misbehaviour(10, 15, Some(50), 5, 5).is_none());
+        assert!(misbehaviour(10, 15, None, 5, 5).is_none());
+    }
 }

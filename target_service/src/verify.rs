@@ -152,7 +152,7 @@ fn read_log(config: &Config, bounds: &Bounds) -> Result<(u64, Passing), Failure>
             Ok(page) => page,
             // The oldest changes went while we read: go on from the oldest kept.
             Err(FetchError::Gone {
-                min_since: Some(min),
+                min_cursor: Some(min),
             }) if min > since && min < bounds.head && restarts < 100 => {
                 restarts += 1;
                 since = min;

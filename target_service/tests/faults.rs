@@ -111,6 +111,75 @@ fn of_two_replicas_one_syncs_and_the_other_takes_over_when_it_stops() {
     second.shutdown();
 }
 
+/// A source with an endless backlog, each page a little slow, so a round
+/// never ends by itself.
+fn endless_source() -> ScriptedSource {
+    ScriptedSource::new(|query| {
+        let since: u64 = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let limit: u64 = query
+            .get("limit")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000);
+        thread::sleep(Duration::from_millis(20));
+        let page: Vec<Value> = (since + 1..=since + limit)
+            .map(|n| profile(n as u32, "2025-07-01T10:00:00Z"))
+            .collect();
+        let mut reply = Reply::json(200, &Value::Array(page));
+        reply.headers = vec![
+            ("X-Next-Cursor".to_owned(), (since + limit).to_string()),
+            ("X-Head-Cursor".to_owned(), (since + 1_000_000).to_string()),
+            ("X-Source-Epoch".to_owned(), "endless".to_owned()),
+        ];
+        reply
+    })
+}
+
+#[test]
+fn a_replica_whose_lock_connection_ends_stops_fetching_and_stands_by_at_once() {
+    let db = TestDb::new();
+    let source = endless_source();
+    let settings = [("FETCH_LIMIT", "50")];
+    let first = start_target(&db, &source.url, &settings);
+    wait_until("first syncs", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM users") > 0
+    });
+    let second = start_target(&db, &source.url, &settings);
+    wait_until("second stands by", Duration::from_secs(10), || {
+        state_of(&second) == "standby"
+    });
+    assert_eq!(state_of(&first), "syncing");
+
+    // End only the first replica's lock connection.
+    let mut admin = postgres::Client::connect(&admin_url(), postgres::NoTls).unwrap();
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND l.granted AND d.datname = $1",
+            &[&db.name],
+        )
+        .unwrap()
+        .len();
+    assert_eq!(ended, 1, "one replica holds the lock");
+    let cut = Instant::now();
+    wait_until("first stands by", Duration::from_secs(2), || {
+        state_of(&first) == "standby"
+    });
+    assert!(cut.elapsed() < Duration::from_secs(2));
+    // From now on at most one replica syncs, and one does.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut someone_synced = false;
+    while Instant::now() < deadline {
+        let states = [state_of(&first), state_of(&second)];
+        let syncing = states.iter().filter(|s| *s == "syncing").count();
+        assert!(syncing <= 1, "both sync: {states:?}");
+        someone_synced |= syncing == 1;
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(someone_synced, "a replica takes over");
+    first.shutdown();
+    second.shutdown();
+}
+
 #[test]
 fn shutdown_finishes_the_page_stores_its_cursor_and_returns_in_time() {
     let db = TestDb::new();
@@ -268,4 +337,92 @@ fn the_schema_applies_again_and_from_several_replicas_at_once() {
         ),
         3
     );
+}
+
+/// A PostgreSQL cluster of the test's own (`scripts/lib/pg.sh`), which the
+/// test may crash; stopped and removed when dropped.
+struct OwnCluster {
+    exports: String,
+    url: String,
+}
+
+impl OwnCluster {
+    fn bash(script: &str) -> String {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source ../scripts/lib/pg.sh && {script}"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "{script} failed");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    fn start() -> OwnCluster {
+        let name = format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let line = OwnCluster::bash(&format!(
+            "pg_start_throwaway {name} >&2 && \
+             echo \"$PG_THROWAWAY_DIR|$PG_THROWAWAY_DATA|$PG_THROWAWAY_LOG|$PG_THROWAWAY_PORT\""
+        ));
+        let parts: Vec<&str> = line.split('|').collect();
+        let exports = format!(
+            "export PG_THROWAWAY_DIR='{}' PG_THROWAWAY_DATA='{}' PG_THROWAWAY_LOG='{}';",
+            parts[0], parts[1], parts[2]
+        );
+        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", parts[3]);
+        OwnCluster { exports, url }
+    }
+
+    /// `pg_ctl stop -m immediate`: what a power cut does to the server.
+    fn crash(&self) {
+        OwnCluster::bash(&format!(
+            "{} pg_throwaway_stop_server immediate",
+            self.exports
+        ));
+    }
+
+    fn start_again(&self) {
+        OwnCluster::bash(&format!("{} pg_throwaway_start_server", self.exports));
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        postgres::Client::connect(&self.url, postgres::NoTls)
+            .and_then(|mut c| c.query_one(sql, &[]))
+            .and_then(|row| row.try_get(0))
+            .unwrap_or(-1)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source ../scripts/lib/pg.sh && {} pg_stop_throwaway",
+                self.exports
+            ))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+    }
+}
+
+#[test]
+fn a_postgresql_crash_mid_catch_up_loses_no_change_the_cursor_covers() {
+    let cluster = OwnCluster::start();
+    let log = backlog(20_000);
+    let source = log.source();
+    let config = target_config(&cluster.url, &source.url, &[("FETCH_LIMIT", "500")]);
+    let target = target_service::App::start(config).expect("target starts");
+    wait_until("40% written", Duration::from_secs(60), || {
+        cluster.count("SELECT count(*) FROM users") >= 8_000
+    });
+    cluster.crash();
+    thread::sleep(Duration::from_millis(500));
+    cluster.start_again();
+    wait_until("cursor at the head", Duration::from_secs(90), || {
+        cluster.count("SELECT coalesce(max(cursor), 0) FROM sync_state") == 20_000
+    });
+    assert_eq!(cluster.count("SELECT count(*) FROM users"), 20_000);
+    target.shutdown();
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use target_service::{store, Running};
+use target_service::Running;
 
 #[test]
 fn every_row_of_the_validation_table_ends_as_the_contract_says() {
@@ -137,10 +137,12 @@ fn the_newest_change_wins_whatever_the_offsets_and_page_order() {
     wait_rounds(&target, 2);
     let row = user_row(&db, 1).unwrap();
     assert_eq!(row.0, "Newest");
-    assert_eq!(row.5.as_deref(), Some("created"));
-    // First round: 1 synced, 3 stale within the page; later rounds: all 4 stale.
-    assert_eq!(target.metrics.synced.get(), 1);
-    assert!(rejected(&target, "stale") >= 7);
+    // Applied one at a time: the older change creates the row, the newest
+    // updates it, and the two at the newest's instant are not newer.
+    assert_eq!(row.5.as_deref(), Some("updated"));
+    // First round: 2 synced, 2 stale; later rounds: all 4 stale.
+    assert_eq!(target.metrics.synced.get(), 2);
+    assert!(rejected(&target, "stale") >= 6);
     let stored: String = db
         .client()
         .query_one(
@@ -433,8 +435,9 @@ fn after_a_crash_before_the_cursor_was_stored_the_replay_has_no_further_effect()
 #[test]
 fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
     // Sent in this order: an invalid change newer than the valid change
-    // sent after it. The first pass records it against no row yet; the
-    // replay finds a row older than it, and must still leave it alone.
+    // sent after it. The first pass marks the row, which the valid change
+    // then updates; the replay finds that row older than the invalid
+    // change, and must still leave it alone.
     let db = TestDb::new();
     let mut bad = profile(1, "2025-07-01T10:40:00Z");
     bad["email"] = json!("bad-email");
@@ -448,7 +451,7 @@ fn a_replayed_rejection_does_not_mark_the_row_a_later_sent_change_wrote() {
     assert_eq!(table_snapshot(&db), before);
     assert_eq!(
         user_row(&db, 1).map(|r| (r.4, r.5)),
-        Some(("synced".to_owned(), Some("created".to_owned())))
+        Some(("synced".to_owned(), Some("updated".to_owned())))
     );
     assert_eq!(rejection_reasons(&db), ["invalid_email"]);
     assert_eq!(target.metrics.synced.get(), 0);
@@ -568,156 +571,6 @@ fn a_batch_that_gives_up_an_email_and_claims_it_for_another_id_keeps_both_change
     assert_eq!(rejection_reasons(&db), Vec::<String>::new());
     assert_eq!(target.metrics.synced.get(), 5);
     target.shutdown();
-}
-
-#[test]
-fn a_recorded_rejection_refuses_an_optimistic_write_and_is_skipped_by_a_careful_one() {
-    use std::borrow::Cow;
-    use target_service::store::{Failure, Recorded, RejectionWrite, Statements};
-
-    let db = TestDb::new();
-    let mut client = db.client();
-    store::apply_schema(&mut client).unwrap();
-    let statements = Statements::prepare(&mut client).unwrap();
-    // Without a profile id (NULL in the key's index) and with one.
-    let id = uuid::Uuid::parse_str("5b0c1d2e-3f40-4a5b-8c6d-7e8f90a1b2c3").unwrap();
-    let payload = format!(r#"{{"id":"{id}","status":"inactive"}}"#);
-    let rejections = [
-        RejectionWrite {
-            profile_id: None,
-            outcome: "failed_validation",
-            reason: "malformed",
-            message: Cow::Borrowed("the element is not an object"),
-            payload: "42",
-            copy: 0,
-            changed_at: None,
-        },
-        RejectionWrite {
-            profile_id: Some(id),
-            outcome: "skipped",
-            reason: "inactive_status",
-            message: Cow::Borrowed("status inactive is not synced"),
-            payload: &payload,
-            copy: 0,
-            changed_at: None,
-        },
-    ];
-    for (recorded_before, rejection) in rejections.iter().enumerate() {
-        let write = |client: &mut postgres::Client, how| {
-            let one = std::slice::from_ref(rejection);
-            store::write_plan(client, &statements, how, &[], one, &[])
-        };
-        write(&mut client, Recorded::Refuse).expect("nothing recorded yet");
-        let refused = write(&mut client, Recorded::Refuse).expect_err("recorded already");
-        assert_eq!(
-            store::classify(&refused),
-            Failure::Unique(Some("sync_rejections_profile_change_key".to_owned()))
-        );
-        write(&mut client, Recorded::Skip).expect("skipped");
-        assert_eq!(
-            db.count("SELECT count(*) FROM sync_rejections"),
-            recorded_before as i64 + 1
-        );
-    }
-}
-
-/// A table made by an earlier version, with its two rejection indexes and a
-/// key PostgreSQL computed, keeps its rows and keys, gets the one index that
-/// replaces both, and takes keys from the writer from then on.
-#[test]
-fn the_schema_upgrades_the_rejections_of_earlier_versions() {
-    let db = TestDb::new();
-    let mut client = db.client();
-    client
-        .batch_execute(
-            "CREATE TABLE sync_rejections (
-                 id BIGSERIAL PRIMARY KEY, profile_id UUID, outcome VARCHAR(50) NOT NULL,
-                 reason VARCHAR(50) NOT NULL, message TEXT NOT NULL, payload TEXT NOT NULL,
-                 changed_at TIMESTAMPTZ, payload_copy INTEGER NOT NULL DEFAULT 0,
-                 received_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-                 change_key UUID GENERATED ALWAYS AS (md5(payload || ':' || payload_copy::text)::uuid) STORED);
-             CREATE UNIQUE INDEX sync_rejections_change_key ON sync_rejections (change_key);
-             CREATE INDEX sync_rejections_profile_id_idx ON sync_rejections (profile_id);
-             INSERT INTO sync_rejections (outcome, reason, message, payload)
-                 VALUES ('failed_validation', 'malformed', 'not an object', '42');",
-        )
-        .unwrap();
-
-    store::apply_schema(&mut client).unwrap();
-
-    let indexes: Vec<String> = client
-        .query(
-            "SELECT indexname FROM pg_indexes WHERE tablename = 'sync_rejections' ORDER BY 1",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    assert_eq!(
-        indexes,
-        [
-            "sync_rejections_pkey",
-            "sync_rejections_profile_change_key",
-            "sync_rejections_valid_change_decisions"
-        ]
-    );
-    let generated: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pg_attribute
-             WHERE attrelid = 'sync_rejections'::regclass AND attname = 'change_key'
-               AND attgenerated = '' AND attnotnull",
-            &[],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(generated, 1, "change_key is a plain NOT NULL column now");
-    // The writer's key for the same change is the one PostgreSQL computed.
-    let replay = |client: &mut postgres::Client| {
-        client.execute(
-            "INSERT INTO sync_rejections (outcome, reason, message, payload, change_key)
-                 VALUES ('failed_validation', 'malformed', 'not an object', '42', $1)
-                 ON CONFLICT (profile_id, change_key) DO NOTHING",
-            &[&store::change_key("42", 0)],
-        )
-    };
-    assert_eq!(replay(&mut client).unwrap(), 0);
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
-    // Applying the schema again changes nothing.
-    store::apply_schema(&mut client).unwrap();
-    assert_eq!(replay(&mut client).unwrap(), 0);
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 1);
-}
-
-/// The writer's change key is the digest earlier versions had PostgreSQL
-/// compute, whatever the payload holds.
-#[test]
-fn the_change_key_is_the_digest_postgresql_computed() {
-    let db = TestDb::new();
-    let mut client = db.client();
-    let payloads = [
-        "42",
-        "",
-        r#"{"id":"x","name":"Zoë Ødegård 山田","email":"a@b.co"}"#,
-        r#"{"name":"quote \" backslash \\ and \u0000"}"#,
-        &"x".repeat(10_000),
-    ];
-    for payload in payloads {
-        for copy in [0, 1, 12, i32::MAX] {
-            let computed: uuid::Uuid = client
-                .query_one(
-                    "SELECT md5($1::text || ':' || $2::int4::text)::uuid",
-                    &[&payload, &copy],
-                )
-                .unwrap()
-                .get(0);
-            assert_eq!(
-                store::change_key(payload, copy),
-                computed,
-                "{payload:?} {copy}"
-            );
-        }
-    }
 }
 
 fn table_snapshot(db: &TestDb) -> Vec<String> {
@@ -943,9 +796,8 @@ fn a_slow_source_times_out_as_a_fetch_error() {
 
 #[test]
 fn a_cursor_the_source_no_longer_holds_restarts_from_what_it_still_has() {
-    // Where to restart comes in X-Min-Cursor, or from an earlier source in
-    // the body of the 410.
-    for hint_in_body in [false, true] {
+    // Where to restart comes in X-Min-Cursor.
+    {
         let db = TestDb::new();
         let log = CursorLog::new(
             (1..=100)
@@ -954,7 +806,6 @@ fn a_cursor_the_source_no_longer_holds_restarts_from_what_it_still_has() {
         );
         // The source has dropped its oldest 60 changes: even cursor 0 is gone.
         *log.dropped.lock().unwrap() = 60;
-        *log.gone_hint_in_body.lock().unwrap() = hint_in_body;
         let source = log.source();
         let target = start_target(&db, &source.url, &[]);
         wait_until(
@@ -1007,16 +858,46 @@ fn the_first_change_in_sequence_to_claim_an_email_keeps_it_whatever_the_writers(
 }
 
 #[test]
-fn identical_bad_elements_in_a_page_are_each_recorded_once() {
+fn identical_rejected_elements_are_recorded_once_wherever_they_arrive() {
+    // The same bad element three times in one page, again in the next page,
+    // and again after the source restarted: one row, counted every time.
+    let db = TestDb::new();
+    let bad = json!({"id": id(1), "email": "nope", "last_updated_at": "2025-07-01T10:00:00Z"});
+    let log = CursorLog::new(vec![
+        bad.clone(),
+        bad.clone(),
+        bad.clone(),
+        profile(2, "2025-07-01T10:00:00Z"),
+        bad.clone(),
+    ]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "3")]);
+    wait_until("first epoch synced", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 5
+    });
+    *log.changes.lock().unwrap() = vec![bad.clone(), bad, profile(3, "2025-07-01T10:00:00Z")];
+    *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+    wait_until("second epoch synced", Duration::from_secs(10), || {
+        user_row(&db, 3).is_some()
+    });
+    wait_rounds(&target, 1);
+    assert_eq!(rejection_reasons(&db), ["malformed"]);
+    assert_eq!(rejected(&target, "malformed"), 6);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
+fn identical_bad_elements_of_a_page_handed_out_every_round_are_one_row_each() {
     let db = TestDb::new();
     let page = json!([null, null, 7, 7, {"id": "nope"}, {"id": "nope"}, {"id": "nope"}]);
     let source = ScriptedSource::fixed_page(page);
     let target = start_target(&db, &source.url, &[]);
     wait_rounds(&target, 3);
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 7);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 3);
     assert_eq!(
         db.count("SELECT count(*) FROM sync_rejections WHERE payload = '{\"id\":\"nope\"}'"),
-        3
+        1
     );
     target.shutdown();
 }
@@ -1127,4 +1008,262 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     assert_eq!(rejected(&target, "malformed"), 0);
     assert_invariant(&target);
     target.shutdown();
+}
+
+#[test]
+fn gives_up_and_claims_in_one_page_are_decided_in_sequence_order_after_a_restart() {
+    let db = TestDb::new();
+    let t = "2025-07-01T10:00:00Z";
+    let (later, latest) = ("2025-07-01T11:00:00Z", "2025-07-01T12:00:00Z");
+    // Before the restart: each id holds its own email.
+    let log = CursorLog::new(
+        [1, 3, 4, 5, 6, 7]
+            .iter()
+            .map(|&n| with_email(n, t, &format!("e{n}@example.com")))
+            .collect(),
+    );
+    let source = log.source();
+    let settings = [("WRITER_THREADS", "4"), ("FETCH_LIMIT", "2000")];
+    let target = start_target(&db, &source.url, &settings);
+    wait_until("first rows stored", Duration::from_secs(20), || {
+        db.count("SELECT cursor FROM sync_state") == 6
+    });
+    target.shutdown();
+
+    // After it, in one page behind 990 fillers, so that the writers are busy.
+    let mut page: Vec<Value> = (1000..1990).map(|n| profile(n, t)).collect();
+    page.extend([
+        // 1 gives up e1, then 2 claims it: 2 gets it.
+        with_email(1, later, "moved1@example.com"),
+        with_email(2, t, "e1@example.com"),
+        // 8 claims e3 before 3 gives it up: a conflict.
+        with_email(8, t, "e3@example.com"),
+        with_email(3, later, "moved3@example.com"),
+        // 4's previous change is stale and asked for another email; then 4
+        // gives up e4 and 9 claims it.
+        with_email(4, "2025-07-01T09:00:00Z", "stale4@example.com"),
+        with_email(4, later, "moved4@example.com"),
+        with_email(9, t, "e4@example.com"),
+        // 5's previous change is itself a conflict (e6 is 6's); then 5 gives
+        // up e5 and 10 claims it.
+        with_email(5, "2025-07-01T10:30:00Z", "e6@example.com"),
+        with_email(5, later, "moved5@example.com"),
+        with_email(10, t, "e5@example.com"),
+        // A cycle through two ids: 7 e7 -> x, 6 e6 -> e7, 7 x -> e6.
+        with_email(7, later, "x7@example.com"),
+        with_email(6, later, "e7@example.com"),
+        with_email(7, latest, "e6@example.com"),
+    ]);
+    log.changes.lock().unwrap().extend(page);
+    let target = start_target(&db, &source.url, &settings);
+    wait_until("page stored", Duration::from_secs(30), || {
+        db.count("SELECT cursor FROM sync_state") == 6 + 1003
+    });
+    let email = |n| user_row(&db, n).map(|r| r.1);
+    let expected = [
+        (1, Some("moved1@example.com")),
+        (2, Some("e1@example.com")),
+        (3, Some("moved3@example.com")),
+        (8, None),
+        (4, Some("moved4@example.com")),
+        (9, Some("e4@example.com")),
+        (5, Some("moved5@example.com")),
+        (10, Some("e5@example.com")),
+        (6, Some("e7@example.com")),
+        (7, Some("e6@example.com")),
+    ];
+    for (n, want) in expected {
+        assert_eq!(email(n).as_deref(), want, "user {n}");
+    }
+    let conflicts: Vec<(String, String)> = db
+        .client()
+        .query(
+            "SELECT profile_id::text, reason FROM sync_rejections ORDER BY profile_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        conflicts,
+        [
+            (id(5), "email_taken".to_owned()),
+            (id(8), "email_taken".to_owned())
+        ]
+    );
+    assert_eq!(user_row(&db, 5).map(|r| r.4).as_deref(), Some("synced"));
+    assert_eq!(db.count("SELECT count(*) FROM users"), 9 + 990);
+    wait_rounds(&target, 1);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+/// What a misbehaving source answers to `(since, limit, request number)`:
+/// `(elements, X-Next-Cursor, X-Head-Cursor, X-Source-Epoch)`.
+type Answer = dyn Fn(u64, u64, usize) -> (usize, u64, u64, String) + Send + Sync;
+
+/// A source whose every answer `reply(since, limit, request number)` makes.
+fn misbehaving(
+    reply: impl Fn(u64, u64, usize) -> (usize, u64, u64, String) + Send + Sync + 'static,
+) -> ScriptedSource {
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    ScriptedSource::new(move |query| {
+        let since: u64 = query.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+        let limit: u64 = query
+            .get("limit")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000);
+        let n = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (count, next, head, epoch) = reply(since, limit, n);
+        let page: Vec<Value> = (0..count)
+            .map(|i| profile(since as u32 + i as u32 + 1, "2025-07-01T10:00:00Z"))
+            .collect();
+        let mut reply = Reply::json(200, &Value::Array(page));
+        reply.headers = vec![
+            ("X-Next-Cursor".to_owned(), next.to_string()),
+            ("X-Head-Cursor".to_owned(), head.to_string()),
+            ("X-Source-Epoch".to_owned(), epoch),
+        ];
+        reply
+    })
+}
+
+#[test]
+fn a_misbehaving_source_ends_the_round_as_a_fetch_error() {
+    let cases: [(&str, Box<Answer>); 3] = [
+        (
+            "a full page whose cursor does not move",
+            Box::new(|since, limit, _| (limit as usize, since, 1000, "e".to_owned())),
+        ),
+        (
+            "a cursor beyond the head",
+            Box::new(|since, _, _| (1, since + 50, since + 1, "e".to_owned())),
+        ),
+        (
+            "a new epoch on every page",
+            Box::new(|since, limit, n| (limit as usize, since + limit, 1000, format!("e{n}"))),
+        ),
+    ];
+    for (what, reply) in cases {
+        let db = TestDb::new();
+        let source = misbehaving(reply);
+        let target = start_target(
+            &db,
+            &source.url,
+            &[("SYNC_INTERVAL", "1"), ("FETCH_LIMIT", "2")],
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        let requests = source.requests.load(std::sync::atomic::Ordering::SeqCst);
+        let errors = target.metrics.fetch_errors.get();
+        let cursor = db.count("SELECT coalesce(max(cursor), 0) FROM sync_state");
+        target.shutdown();
+        assert!(errors >= 2, "{what}: {errors} fetch errors");
+        assert!(requests <= 9, "{what}: {requests} requests in 2.5 s");
+        assert!(cursor <= 4, "{what}: cursor stored at {cursor}");
+    }
+}
+
+#[test]
+fn on_a_latin1_database_what_it_cannot_hold_is_recorded_escaped_and_the_rest_syncs() {
+    let db = TestDb::with_encoding("LATIN1");
+    let mut bad_email = profile(1, "2025-07-01T10:00:00Z");
+    bad_email["email"] = json!("smile\u{1F600}@example.com");
+    let mut emoji_name = profile(2, "2025-07-01T10:00:00Z");
+    emoji_name["name"] = json!("Zo\u{eb} \u{1F600}");
+    let mut latin_name = profile(3, "2025-07-01T10:00:00Z");
+    latin_name["name"] = json!("Zo\u{eb}");
+    let mut latin_status = profile(5, "2025-07-01T10:00:00Z");
+    latin_status["status"] = json!("inactiv\u{e9}");
+    let elements = [
+        bad_email,
+        emoji_name,
+        latin_name,
+        profile(4, "2025-07-01T10:00:00Z"),
+        latin_status,
+    ];
+    let texts: Vec<String> = elements.iter().map(Value::to_string).collect();
+    let body = format!("[{}]", texts.join(","));
+    let source = ScriptedSource::new(move |_| Reply::raw(200, &body));
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("the rest synced", Duration::from_secs(10), || {
+        user_row(&db, 3).is_some() && user_row(&db, 4).is_some()
+    });
+    wait_rounds(&target, 2);
+    assert_eq!(user_row(&db, 3).unwrap().0, "Zo\u{eb}");
+    assert!(user_row(&db, 2).is_none());
+    let rows: Vec<(String, String)> = db
+        .client()
+        .query(
+            "SELECT reason, payload FROM sync_rejections ORDER BY profile_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let reasons: Vec<&str> = rows.iter().map(|(reason, _)| reason.as_str()).collect();
+    assert_eq!(reasons, ["invalid_email", "db_error", "inactive_status"]);
+    for ((_, payload), sent) in rows.iter().zip([&texts[0], &texts[1], &texts[4]]) {
+        let stored: Value = serde_json::from_str(payload).unwrap();
+        let sent: Value = serde_json::from_str(sent).unwrap();
+        assert_eq!(stored, sent, "the same JSON value");
+    }
+    assert!(
+        rows[0].1.is_ascii() && rows[0].1.contains("\\ud83d\\ude00"),
+        "{}",
+        rows[0].1
+    );
+    assert!(
+        rows[1].1.is_ascii() && rows[1].1.contains("\\u00eb"),
+        "{}",
+        rows[1].1
+    );
+    assert_eq!(
+        rows[2].1, texts[4],
+        "LATIN1 holds an e acute: stored as sent"
+    );
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
+fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
+    use target_service::decide::decide_afresh;
+    use target_service::metrics::Counted;
+    use target_service::profile::Reason;
+
+    let db = TestDb::new();
+    let mut client = db.client();
+    target_service::store::apply_schema(&mut client).unwrap();
+    let now = chrono::Utc::now();
+    let t = "2025-07-01T10:00:00Z";
+    let holder = with_email(1, t, "e@example.com").to_string();
+    let claim = with_email(2, t, "e@example.com").to_string();
+    let moves = with_email(1, "2025-07-01T11:00:00Z", "moved@example.com").to_string();
+    let mut decide =
+        |texts: &[&str], dry_run| decide_afresh(&mut client, texts, now, dry_run).unwrap();
+
+    assert_eq!(decide(&[&holder], false), [Counted::Synced]);
+    assert_eq!(
+        decide(&[&claim], false),
+        [Counted::NotSynced(Reason::EmailTaken)]
+    );
+    assert_eq!(decide(&[&moves], false), [Counted::Synced]);
+    assert_eq!(decide(&[&claim], true), [Counted::Synced], "dry run");
+    assert!(user_row(&db, 2).is_none(), "a dry run writes nothing");
+    assert_eq!(decide(&[&claim], false), [Counted::Synced]);
+    assert_eq!(
+        user_row(&db, 2).map(|r| r.1).as_deref(),
+        Some("e@example.com")
+    );
+    assert_eq!(
+        decide(&[&claim], false),
+        [Counted::NotSynced(Reason::Stale)]
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections"),
+        0,
+        "it records nothing"
+    );
 }

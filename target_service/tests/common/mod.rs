@@ -42,6 +42,20 @@ impl TestDb {
         }
     }
 
+    /// A database of its own whose server-side encoding is `encoding`
+    /// (`LATIN1`, say), so what it cannot hold can be tried.
+    pub fn with_encoding(encoding: &str) -> TestDb {
+        let db = TestDb::not_yet_created();
+        let mut admin = Client::connect(&admin_url(), NoTls).expect("admin connection");
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+                db.name
+            ))
+            .expect("create test database");
+        db
+    }
+
     /// A URL for a database that does not exist yet (created later by `create`).
     pub fn not_yet_created() -> TestDb {
         let name = format!("profile_sync_test_{}", uuid::Uuid::new_v4().simple());
@@ -226,9 +240,6 @@ pub struct CursorLog {
     pub epoch: Arc<Mutex<String>>,
     /// Changes up to this sequence number are no longer held (410 below it).
     pub dropped: Arc<Mutex<u64>>,
-    /// A 410 says where to restart in its body (`min_since`), as earlier
-    /// versions of source_service did, instead of in `X-Min-Cursor`.
-    pub gone_hint_in_body: Arc<Mutex<bool>>,
 }
 
 impl CursorLog {
@@ -237,7 +248,6 @@ impl CursorLog {
             changes: Arc::new(Mutex::new(changes)),
             epoch: Arc::new(Mutex::new("epoch-1".to_owned())),
             dropped: Arc::new(Mutex::new(0)),
-            gone_hint_in_body: Arc::new(Mutex::new(false)),
         }
     }
 
@@ -260,12 +270,6 @@ impl CursorLog {
             .unwrap_or(1000);
         let dropped = *self.dropped.lock().unwrap();
         if since > head || since < dropped {
-            if *self.gone_hint_in_body.lock().unwrap() {
-                return Reply::json(
-                    410,
-                    &json!({"error": "cursor outside the log", "min_since": dropped, "head_cursor": head}),
-                );
-            }
             let mut reply = Reply::json(410, &json!({"error": "cursor outside the log"}));
             reply.headers = vec![
                 ("X-Min-Cursor".to_owned(), dropped.to_string()),
@@ -407,5 +411,29 @@ pub fn rejection_reasons(db: &TestDb) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|r| r.get(0))
+        .collect()
+}
+
+/// The state `/status` reports: `syncing`, `idle`, `standby`…
+pub fn state_of(target: &Running) -> String {
+    let body: Value =
+        serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap_or_default();
+    body["state"].as_str().unwrap_or_default().to_owned()
+}
+
+/// A valid profile of id `n` with the given email.
+pub fn with_email(n: u32, at: &str, email: &str) -> Value {
+    let mut p = profile(n, at);
+    p["email"] = json!(email);
+    p
+}
+
+/// The rows of `users` as `(id seed, email, mobile)`, ordered by id.
+pub fn emails(db: &TestDb) -> Vec<(String, String)> {
+    db.client()
+        .query("SELECT id::text, email FROM users ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
         .collect()
 }

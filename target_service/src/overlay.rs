@@ -1,0 +1,198 @@
+//! Decisions the planner made whose writes are not yet known to be
+//! committed, laid over what a read of the table returns.
+//!
+//! A page is decided against the table as read just before, but the table
+//! does not yet show the writes still queued or running for earlier pages;
+//! the overlay does. An entry stays until its write's commit was reported
+//! before the read that replaces it began ([`Overlay::forget_committed`] is
+//! called between draining the writers' reports and reading), so no
+//! decision is ever made against a state older than the one before it.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use crate::change::{Change, ChangeKey, Parsed};
+use crate::plan::{Decision, Row, View};
+use crate::profile::Reason;
+use crate::routing::Tag;
+
+/// What a page needs read from the table (what the overlay does not know).
+#[derive(Debug, Default, PartialEq)]
+pub struct Reads {
+    pub ids: Vec<Uuid>,
+    pub emails: Vec<String>,
+    pub mobiles: Vec<String>,
+    pub keys: Vec<ChangeKey>,
+}
+
+#[derive(Debug, Default)]
+pub struct Overlay {
+    rows: HashMap<Uuid, (Row, Tag)>,
+    emails: HashMap<String, Uuid>,
+    mobiles: HashMap<String, Uuid>,
+    recorded: HashMap<ChangeKey, (Reason, Tag)>,
+}
+
+impl Overlay {
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty() && self.recorded.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        *self = Overlay::default();
+    }
+
+    /// Drops the entries whose writes are committed (`committed[w]` is the
+    /// last seq writer `w` committed); the table shows them from now on.
+    pub fn forget_committed(&mut self, committed: &[u64]) {
+        let (emails, mobiles) = (&mut self.emails, &mut self.mobiles);
+        self.rows.retain(|id, (row, tag)| {
+            let keep = !tag.committed(committed);
+            if !keep {
+                if emails.get(&row.email) == Some(id) {
+                    emails.remove(&row.email);
+                }
+                if mobiles.get(&row.mobile) == Some(id) {
+                    mobiles.remove(&row.mobile);
+                }
+            }
+            keep
+        });
+        self.recorded
+            .retain(|_, (_, tag)| !tag.committed(committed));
+    }
+
+    /// What to read for `changes`: the rows of ids the overlay does not
+    /// hold, the holders of every email and mobile a valid change may
+    /// claim, and the record of every element text it does not know.
+    pub fn reads_for(&self, changes: &[Change]) -> Reads {
+        let mut reads = Reads::default();
+        for change in changes {
+            if let Some(id) = change.id() {
+                if !self.rows.contains_key(&id) {
+                    reads.ids.push(id);
+                }
+            }
+            if let Parsed::Valid(profile) = &change.parsed {
+                reads.emails.push(profile.email.as_str().to_owned());
+                reads.mobiles.push(profile.mobile.as_str().to_owned());
+            }
+            if !self.recorded.contains_key(&change.key) {
+                reads.keys.push(change.key);
+            }
+        }
+        reads.ids.sort_unstable();
+        reads.ids.dedup();
+        reads
+    }
+
+    /// The view `changes` are decided against: the rows and records read
+    /// for them ([`Overlay::reads_for`]), with the overlay laid over them.
+    pub fn view(
+        &self,
+        changes: &[Change],
+        stored: Vec<(Uuid, Row)>,
+        recorded: Vec<(ChangeKey, Reason)>,
+    ) -> View {
+        let in_overlay = |id: &Uuid| self.rows.contains_key(id);
+        let mut view = View::of_rows(stored.into_iter().filter(|(id, _)| !in_overlay(id)));
+        for change in changes {
+            if let Some((row, _)) = change.id().and_then(|id| self.rows.get(&id)) {
+                view.set_row(change.id().unwrap_or_default(), row.clone());
+            }
+            if let Parsed::Valid(profile) = &change.parsed {
+                if let Some(owner) = self.emails.get(profile.email.as_str()) {
+                    view.email_owner
+                        .insert(profile.email.as_str().to_owned(), *owner);
+                }
+                if let Some(owner) = self.mobiles.get(profile.mobile.as_str()) {
+                    view.mobile_owner
+                        .insert(profile.mobile.as_str().to_owned(), *owner);
+                }
+            }
+            if let Some((reason, _)) = self.recorded.get(&change.key) {
+                view.recorded.insert(change.key, *reason);
+            }
+        }
+        view.recorded.extend(recorded);
+        view
+    }
+
+    /// Remembers what `decision` writes, sent as `tag`.
+    pub fn remember(&mut self, decision: &Decision, tag: Tag) {
+        if let Some(user) = &decision.user {
+            if let Some((old, _)) = self.rows.get(&user.id) {
+                if self.emails.get(&old.email) == Some(&user.id) {
+                    self.emails.remove(&old.email);
+                }
+                if self.mobiles.get(&old.mobile) == Some(&user.id) {
+                    self.mobiles.remove(&old.mobile);
+                }
+            }
+            self.emails.insert(user.email.clone(), user.id);
+            self.mobiles.insert(user.mobile.clone(), user.id);
+            let row = Row {
+                last_updated_at: user.last_updated_at,
+                email: user.email.clone(),
+                mobile: user.mobile.clone(),
+            };
+            self.rows.insert(user.id, (row, tag));
+        }
+        if let Some(rejection) = &decision.rejection {
+            self.recorded.insert(rejection.key, (rejection.reason, tag));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Counted;
+    use crate::plan::{plan, Storage};
+    use chrono::Utc;
+    use serde_json::json;
+
+    fn change(n: u8, when: &str, email: &str) -> Change {
+        let text = json!({
+            "id": Uuid::from_bytes([n; 16]).to_string(), "name": "N", "email": email,
+            "mobile": format!("{n}000"), "status": "active", "last_updated_at": when,
+        });
+        Change::from_text(&text.to_string(), Utc::now())
+    }
+
+    #[test]
+    fn a_pending_give_up_frees_the_email_the_table_still_shows_taken() {
+        let mut overlay = Overlay::default();
+        let first = vec![change(1, "2025-01-01T00:00:00Z", "e@x.io")];
+        let mut view = overlay.view(&first, Vec::new(), Vec::new());
+        let decided = plan(first, &mut view, &Storage::unicode());
+        let tag = Tag { writer: 0, seq: 1 };
+        overlay.remember(&decided[0], tag);
+        // 1 moves off e@x; the write is pending, so the table still shows e@x.
+        let moves = vec![change(1, "2025-01-02T00:00:00Z", "f@x.io")];
+        let reads = overlay.reads_for(&moves);
+        assert!(reads.ids.is_empty(), "the overlay knows the row");
+        let mut view = overlay.view(&moves, Vec::new(), Vec::new());
+        let decided = plan(moves, &mut view, &Storage::unicode());
+        overlay.remember(&decided[0], Tag { writer: 0, seq: 2 });
+        let stored_row = Row {
+            last_updated_at: chrono::DateTime::parse_from_rfc3339("2025-01-01T00:00:00Z")
+                .unwrap()
+                .into(),
+            email: "e@x.io".into(),
+            mobile: "1000".into(),
+        };
+        let id1 = Uuid::from_bytes([1; 16]);
+        let claim = vec![change(2, "2025-01-01T00:00:00Z", "e@x.io")];
+        let mut view = overlay.view(&claim, vec![(id1, stored_row)], Vec::new());
+        let decided = plan(claim, &mut view, &Storage::unicode());
+        assert_eq!(decided[0].outcome, Counted::Synced);
+        // Once both writes are committed the overlay is empty.
+        overlay.forget_committed(&[1]);
+        assert!(!overlay.is_empty());
+        overlay.forget_committed(&[2]);
+        assert!(overlay.is_empty());
+        assert!(overlay.emails.is_empty() && overlay.mobiles.is_empty());
+    }
+}
