@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, info, warn};
-use postgres::{Client, NoTls};
+use postgres::Client;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -89,11 +89,7 @@ impl Syncer {
     ) -> Syncer {
         let (page_done_tx, page_done_rx) = crossbeam_channel::unbounded();
         let writer_count = writers.len();
-        let fetcher = Fetcher::new(
-            &config.source_url,
-            config.http_timeout,
-            config.max_response_bytes,
-        );
+        let fetcher = Fetcher::new(&config);
         Syncer {
             config,
             pool,
@@ -181,9 +177,10 @@ impl Syncer {
         }
         let client = match self.lock_connection.as_mut() {
             Some(client) => client,
-            None => match self.config.database.connection.connect(NoTls) {
+            None => match crate::pool::connect(&self.config.database) {
                 Ok(client) => self.lock_connection.insert(client),
                 Err(err) => {
+                    let err = crate::pool::describe(&err);
                     self.metrics.db_errors.inc();
                     self.status
                         .round_failed(&format!("cannot connect to PostgreSQL: {err}"));
@@ -207,7 +204,10 @@ impl Syncer {
             }
             Err(err) => {
                 self.metrics.db_errors.inc();
-                warn!("taking the sync lock failed: {err}");
+                warn!(
+                    "taking the sync lock failed: {}",
+                    crate::pool::describe(&err)
+                );
                 self.lock_connection = None;
                 false
             }
