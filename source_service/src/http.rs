@@ -1,7 +1,8 @@
-//! HTTP routing as plain functions: from a method and a URL to a `Reply`.
+//! HTTP routing as plain functions: from an [`Incoming`] request to a `Reply`.
 //!
 //! Nothing here touches a socket, so every answer the service gives can be
-//! unit-tested by calling `Handler::handle`. `lib.rs` owns the server loop
+//! unit-tested by calling `Handler::handle`. `SOURCE_TOKEN` is checked here,
+//! first, for `/users/changes`. `lib.rs` owns the server loop
 //! that turns `tiny_http` requests into calls here and replies into responses.
 //! Every error body is JSON `{"error": "..."}` saying what was wrong.
 
@@ -19,6 +20,15 @@ pub const MAX_LIMIT: usize = 10_000;
 
 const JSON: &str = "application/json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What a handler reads of a request.
+pub struct Incoming<'a> {
+    pub method: &'a str,
+    /// The request target as sent (path and query).
+    pub url: &'a str,
+    /// The `Authorization` header, when present.
+    pub authorization: Option<&'a str>,
+}
 
 /// The routes the service knows; `Other` is every unknown path, so that
 /// metrics labels stay bounded whatever clients ask for.
@@ -102,6 +112,8 @@ pub struct Handler {
     feed: Feed,
     metrics: Metrics,
     epoch: String,
+    /// `Bearer <SOURCE_TOKEN>`: what `/users/changes` asks for, when set.
+    expected_authorization: Option<String>,
 }
 
 impl Handler {
@@ -111,7 +123,14 @@ impl Handler {
             feed,
             metrics,
             epoch,
+            expected_authorization: None,
         }
+    }
+
+    /// Makes `/users/changes` answer only `Authorization: Bearer <token>`.
+    pub fn with_token(mut self, token: Option<&str>) -> Handler {
+        self.expected_authorization = token.map(|token| format!("Bearer {token}"));
+        self
     }
 
     pub fn feed(&self) -> &Feed {
@@ -126,12 +145,18 @@ impl Handler {
         &self.epoch
     }
 
-    /// Answers one request. `url` is the request target as sent: a path with
-    /// an optional query string, or the same after `http://host:port`.
-    pub fn handle(&self, method: &str, url: &str) -> (Route, Reply) {
-        let url = origin_form(url);
+    /// Answers one request. Its `url` is the request target as sent: a path
+    /// with an optional query string, or the same after `http://host:port`.
+    pub fn handle(&self, request: &Incoming<'_>) -> (Route, Reply) {
+        let method = request.method;
+        let url = origin_form(request.url);
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let route = Route::from_path(path);
+        if route == Route::Changes {
+            if let Some(refused) = self.refuse_unauthorized(request.authorization) {
+                return (route, refused);
+            }
+        }
         let reply = match route {
             Route::Other => Reply::error(
                 404,
@@ -165,6 +190,35 @@ impl Handler {
             },
         };
         (route, reply)
+    }
+
+    /// `401` unless the request carries the token (when one is set). The
+    /// comparison takes the same time wherever the two first differ.
+    fn refuse_unauthorized(&self, authorization: Option<&str>) -> Option<Reply> {
+        let expected = self.expected_authorization.as_deref()?;
+        let given = authorization.unwrap_or("").trim();
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        let given = match given.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                format!("Bearer {}", token.trim())
+            }
+            _ => given.to_owned(),
+        };
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return None;
+        }
+        let mut reply = Reply::error(
+            401,
+            if authorization.is_none() {
+                "this source asks for a token: send Authorization: Bearer <SOURCE_TOKEN>"
+            } else {
+                "the token is not the one this source asks for"
+            },
+        );
+        reply
+            .headers
+            .push(("WWW-Authenticate", "Bearer".to_string()));
+        Some(reply)
     }
 
     fn changes(&self, query: &str) -> Reply {
@@ -245,6 +299,16 @@ fn origin_form(url: &str) -> Cow<'_, str> {
         // `http://host` and `http://host?q` name the root path.
         Cow::Owned(format!("/{path_and_query}"))
     }
+}
+
+/// Whether `a` equals `b`, in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keeps the compiler from cutting the loop short at the first difference.
+    std::hint::black_box(difference) == 0
 }
 
 /// Echoed client input is cut short so error bodies stay small.
@@ -377,6 +441,14 @@ mod tests {
         Handler::new(feed, metrics, "epoch-1".to_string())
     }
 
+    fn call(h: &Handler, method: &str, url: &str) -> (Route, Reply) {
+        h.handle(&Incoming {
+            method,
+            url,
+            authorization: None,
+        })
+    }
+
     fn body(reply: &Reply) -> Value {
         serde_json::from_slice(&reply.body).unwrap()
     }
@@ -393,7 +465,7 @@ mod tests {
     #[test]
     fn fresh_batch_without_parameters() {
         let h = handler(100, 0);
-        let (route, reply) = h.handle("GET", "/users/changes");
+        let (route, reply) = call(&h, "GET", "/users/changes");
         assert_eq!(route, Route::Changes);
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
@@ -408,16 +480,16 @@ mod tests {
     fn since_pages_through_the_log() {
         let h = handler(1000, 100);
         let head = h.feed().head();
-        let (_, reply) = h.handle("GET", "/users/changes?since=10&limit=20&unknown=x");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=10&limit=20&unknown=x");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 20);
         assert_eq!(header(&reply, "X-Next-Cursor"), 30);
         assert_eq!(header(&reply, "X-Head-Cursor"), head);
-        let (_, reply) = h.handle("GET", "/users/changes?since=30");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=30");
         assert_eq!(header(&reply, "X-Next-Cursor"), head);
         assert_eq!(body(&reply).as_array().unwrap().len() as u64, head - 30);
         // Caught up: a fresh batch.
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={head}"));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={head}"));
         let n = body(&reply).as_array().unwrap().len() as u64;
         assert!(n >= 2);
         assert_eq!(header(&reply, "X-Next-Cursor"), head + n);
@@ -443,7 +515,7 @@ mod tests {
             "since=0&limit=",
             "limit=0",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
             let error = error_of(&reply);
             assert!(
@@ -451,9 +523,9 @@ mod tests {
                 "{error}"
             );
         }
-        let (_, reply) = h.handle("GET", "/users/changes?since=0&limit=10000");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=0&limit=10000");
         assert_eq!(reply.status, 200);
-        let (_, reply) = h.handle("GET", "/users/changes?since=%30");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=%30");
         assert_eq!(reply.status, 200, "percent-encoded digits are digits");
     }
 
@@ -462,7 +534,7 @@ mod tests {
         let h = handler(50, 200);
         let head = h.feed().head();
         for since in [head + 1, u64::MAX, 0, head - 51] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let value = body(&reply);
             assert!(value["error"].is_string());
@@ -473,7 +545,7 @@ mod tests {
             );
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
         }
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={}", head - 50));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 50);
     }
@@ -482,7 +554,7 @@ mod tests {
     fn digits_past_u64_are_a_cursor_newer_than_the_head() {
         let h = handler(1000, 200);
         let head = h.feed().head();
-        let (_, max) = h.handle("GET", &format!("/users/changes?since={}", u64::MAX));
+        let (_, max) = call(&h, "GET", &format!("/users/changes?since={}", u64::MAX));
         assert_eq!(max.status, 410);
         for since in [
             "18446744073709551616",
@@ -490,7 +562,7 @@ mod tests {
             &"9".repeat(1000),
             "%31%38446744073709551616",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}&limit=5"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}&limit=5"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(error.contains("newer than the newest change"), "{error}");
@@ -504,17 +576,16 @@ mod tests {
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
             assert_eq!(reply.header("X-Source-Epoch"), Some("epoch-1"));
         }
-        assert!(error_of(
-            &h.handle("GET", "/users/changes?since=18446744073709551616")
-                .1
-        )
-        .starts_with("since=18446744073709551616 is newer"));
+        assert!(
+            error_of(&call(&h, "GET", "/users/changes?since=18446744073709551616").1)
+                .starts_with("since=18446744073709551616 is newer")
+        );
         // Still 400: a number too large for limit, and digits with a sign.
         for query in [
             "since=0&limit=18446744073709551616",
             "since=-18446744073709551616",
         ] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
         }
         assert_eq!(h.feed().head(), head, "nothing was generated");
@@ -528,7 +599,7 @@ mod tests {
         let head = h.feed().head();
         let min_since = head - 50;
         for since in [head + 1, 99_999_999, 0] {
-            let (_, reply) = h.handle("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(
@@ -539,7 +610,7 @@ mod tests {
         }
         // While nothing is dropped, the restart point of a too-new cursor is 0.
         let h = handler(1000, 200);
-        let (_, reply) = h.handle("GET", "/users/changes?since=99999999");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=99999999");
         assert_eq!(reply.status, 410);
         assert!(error_of(&reply).ends_with("restart from since=0"));
     }
@@ -547,7 +618,7 @@ mod tests {
     #[test]
     fn since_zero_is_valid_on_an_empty_log() {
         let h = handler(100, 0);
-        let (_, reply) = h.handle("GET", "/users/changes?since=0");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=0");
         assert_eq!(reply.status, 200);
         assert!(body(&reply).as_array().unwrap().len() >= 2);
     }
@@ -562,7 +633,7 @@ mod tests {
             "/healthz/x",
             "/nope?since=1",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
             assert!(error_of(&reply).contains("no such path"));
         }
@@ -572,12 +643,12 @@ mod tests {
             ("PUT", "/metrics"),
             ("HEAD", "/users/changes"),
         ] {
-            let (_, reply) = h.handle(method, url);
+            let (_, reply) = call(&h, method, url);
             assert_eq!(reply.status, 405, "{method} {url}");
             assert_eq!(reply.header("Allow"), Some("GET"));
             assert!(error_of(&reply).contains(method));
         }
-        let (_, reply) = h.handle("POST", "/elsewhere");
+        let (_, reply) = call(&h, "POST", "/elsewhere");
         assert_eq!(reply.status, 404);
     }
 
@@ -590,10 +661,11 @@ mod tests {
             "HTTP://localhost/healthz",
             "https://[::1]:8080/healthz",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Healthz, 200), "{url}");
         }
-        let (route, reply) = h.handle(
+        let (route, reply) = call(
+            &h,
             "GET",
             "http://source.example:8080/users/changes?since=10&limit=20",
         );
@@ -610,21 +682,21 @@ mod tests {
             "healthz",
             "*",
         ] {
-            let (route, reply) = h.handle("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
         }
-        assert!(error_of(&h.handle("GET", "http://host?x=1").1).contains("no such path: /;"));
-        let (_, reply) = h.handle("POST", "http://host/healthz");
+        assert!(error_of(&call(&h, "GET", "http://host?x=1").1).contains("no such path: /;"));
+        let (_, reply) = call(&h, "POST", "http://host/healthz");
         assert_eq!(reply.status, 405);
     }
 
     #[test]
     fn healthz_and_metrics() {
         let h = handler(100, 0);
-        let (_, reply) = h.handle("GET", "/healthz");
+        let (_, reply) = call(&h, "GET", "/healthz");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply), serde_json::json!({"status": "ok"}));
-        let (_, reply) = h.handle("GET", "/metrics");
+        let (_, reply) = call(&h, "GET", "/metrics");
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/plain"));
         let text = String::from_utf8(reply.body).unwrap();
@@ -635,9 +707,9 @@ mod tests {
     fn long_input_is_not_echoed_whole() {
         let h = handler(100, 0);
         let long = "x".repeat(10_000);
-        let (_, reply) = h.handle("GET", &format!("/{long}"));
+        let (_, reply) = call(&h, "GET", &format!("/{long}"));
         assert!(reply.body.len() < 400);
-        let (_, reply) = h.handle("GET", &format!("/users/changes?since={long}"));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={long}"));
         assert!(reply.body.len() < 400);
     }
 
@@ -647,5 +719,53 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn a_token_guards_the_changes_and_nothing_else() {
+        let h = handler(100, 10).with_token(Some("s3cret"));
+        let ask = |url: &str, authorization: Option<&str>| {
+            h.handle(&Incoming {
+                method: "GET",
+                url,
+                authorization,
+            })
+            .1
+        };
+        for authorization in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+        ] {
+            let reply = ask("/users/changes?since=0", authorization);
+            assert_eq!(reply.status, 401, "{authorization:?}");
+            assert_eq!(reply.header("WWW-Authenticate"), Some("Bearer"));
+            assert!(!error_of(&reply).contains("s3cret"));
+        }
+        for authorization in ["Bearer s3cret", "bearer s3cret", "Bearer  s3cret "] {
+            assert_eq!(
+                ask("/users/changes?since=0", Some(authorization)).status,
+                200
+            );
+        }
+        assert_eq!(ask("/healthz", None).status, 200);
+        assert_eq!(ask("/metrics", None).status, 200);
+        assert_eq!(ask("/nowhere", None).status, 404);
+        // Without a token set, nothing is asked for.
+        assert_eq!(
+            call(&handler(100, 10), "GET", "/users/changes").1.status,
+            200
+        );
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -39,7 +39,7 @@ use crate::change_log::ChangeLog;
 pub use crate::config::{Config, ConfigError};
 use crate::feed::Feed;
 use crate::generator::Generator;
-use crate::http::{Handler, Reply};
+use crate::http::{Handler, Incoming, Reply};
 use crate::metrics::Metrics;
 
 /// Entry point of the application.
@@ -106,7 +106,10 @@ impl App {
             )
         })?;
         let server = Arc::new(server);
-        let handler = Arc::new(Handler::new(feed, metrics, epoch));
+        let handler = Arc::new(
+            Handler::new(feed, metrics, epoch)
+                .with_token(config.token.as_ref().map(|token| token.expose())),
+        );
         let mut running = Running {
             addr,
             server,
@@ -135,9 +138,14 @@ impl App {
             .spawn(move || watch_listener(addr, &stopping, &fault))?;
         running.watch = Some(watch);
         info!(
-            "listening on http://{addr} with {} threads, epoch {}",
+            "listening on http://{addr} with {} threads, epoch {}{}",
             config.threads,
-            handler.epoch()
+            handler.epoch(),
+            if config.token.is_some() {
+                "; /users/changes asks for SOURCE_TOKEN"
+            } else {
+                ""
+            }
         );
         Ok(Some(running))
     }
@@ -305,7 +313,16 @@ fn serve(server: &Server, handler: &Handler, stopping: &AtomicBool, fault: &Faul
             }
         };
         let started = Instant::now();
-        let (route, reply) = handler.handle(request.method().as_str(), request.url());
+        let authorization = request
+            .headers()
+            .iter()
+            .find(|header| header.field.equiv("Authorization"))
+            .map(|header| header.value.as_str());
+        let (route, reply) = handler.handle(&Incoming {
+            method: request.method().as_str(),
+            url: request.url(),
+            authorization,
+        });
         handler.metrics().count_request(route, reply.status);
         let mut response = response(reply);
         if stopping.load(Ordering::SeqCst) {
