@@ -114,7 +114,7 @@ impl Config {
         // A value that is not UTF-8 is reported as bad rather than ignored.
         let from_process =
             |name: &str| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned());
-        Config::from_lookup(|name| {
+        let config = Config::from_lookup(|name| {
             from_process(name).or_else(|| dotenv.get(name).map(|(value, _)| value.clone()))
         })
         .map_err(|mut err| {
@@ -124,7 +124,11 @@ impl Config {
                 }
             }
             err
-        })
+        })?;
+        // Whatever runs with this configuration (the service or a command)
+        // masks its secrets from the first log line on.
+        crate::secrets::register(config.secrets().iter().map(String::as_str));
+        Ok(config)
     }
 
     /// Builds the configuration from a lookup; unset and empty values take
