@@ -145,8 +145,10 @@ mkdir -p "$log_dir"
 : >"$log_dir/source.log"
 : >"$log_dir/target.log"
 
+# Each service runs in a session of its own, so Ctrl-C reaches only this
+# script, which then stops them in order (SIGTERM) and exits 130.
 echo "==> starting source_service on $source_addr"
-SOURCE_ADDR=$source_addr "$bin_dir/source_service" >"$log_dir/source.log" 2>&1 &
+SOURCE_ADDR=$source_addr setsid "$bin_dir/source_service" >"$log_dir/source.log" 2>&1 &
 src_pid=$!
 wait_ready source_service "$src_pid" "$source_base/healthz" "$log_dir/source.log"
 
@@ -155,11 +157,13 @@ DATABASE_URL=$db_url \
   SOURCE_SERVICE_URL=${SOURCE_SERVICE_URL:-$source_base/users/changes} \
   SYNC_INTERVAL=${SYNC_INTERVAL:-5} \
   METRICS_ADDR=$metrics_addr \
-  "$bin_dir/target_service" >"$log_dir/target.log" 2>&1 &
+  setsid "$bin_dir/target_service" >"$log_dir/target.log" 2>&1 &
 tgt_pid=$!
 wait_ready target_service "$tgt_pid" "$target_base/healthz" "$log_dir/target.log"
 
 shown_url=$(pg_redact_url "$db_url")
+# No password in it: psql asks for one (or reads PGPASSWORD or ~/.pgpass).
+psql_url=$(pg_shell_quote "$(pg_url_without_password "$db_url")")
 also=""
 if [[ -n ${PG_THROWAWAY_DIR:-} ]]; then
   also=" and the throwaway PostgreSQL (its data goes with it)"
@@ -174,15 +178,17 @@ profile sync is running; Ctrl-C stops both services$also.
   target ready     $target_base/readyz
   table            users (rejections in sync_rejections, cursor in sync_state)
                    in $shown_url
-  look at it       psql '$shown_url' -c 'SELECT sync_status, count(*) FROM users GROUP BY 1'
+  look at it       psql $psql_url -c 'SELECT sync_status, count(*) FROM users GROUP BY 1'
   logs             $log_dir/source.log
                    $log_dir/target.log
 
 EOF
 
-tail -n +1 -F "$log_dir/source.log" "$log_dir/target.log" &
+setsid tail -n +1 -F "$log_dir/source.log" "$log_dir/target.log" &
 tail_pid=$!
 
+# Reached only when a service ends by itself: Ctrl-C (SIGINT) and SIGTERM
+# leave through the traps above, with 130 and 143.
 status=0
 wait -n "$src_pid" "$tgt_pid" || status=$?
 for pair in "source_service:$src_pid" "target_service:$tgt_pid"; do

@@ -58,6 +58,14 @@ step "PostgreSQL"
 pg_ensure_server test "${TEST_DATABASE_URL:-}"
 export TEST_DATABASE_URL=$PG_ADMIN_URL
 echo "TEST_DATABASE_URL=$(pg_redact_url "$TEST_DATABASE_URL")"
+# target_service/tests/tls.rs starts a TLS-only cluster of its own: it needs
+# initdb (installed here when missing) and skips loudly without it, except
+# under CI, where it fails.
+if pg_ensure_binaries; then
+  echo "initdb: $(command -v initdb) (for the TLS cluster tests)"
+else
+  echo "!!! initdb is missing: the TLS cluster tests will be skipped (or fail under CI)"
+fi
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
@@ -65,7 +73,7 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test --workspace"
+step "cargo test --workspace (TLS: target_service/tests/tls.rs; tokens: source_service/tests/token.rs; secrets: target_service/tests/secrets.rs)"
 cargo test --workspace
 
 step "smoke test"

@@ -29,10 +29,14 @@
 #                                     none was started, never fails. Callers
 #                                     install it as an EXIT trap.
 #
-#   pg_is_up URL                      true when URL accepts `select 1`
+#   pg_is_up URL                      true when URL accepts `select 1`;
+#                                     psql's last error is in PG_LAST_ERROR
 #   pg_url_with_db URL DB             URL with its database replaced by DB
 #   pg_url_db URL                     the database part of URL
 #   pg_redact_url URL                 URL with its password masked, for logs
+#   pg_url_without_password URL      URL with no password (psql then asks
+#                                     for it, or reads PGPASSWORD/~/.pgpass)
+#   pg_shell_quote TEXT               TEXT single-quoted for a shell
 #   pg_create_database ADMIN_URL DB   create DB unless it exists
 #
 # initdb refuses to run as root, so as root the cluster belongs to the
@@ -238,11 +242,34 @@ pg_stop_throwaway() {
 }
 
 pg_is_up() {
-  PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-3} psql "$1" -w -X -q -t -A -c 'select 1' >/dev/null 2>&1
+  local out
+  if out=$(PGCONNECT_TIMEOUT=${PGCONNECT_TIMEOUT:-3} psql "$1" -w -X -q -t -A -c 'select 1' 2>&1 >/dev/null); then
+    PG_LAST_ERROR=""
+    return 0
+  fi
+  PG_LAST_ERROR=$(head -n 3 <<<"$out" | tr '\n\t' '  ' | sed 's/  */ /g; s/ *$//')
+  return 1
 }
 
+# True when psql's error means the server answered and refused: waiting
+# will not change a wrong role, password, database or pg_hba.conf rule.
+pg__refused() {
+  grep -qiE 'does not exist|password authentication failed|no pg_hba\.conf entry|authentication failed|permission denied|no password supplied|certificate|SSL' <<<"$1"
+}
+
+# Masks the password of every URL in the text, up to the authority's last
+# `@` (so a password with an unencoded `@` is masked whole).
 pg_redact_url() {
-  sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$1"
+  sed -E 's#(://[^:/@[:space:]]*):[^/[:space:]]*@#\1:***@#g' <<<"$1"
+}
+
+pg_url_without_password() {
+  sed -E 's#(://[^:/@[:space:]]*):[^/[:space:]]*@#\1@#' <<<"$1"
+}
+
+pg_shell_quote() {
+  local quote="'" escaped="'\\''"
+  printf "'%s'" "${1//$quote/$escaped}"
 }
 
 pg_url_with_db() {
@@ -282,8 +309,12 @@ pg_ensure_server() {
   if [[ -n $url ]]; then
     if command -v psql >/dev/null 2>&1; then
       until pg_is_up "$url"; do
+        if pg__refused "$PG_LAST_ERROR"; then
+          pg__log "$(pg_redact_url "$url") refuses the connection: $(pg_redact_url "$PG_LAST_ERROR")"
+          return 1
+        fi
         if [[ $waited -ge $wait ]]; then
-          pg__log "$(pg_redact_url "$url") does not answer after ${wait}s"
+          pg__log "$(pg_redact_url "$url") does not answer after ${wait}s: $(pg_redact_url "$PG_LAST_ERROR")"
           return 1
         fi
         sleep 1

@@ -10,7 +10,7 @@
 //! `SOURCE_SEED=` in a compose file means "use the default", not an error.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -42,6 +42,9 @@ pub struct Config {
     pub log_capacity: u64,
     /// `LOG_LEVEL`: how much the service logs.
     pub log_level: LevelFilter,
+    /// `SOURCE_TOKEN`: when set, `/users/changes` answers only
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<Token>,
     /// Not read from the environment: always `WRITE_TIMEOUT`, except in
     /// tests that need a stalled client dropped sooner. It bounds reading a
     /// request head as well as sending a response.
@@ -58,8 +61,30 @@ impl Default for Config {
             preload: 0,
             log_capacity: 1_000_000,
             log_level: LevelFilter::Info,
+            token: None,
             write_timeout: WRITE_TIMEOUT,
         }
+    }
+}
+
+/// `SOURCE_TOKEN`'s value; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(value: impl Into<String>) -> Token {
+        Token(value.into())
+    }
+
+    /// The value itself, for the one comparison that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -77,10 +102,11 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // `{:?}` quotes the value and escapes control characters, so the
-        // message stays on one line whatever was in the variable.
+        // message stays on one line whatever was in the variable. Worded
+        // as target_service words its own.
         write!(
             f,
-            "invalid configuration: {}={:?}: expected {}",
+            "invalid configuration: {}: {:?} is not {}",
             self.var, self.value, self.expected
         )
     }
@@ -89,14 +115,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 const ADDR_EXPECTED: &str =
-    "an IP address and port such as 0.0.0.0:8080 or 127.0.0.1:0, or :8080 for every address";
+    "a listen address such as 0.0.0.0:8080, localhost:8080 or 127.0.0.1:0 (or :8080 for every address)";
 
-/// An IP address and port; `:8080`, as Go services write it, listens on
-/// every address.
+/// A host (address or name) and port; `:8080`, as Go services write it,
+/// listens on every address. A name listens on the first address it
+/// resolves to, as METRICS_ADDR does on the target.
 fn listen_addr(text: &str) -> Option<SocketAddr> {
     match text.strip_prefix(':') {
         Some(port) => Some(SocketAddr::from(([0, 0, 0, 0], port.parse().ok()?))),
-        None => text.parse().ok(),
+        None => text.to_socket_addrs().ok()?.next(),
     }
 }
 const THREADS_EXPECTED: &str = "a whole number from 1 to 1024";
@@ -161,6 +188,10 @@ impl Config {
                     _ => None,
                 },
             )?,
+            token: lookup("SOURCE_TOKEN")
+                .map(|token| token.trim().to_owned())
+                .filter(|token| !token.is_empty())
+                .map(Token::new),
             write_timeout: defaults.write_timeout,
         })
     }
@@ -261,6 +292,21 @@ mod tests {
     }
 
     #[test]
+    fn a_host_name_is_resolved_like_the_target_s_metrics_addr() {
+        let c = config(&[("SOURCE_ADDR", "localhost:8082")]).unwrap();
+        assert_eq!(c.addr.port(), 8082);
+        assert!(c.addr.ip().is_loopback());
+    }
+
+    #[test]
+    fn the_token_is_read_and_never_shown() {
+        let c = config(&[("SOURCE_TOKEN", " s3cret-token ")]).unwrap();
+        assert_eq!(c.token.as_ref().map(Token::expose), Some("s3cret-token"));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(config(&[("SOURCE_TOKEN", "")]).unwrap().token, None);
+    }
+
+    #[test]
     fn surrounding_white_space_is_ignored() {
         let c = config(&[("SOURCE_THREADS", " 4 "), ("SOURCE_INVALID_RATE", "0 ")]).unwrap();
         assert_eq!(c.threads, 4);
@@ -271,6 +317,7 @@ mod tests {
     fn bad_values_name_their_variable() {
         let cases: &[(&str, &str)] = &[
             ("SOURCE_ADDR", "localhost"),
+            ("SOURCE_ADDR", "no-such-host.invalid:8080"),
             ("SOURCE_ADDR", "0.0.0.0"),
             ("SOURCE_ADDR", "0.0.0.0:99999"),
             ("SOURCE_THREADS", "abc"),
@@ -303,13 +350,13 @@ mod tests {
         let e = config(&[("SOURCE_THREADS", "abc")]).unwrap_err();
         assert_eq!(
             e.to_string(),
-            r#"invalid configuration: SOURCE_THREADS="abc": expected a whole number from 1 to 1024"#
+            r#"invalid configuration: SOURCE_THREADS: "abc" is not a whole number from 1 to 1024"#
         );
         let e = config(&[("SOURCE_INVALID_RATE", "2\nrm -rf")]).unwrap_err();
         let text = e.to_string();
         assert!(!text.contains('\n'), "{text}");
-        assert!(text.starts_with("invalid configuration: SOURCE_INVALID_RATE="));
-        assert!(text.ends_with("expected a number from 0 to 1, such as 0.05"));
+        assert!(text.starts_with("invalid configuration: SOURCE_INVALID_RATE: "));
+        assert!(text.ends_with("is not a number from 0 to 1, such as 0.05"));
     }
 
     #[test]

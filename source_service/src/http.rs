@@ -1,7 +1,8 @@
 //! HTTP routing as plain functions: from an `Incoming` request to a `Reply`.
 //!
 //! Nothing here touches a socket, so every answer the service gives can be
-//! unit-tested by calling `Handler::handle`. `lib.rs` owns the server (the
+//! unit-tested by calling `Handler::handle`. `SOURCE_TOKEN` is checked here,
+//! first, for `/users/changes`. `lib.rs` owns the server (the
 //! `http_server` crate) that turns requests into calls here and replies into
 //! responses. Every error body is JSON `{"error": "..."}` saying what was
 //! wrong.
@@ -137,6 +138,8 @@ pub struct Handler {
     feed: Feed,
     metrics: Metrics,
     epoch: String,
+    /// `Bearer <SOURCE_TOKEN>`: what `/users/changes` asks for, when set.
+    expected_authorization: Option<String>,
 }
 
 impl Handler {
@@ -146,7 +149,14 @@ impl Handler {
             feed,
             metrics,
             epoch,
+            expected_authorization: None,
         }
+    }
+
+    /// Makes `/users/changes` answer only `Authorization: Bearer <token>`.
+    pub fn with_token(mut self, token: Option<&str>) -> Handler {
+        self.expected_authorization = token.map(|token| format!("Bearer {token}"));
+        self
     }
 
     pub fn feed(&self) -> &Feed {
@@ -165,18 +175,25 @@ impl Handler {
     /// `source_request_duration_seconds`.
     pub fn handle(&self, request: &Incoming) -> Reply {
         let started = Instant::now();
-        let (route, reply) = self.answer(request.method, request.url);
+        let (route, reply) = self.answer(request);
         self.metrics.count_request(route, reply.status);
         self.metrics.observe_duration(route, started.elapsed());
         reply
     }
 
-    /// The answer to `method` on `url`, the request target as sent: a path
-    /// with an optional query string, or the same after `http://host:port`.
-    fn answer(&self, method: &str, url: &str) -> (Route, Reply) {
-        let url = origin_form(url);
+    /// The answer to a request. Its `url` is the request target as sent: a
+    /// path with an optional query string, or the same after
+    /// `http://host:port`.
+    fn answer(&self, request: &Incoming) -> (Route, Reply) {
+        let method = request.method;
+        let url = origin_form(request.url);
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let route = Route::from_path(path);
+        if route == Route::Changes {
+            if let Some(refused) = self.refuse_unauthorized(request.authorization) {
+                return (route, refused);
+            }
+        }
         let reply = match route {
             Route::Other => Reply::error(
                 404,
@@ -216,6 +233,35 @@ impl Handler {
             },
         };
         (route, reply)
+    }
+
+    /// `401` unless the request carries the token (when one is set). The
+    /// comparison takes the same time wherever the two first differ.
+    fn refuse_unauthorized(&self, authorization: Option<&str>) -> Option<Reply> {
+        let expected = self.expected_authorization.as_deref()?;
+        let given = authorization.unwrap_or("").trim();
+        // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
+        let given = match given.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                format!("Bearer {}", token.trim())
+            }
+            _ => given.to_owned(),
+        };
+        if constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return None;
+        }
+        let mut reply = Reply::error(
+            401,
+            if authorization.is_none() {
+                "this source asks for a token: send Authorization: Bearer <SOURCE_TOKEN>"
+            } else {
+                "the token is not the one this source asks for"
+            },
+        );
+        reply
+            .headers
+            .push(("WWW-Authenticate", "Bearer".to_string()));
+        Some(reply)
     }
 
     fn changes(&self, query: &str) -> Reply {
@@ -296,6 +342,16 @@ fn origin_form(url: &str) -> Cow<'_, str> {
         // `http://host` and `http://host?q` name the root path.
         Cow::Owned(format!("/{path_and_query}"))
     }
+}
+
+/// Whether `a` equals `b`, in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Keeps the compiler from cutting the loop short at the first difference.
+    std::hint::black_box(difference) == 0
 }
 
 /// Echoed client input is cut short so error bodies stay small.
@@ -441,7 +497,7 @@ mod tests {
     #[test]
     fn the_openapi_document_names_every_route() {
         let h = handler(10, 0);
-        let (route, reply) = h.answer("GET", "/openapi.json");
+        let (route, reply) = call(&h, "GET", "/openapi.json");
         assert_eq!(route, Route::OpenApi);
         assert_eq!(reply.status, 200);
         let doc: Value = serde_json::from_slice(&reply.body).unwrap();
@@ -455,6 +511,14 @@ mod tests {
         let feed = Feed::new(Generator::new(1, 0.05), ChangeLog::new(capacity));
         feed.preload(preload, &metrics);
         Handler::new(feed, metrics, "epoch-1".to_string())
+    }
+
+    fn call(h: &Handler, method: &str, url: &str) -> (Route, Reply) {
+        h.answer(&Incoming {
+            method,
+            url,
+            authorization: None,
+        })
     }
 
     fn body(reply: &Reply) -> Value {
@@ -473,7 +537,7 @@ mod tests {
     #[test]
     fn fresh_batch_without_parameters() {
         let h = handler(100, 0);
-        let (route, reply) = h.answer("GET", "/users/changes");
+        let (route, reply) = call(&h, "GET", "/users/changes");
         assert_eq!(route, Route::Changes);
         assert_eq!(reply.status, 200);
         assert_eq!(reply.content_type, "application/json");
@@ -488,16 +552,16 @@ mod tests {
     fn since_pages_through_the_log() {
         let h = handler(1000, 100);
         let head = h.feed().head();
-        let (_, reply) = h.answer("GET", "/users/changes?since=10&limit=20");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=10&limit=20");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 20);
         assert_eq!(header(&reply, "X-Next-Cursor"), 30);
         assert_eq!(header(&reply, "X-Head-Cursor"), head);
-        let (_, reply) = h.answer("GET", "/users/changes?since=30");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=30");
         assert_eq!(header(&reply, "X-Next-Cursor"), head);
         assert_eq!(body(&reply).as_array().unwrap().len() as u64, head - 30);
         // Caught up: a fresh batch.
-        let (_, reply) = h.answer("GET", &format!("/users/changes?since={head}"));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={head}"));
         let n = body(&reply).as_array().unwrap().len() as u64;
         assert!(n >= 2);
         assert_eq!(header(&reply, "X-Next-Cursor"), head + n);
@@ -523,7 +587,7 @@ mod tests {
             "since=0&limit=",
             "limit=0",
         ] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
             let error = error_of(&reply);
             assert!(
@@ -531,9 +595,9 @@ mod tests {
                 "{error}"
             );
         }
-        let (_, reply) = h.answer("GET", "/users/changes?since=0&limit=10000");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=0&limit=10000");
         assert_eq!(reply.status, 200);
-        let (_, reply) = h.answer("GET", "/users/changes?since=%30");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=%30");
         assert_eq!(reply.status, 200, "percent-encoded digits are digits");
     }
 
@@ -560,7 +624,7 @@ mod tests {
             ("%zz=1", "unknown parameter \"%zz\""),
             ("foo", "unknown parameter \"foo\""),
         ] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
             let message = error_of(&reply);
             assert!(message.contains(error), "{query}: {message}");
@@ -575,14 +639,14 @@ mod tests {
             ("since=1&&limit=1&", 2),
             ("limit=1&since=1", 2),
         ] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 200, "{query}");
             assert_eq!(header(&reply, "X-Next-Cursor"), next, "{query}");
         }
         // No parameters at all, however written: a fresh batch.
         for url in ["/users/changes?", "/users/changes?&", "/users/changes?&&"] {
             let before = h.feed().head();
-            let (_, reply) = h.answer("GET", url);
+            let (_, reply) = call(&h, "GET", url);
             assert_eq!(reply.status, 200, "{url}");
             assert_eq!(
                 header(&reply, "X-Head-Cursor"),
@@ -596,7 +660,7 @@ mod tests {
         let h = handler(50, 200);
         let head = h.feed().head();
         for since in [head + 1, u64::MAX, 0, head - 51] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let value = body(&reply);
             assert!(value["error"].is_string());
@@ -607,7 +671,7 @@ mod tests {
             );
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
         }
-        let (_, reply) = h.answer("GET", &format!("/users/changes?since={}", head - 50));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={}", head - 50));
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply).as_array().unwrap().len(), 50);
     }
@@ -616,7 +680,7 @@ mod tests {
     fn digits_past_u64_are_a_cursor_newer_than_the_head() {
         let h = handler(1000, 200);
         let head = h.feed().head();
-        let (_, max) = h.answer("GET", &format!("/users/changes?since={}", u64::MAX));
+        let (_, max) = call(&h, "GET", &format!("/users/changes?since={}", u64::MAX));
         assert_eq!(max.status, 410);
         for since in [
             "18446744073709551616",
@@ -624,7 +688,7 @@ mod tests {
             &"9".repeat(1000),
             "%31%38446744073709551616",
         ] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?since={since}&limit=5"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}&limit=5"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(error.contains("newer than the newest change"), "{error}");
@@ -638,17 +702,16 @@ mod tests {
             assert_eq!(reply.header("X-Head-Cursor"), Some(&*head.to_string()));
             assert_eq!(reply.header("X-Source-Epoch"), Some("epoch-1"));
         }
-        assert!(error_of(
-            &h.answer("GET", "/users/changes?since=18446744073709551616")
-                .1
-        )
-        .starts_with("since=18446744073709551616 is newer"));
+        assert!(
+            error_of(&call(&h, "GET", "/users/changes?since=18446744073709551616").1)
+                .starts_with("since=18446744073709551616 is newer")
+        );
         // Still 400: a number too large for limit, and digits with a sign.
         for query in [
             "since=0&limit=18446744073709551616",
             "since=-18446744073709551616",
         ] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?{query}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?{query}"));
             assert_eq!(reply.status, 400, "{query}");
         }
         assert_eq!(h.feed().head(), head, "nothing was generated");
@@ -662,7 +725,7 @@ mod tests {
         let head = h.feed().head();
         let min_since = head - 50;
         for since in [head + 1, 99_999_999, 0] {
-            let (_, reply) = h.answer("GET", &format!("/users/changes?since={since}"));
+            let (_, reply) = call(&h, "GET", &format!("/users/changes?since={since}"));
             assert_eq!(reply.status, 410, "since={since}");
             let error = error_of(&reply);
             assert!(
@@ -673,7 +736,7 @@ mod tests {
         }
         // While nothing is dropped, the restart point of a too-new cursor is 0.
         let h = handler(1000, 200);
-        let (_, reply) = h.answer("GET", "/users/changes?since=99999999");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=99999999");
         assert_eq!(reply.status, 410);
         assert!(error_of(&reply).ends_with("restart from since=0"));
     }
@@ -681,7 +744,7 @@ mod tests {
     #[test]
     fn since_zero_is_valid_on_an_empty_log() {
         let h = handler(100, 0);
-        let (_, reply) = h.answer("GET", "/users/changes?since=0");
+        let (_, reply) = call(&h, "GET", "/users/changes?since=0");
         assert_eq!(reply.status, 200);
         assert!(body(&reply).as_array().unwrap().len() >= 2);
     }
@@ -696,7 +759,7 @@ mod tests {
             "/healthz/x",
             "/nope?since=1",
         ] {
-            let (route, reply) = h.answer("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
             assert!(error_of(&reply).contains("no such path"));
         }
@@ -706,7 +769,7 @@ mod tests {
             ("PUT", "/metrics"),
             ("HEAD", "/users/changes"),
         ] {
-            let (_, reply) = h.answer(method, url);
+            let (_, reply) = call(&h, method, url);
             assert_eq!(reply.status, 405, "{method} {url}");
             let allow = if url == "/users/changes" {
                 "GET"
@@ -716,7 +779,7 @@ mod tests {
             assert_eq!(reply.header("Allow"), Some(allow), "{method} {url}");
             assert!(error_of(&reply).contains(method));
         }
-        let (_, reply) = h.answer("POST", "/elsewhere");
+        let (_, reply) = call(&h, "POST", "/elsewhere");
         assert_eq!(reply.status, 404);
     }
 
@@ -724,11 +787,11 @@ mod tests {
     fn head_is_answered_like_get_except_where_get_generates() {
         let h = handler(100, 0);
         for url in ["/healthz", "/metrics"] {
-            let (_, get) = h.answer("GET", url);
-            let (_, head) = h.answer("HEAD", url);
+            let (_, get) = call(&h, "GET", url);
+            let (_, head) = call(&h, "HEAD", url);
             assert_eq!((head.status, head.content_type), (200, get.content_type));
         }
-        let (_, reply) = h.answer("HEAD", "/users/changes?since=0");
+        let (_, reply) = call(&h, "HEAD", "/users/changes?since=0");
         assert_eq!(reply.status, 405);
         assert_eq!(h.feed().head(), 0, "a HEAD generates nothing");
     }
@@ -743,7 +806,7 @@ mod tests {
         };
         assert_eq!(h.handle(&request).status, 200);
         assert_eq!(Route::of("http://host/healthz?x=1"), Route::Healthz);
-        let text = String::from_utf8(h.answer("GET", "/metrics").1.body).unwrap();
+        let text = String::from_utf8(call(&h, "GET", "/metrics").1.body).unwrap();
         assert!(
             text.contains(r#"source_requests_total{code="200",path="/healthz"} 1"#),
             "{text}"
@@ -759,10 +822,11 @@ mod tests {
             "HTTP://localhost/healthz",
             "https://[::1]:8080/healthz",
         ] {
-            let (route, reply) = h.answer("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Healthz, 200), "{url}");
         }
-        let (route, reply) = h.answer(
+        let (route, reply) = call(
+            &h,
             "GET",
             "http://source.example:8080/users/changes?since=10&limit=20",
         );
@@ -779,21 +843,21 @@ mod tests {
             "healthz",
             "*",
         ] {
-            let (route, reply) = h.answer("GET", url);
+            let (route, reply) = call(&h, "GET", url);
             assert_eq!((route, reply.status), (Route::Other, 404), "{url}");
         }
-        assert!(error_of(&h.answer("GET", "http://host?x=1").1).contains("no such path: /;"));
-        let (_, reply) = h.answer("POST", "http://host/healthz");
+        assert!(error_of(&call(&h, "GET", "http://host?x=1").1).contains("no such path: /;"));
+        let (_, reply) = call(&h, "POST", "http://host/healthz");
         assert_eq!(reply.status, 405);
     }
 
     #[test]
     fn healthz_and_metrics() {
         let h = handler(100, 0);
-        let (_, reply) = h.answer("GET", "/healthz");
+        let (_, reply) = call(&h, "GET", "/healthz");
         assert_eq!(reply.status, 200);
         assert_eq!(body(&reply), serde_json::json!({"status": "ok"}));
-        let (_, reply) = h.answer("GET", "/metrics");
+        let (_, reply) = call(&h, "GET", "/metrics");
         assert_eq!(reply.status, 200);
         assert!(reply.content_type.starts_with("text/plain"));
         let text = String::from_utf8(reply.body).unwrap();
@@ -804,9 +868,9 @@ mod tests {
     fn long_input_is_not_echoed_whole() {
         let h = handler(100, 0);
         let long = "x".repeat(10_000);
-        let (_, reply) = h.answer("GET", &format!("/{long}"));
+        let (_, reply) = call(&h, "GET", &format!("/{long}"));
         assert!(reply.body.len() < 400);
-        let (_, reply) = h.answer("GET", &format!("/users/changes?since={long}"));
+        let (_, reply) = call(&h, "GET", &format!("/users/changes?since={long}"));
         assert!(reply.body.len() < 400);
     }
 
@@ -816,5 +880,52 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%4"), None);
         assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn a_token_guards_the_changes_and_nothing_else() {
+        let h = handler(100, 10).with_token(Some("s3cret"));
+        let ask = |url: &str, authorization: Option<&str>| {
+            h.handle(&Incoming {
+                method: "GET",
+                url,
+                authorization,
+            })
+        };
+        for authorization in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+        ] {
+            let reply = ask("/users/changes?since=0", authorization);
+            assert_eq!(reply.status, 401, "{authorization:?}");
+            assert_eq!(reply.header("WWW-Authenticate"), Some("Bearer"));
+            assert!(!error_of(&reply).contains("s3cret"));
+        }
+        for authorization in ["Bearer s3cret", "bearer s3cret", "Bearer  s3cret "] {
+            assert_eq!(
+                ask("/users/changes?since=0", Some(authorization)).status,
+                200
+            );
+        }
+        assert_eq!(ask("/healthz", None).status, 200);
+        assert_eq!(ask("/metrics", None).status, 200);
+        assert_eq!(ask("/nowhere", None).status, 404);
+        // Without a token set, nothing is asked for.
+        assert_eq!(
+            call(&handler(100, 10), "GET", "/users/changes").1.status,
+            200
+        );
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

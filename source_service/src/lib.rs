@@ -97,7 +97,10 @@ impl App {
         let listener = http_server::listen(socket).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
         })?;
-        let handler = Arc::new(Handler::new(feed, metrics, epoch));
+        let handler = Arc::new(
+            Handler::new(feed, metrics, epoch)
+                .with_token(config.token.as_ref().map(|token| token.expose())),
+        );
         let settings = http_server::Settings {
             name: "http",
             io_timeout: config.write_timeout,
@@ -131,9 +134,14 @@ impl App {
             .spawn(move || watch_listener(addr, &stopping, &fault))?;
         running.watch = Some(watch);
         info!(
-            "listening on http://{addr} with {} threads, epoch {}",
+            "listening on http://{addr} with {} threads, epoch {}{}",
             config.threads,
-            handler.epoch()
+            handler.epoch(),
+            if config.token.is_some() {
+                "; /users/changes asks for SOURCE_TOKEN"
+            } else {
+                ""
+            }
         );
         Ok(Some(running))
     }

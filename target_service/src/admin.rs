@@ -37,6 +37,11 @@ impl AdminToken {
         Ok(AdminToken(text.to_owned()))
     }
 
+    /// The token itself, for the one place that masks secrets in output.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `presented` is the token, in time that depends on the
     /// token's length only, not on where the two first differ.
     pub fn matches(&self, presented: &str) -> bool {

@@ -4,18 +4,36 @@
 //! `Config::from_env` loads `.env` (the real environment wins) and reads the
 //! process environment; `Config::from_lookup` takes any lookup so tests need
 //! not touch the environment. Nothing else in the crate reads variables.
+//!
+//! A secret (`DB_PASSWORD`, `SOURCE_TOKEN`, …) is read with
+//! [`Vars::secret`], held as a [`Secret`] and listed by
+//! [`Config::secrets`], so that [`crate::secrets`] masks it everywhere.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::LevelFilter;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::secrets::{percent_decode, redact_urls, Secret};
+use crate::tls::{self, Roots, SslMode};
 
 /// Where and how to reach PostgreSQL, plus a description safe to log.
 #[derive(Clone)]
 pub struct DatabaseConfig {
+    /// Everything but how to check the server's certificate; its
+    /// `ssl_mode` says only whether TLS is asked for.
     pub connection: postgres::Config,
+    /// `sslmode` as libpq reads it (`require` with trusted roots at hand
+    /// already turned into `verify-ca`, as libpq does).
+    pub ssl_mode: SslMode,
+    /// The TLS connector every connection uses (see [`crate::pool`]).
+    pub tls: MakeRustlsConnect,
     /// `host:port/dbname as user`, never the password.
     pub description: String,
 }
@@ -29,7 +47,14 @@ impl fmt::Debug for DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DatabaseConfig,
+    /// `SOURCE_SERVICE_URL` as given (it may hold user-info: log it only
+    /// through [`crate::secrets::redact`]).
     pub source_url: String,
+    /// `SOURCE_TOKEN`: sent as `Authorization: Bearer` when set.
+    pub source_token: Option<Secret>,
+    /// How an `https://` source is verified (`SOURCE_CA_FILE` or the
+    /// system's roots); `None` for `http://`.
+    pub source_tls: Option<Arc<rustls::ClientConfig>>,
     pub sync_interval: Duration,
     pub metrics_addr: SocketAddr,
     pub writer_threads: usize,
@@ -84,32 +109,29 @@ const DAY: f64 = 24.0 * HOUR;
 
 impl Config {
     /// Reads `.env` from the working directory (if present) and then the
-    /// environment, which wins over the file.
+    /// environment, which wins over the file. A bad value that came from
+    /// `.env` says so, with its line.
     pub fn from_env() -> Result<Config, ConfigError> {
         // Only the working directory's .env, not one further up the tree.
-        match dotenvy::from_path(".env") {
-            Ok(_) => {}
-            Err(err) if err.not_found() => {}
-            Err(dotenvy::Error::LineParse(line, _)) => {
-                // The parser's own message quotes the line, which may hold
-                // the password: name its variable at most.
-                return Err(ConfigError {
-                    variable: ".env",
-                    problem: match env_line_variable(&line) {
-                        Some(name) => format!("the line setting {name} cannot be parsed"),
-                        None => "a line cannot be parsed".to_owned(),
-                    },
-                });
-            }
-            Err(err) => {
-                return Err(ConfigError {
-                    variable: ".env",
-                    problem: format!("the file cannot be read: {err}"),
-                })
-            }
-        }
+        let dotenv = read_dotenv(Path::new(".env"))?;
         // A value that is not UTF-8 is reported as bad rather than ignored.
-        Config::from_lookup(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))
+        let from_process =
+            |name: &str| std::env::var_os(name).map(|value| value.to_string_lossy().into_owned());
+        let config = Config::from_lookup(|name| {
+            from_process(name).or_else(|| dotenv.get(name).map(|(value, _)| value.clone()))
+        })
+        .map_err(|mut err| {
+            if from_process(err.variable).is_none() {
+                if let Some((_, line)) = dotenv.get(err.variable) {
+                    err.problem.push_str(&format!(" (set in .env line {line})"));
+                }
+            }
+            err
+        })?;
+        // Whatever runs with this configuration (the service or a command)
+        // masks its secrets from the first log line on.
+        crate::secrets::register(config.secrets().iter().map(String::as_str));
+        Ok(config)
     }
 
     /// Builds the configuration from a lookup; unset and empty values take
@@ -118,10 +140,12 @@ impl Config {
         let vars = Vars(&lookup);
         let writer_threads = vars.number("WRITER_THREADS", 4, 1, MAX_THREADS)?;
         let default_pool = u32::try_from(writer_threads + 2).unwrap_or(u32::MAX);
+        let source_url = source_url(&vars)?;
         Ok(Config {
             database: database_config(&vars)?,
-            source_url: vars
-                .http_url("SOURCE_SERVICE_URL", "http://localhost:8080/users/changes")?,
+            source_tls: source_tls(&vars, &source_url)?,
+            source_url,
+            source_token: vars.secret("SOURCE_TOKEN"),
             sync_interval: vars.seconds("SYNC_INTERVAL", 15.0, 0.001, DAY)?,
             metrics_addr: vars.socket_addr("METRICS_ADDR", "0.0.0.0:2112")?,
             writer_threads,
@@ -147,6 +171,78 @@ impl Config {
                 })?,
         })
     }
+
+    /// Every secret of the configuration, for [`crate::secrets::register`].
+    /// A new secret variable belongs here too.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets = Vec::new();
+        if let Some(password) = self.database.connection.get_password() {
+            secrets.push(String::from_utf8_lossy(password).into_owned());
+        }
+        if let Ok(url) = url::Url::parse(&self.source_url) {
+            if let Some(password) = url.password() {
+                secrets.push(percent_decode(password));
+            }
+            if !url.username().is_empty() {
+                secrets.push(percent_decode(url.username()));
+            }
+        }
+        secrets.extend(self.source_token.iter().map(|t| t.expose().to_owned()));
+        secrets.extend(self.admin_token.iter().map(|t| t.expose().to_owned()));
+        secrets
+    }
+}
+
+/// The variables `.env` sets, each with its value and the line that sets
+/// it (the first such line: the first one wins, as the real environment
+/// would keep it).
+fn read_dotenv(path: &Path) -> Result<HashMap<String, (String, usize)>, ConfigError> {
+    let bad = |problem: String| ConfigError {
+        variable: ".env",
+        problem,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(err) => return Err(bad(format!("the file cannot be read: {err}"))),
+    };
+    let line_setting = |name: &str| {
+        text.lines()
+            .position(|line| env_line_variable(line) == Some(name))
+            .map_or(0, |index| index + 1)
+    };
+    let mut vars = HashMap::new();
+    for item in dotenvy::from_read_iter(text.as_bytes()) {
+        match item {
+            Ok((name, value)) => {
+                let line = line_setting(&name);
+                vars.entry(name).or_insert((value, line));
+            }
+            Err(dotenvy::Error::LineParse(bad_line, _)) => {
+                // The parser's own message quotes the line, which may hold
+                // the password: name its number and variable at most.
+                let first = bad_line.lines().next().unwrap_or("").trim();
+                let number = text
+                    .lines()
+                    .position(|line| line.trim() == first)
+                    .map_or(String::new(), |index| format!("line {}", index + 1));
+                let what = match env_line_variable(&bad_line) {
+                    Some(name) => format!("the line setting {name}"),
+                    None => "a line".to_owned(),
+                };
+                let at = if number.is_empty() {
+                    String::new()
+                } else {
+                    format!("{number}: ")
+                };
+                return Err(bad(format!(
+                    "{at}{what} cannot be parsed (expected NAME=value)"
+                )));
+            }
+            Err(err) => return Err(bad(format!("the file cannot be read: {err}"))),
+        }
+    }
+    Ok(vars)
 }
 
 /// Reads `LOG_LEVEL` the same way both services do.
@@ -172,34 +268,43 @@ fn log_level(vars: &Vars<'_>) -> Result<LevelFilter, ConfigError> {
 }
 
 fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
-    let mut connection = if let Some(url) = vars.get("DATABASE_URL") {
-        // The URL may hold the password, so it is never echoed back.
-        postgres::Config::from_str(&url).map_err(|err| ConfigError {
-            variable: "DATABASE_URL",
-            problem: format!(
-                "not a PostgreSQL URL such as postgres://user:password@host:5432/dbname ({err})"
-            ),
-        })?
-    } else {
-        let mut connection = postgres::Config::new();
-        connection
-            .host(
-                &vars
-                    .get("DB_HOST")
-                    .unwrap_or_else(|| "localhost".to_owned()),
-            )
-            .port(vars.number("DB_PORT", 5432u16, 1, u16::MAX)?)
-            .user(&vars.get("DB_USER").unwrap_or_else(|| "postgres".to_owned()))
-            .dbname(
-                &vars
-                    .get("DB_NAME")
-                    .unwrap_or_else(|| "target_service".to_owned()),
-            );
-        if let Some(password) = vars.get("DB_PASSWORD") {
-            connection.password(password);
-        }
-        connection
-    };
+    // Which variables the TLS settings came from, for messages.
+    let (mut connection, tls_params, mode_var, root_var) =
+        if let Some(url) = vars.get("DATABASE_URL") {
+            let (rest, params) = split_tls_params(&url);
+            // The URL may hold the password, so it is never echoed back.
+            let connection = postgres::Config::from_str(&rest).map_err(|err| ConfigError {
+                variable: "DATABASE_URL",
+                problem: format!(
+                    "not a PostgreSQL URL such as postgres://user:password@host:5432/dbname ({})",
+                    redact_urls(&err.to_string())
+                ),
+            })?;
+            (connection, params, "DATABASE_URL", "DATABASE_URL")
+        } else {
+            let mut connection = postgres::Config::new();
+            connection
+                .host(
+                    &vars
+                        .get("DB_HOST")
+                        .unwrap_or_else(|| "localhost".to_owned()),
+                )
+                .port(vars.number("DB_PORT", 5432u16, 1, u16::MAX)?)
+                .user(&vars.get("DB_USER").unwrap_or_else(|| "postgres".to_owned()))
+                .dbname(
+                    &vars
+                        .get("DB_NAME")
+                        .unwrap_or_else(|| "target_service".to_owned()),
+                );
+            if let Some(password) = vars.secret("DB_PASSWORD") {
+                connection.password(password.expose());
+            }
+            let params = TlsParams {
+                mode: vars.get("DB_SSLMODE"),
+                root_cert: vars.get("DB_SSLROOTCERT"),
+            };
+            (connection, params, "DB_SSLMODE", "DB_SSLROOTCERT")
+        };
     if connection.get_hosts().is_empty() {
         connection.host("localhost");
     }
@@ -210,11 +315,159 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
         connection.connect_timeout(Duration::from_secs(5));
     }
     connection.application_name("target_service");
-    let description = describe(&connection);
+
+    let (ssl_mode, roots) = resolve_tls(vars, &tls_params, mode_var, root_var)?;
+    connection.ssl_mode(ssl_mode.for_postgres());
+    let client =
+        tls::postgres_client_config(ssl_mode, roots.as_ref()).map_err(|problem| ConfigError {
+            variable: root_var,
+            problem,
+        })?;
+    let mut description = describe(&connection);
+    if ssl_mode != SslMode::Prefer {
+        description.push_str(&format!(", sslmode={}", ssl_mode.as_str()));
+    }
     Ok(DatabaseConfig {
         connection,
+        ssl_mode,
+        tls: MakeRustlsConnect::new(client),
         description,
     })
+}
+
+/// libpq's TLS parameters as found in a connection string or `DB_*`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a connection string, whose
+/// parser knows only some of libpq's values, and percent-encodes the
+/// user-info of a URL, so that a password with an unencoded `@` or `/`
+/// reads as it was meant: user-info ends at the authority's last `@`.
+fn split_tls_params(text: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
+    let text = text.trim();
+    let is_url = text.starts_with("postgres://") || text.starts_with("postgresql://");
+    if !is_url {
+        // The key=value form: `host=… sslmode=verify-full …`.
+        let mut kept = Vec::new();
+        for word in text.split_whitespace() {
+            match word.split_once('=') {
+                Some(("sslmode", value)) => params.mode = Some(value.to_owned()),
+                Some(("sslrootcert", value)) => params.root_cert = Some(value.to_owned()),
+                _ => kept.push(word),
+            }
+        }
+        return (kept.join(" "), params);
+    }
+    let scheme_end = text.find("://").map_or(0, |at| at + 3);
+    let (scheme, rest) = text.split_at(scheme_end);
+    let query_at = rest.find('?').unwrap_or(rest.len());
+    let (before_query, query) = rest.split_at(query_at);
+    let mut out = scheme.to_owned();
+    let host_part = match before_query.rfind('@') {
+        Some(at) => {
+            for c in before_query[..at].chars() {
+                match c {
+                    '@' | '/' | '#' | ' ' => out.push_str(&format!("%{:02X}", c as u32)),
+                    _ => out.push(c),
+                }
+            }
+            out.push('@');
+            &before_query[at + 1..]
+        }
+        None => before_query,
+    };
+    out.push_str(host_part);
+    let kept: Vec<&str> = query
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| match pair.split_once('=') {
+            Some(("sslmode", value)) => {
+                params.mode = Some(percent_decode(value));
+                false
+            }
+            Some(("sslrootcert", value)) => {
+                params.root_cert = Some(percent_decode(value));
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    (out, params)
+}
+
+/// Decides `sslmode` and the trusted roots as libpq does: `prefer` by
+/// default; `sslrootcert=system` means the system's roots (and
+/// `verify-full` unless told otherwise); `verify-ca`/`verify-full` without
+/// `sslrootcert` use `~/.postgresql/root.crt`; `require` with trusted
+/// roots at hand checks the chain, like `verify-ca`.
+fn resolve_tls(
+    vars: &Vars<'_>,
+    params: &TlsParams,
+    mode_var: &'static str,
+    root_var: &'static str,
+) -> Result<(SslMode, Option<Roots>), ConfigError> {
+    let bad = |variable, problem| ConfigError { variable, problem };
+    let named_root = params.root_cert.as_deref().map(str::trim);
+    let mut mode = match params.mode.as_deref() {
+        Some(text) => SslMode::parse(text).ok_or_else(|| {
+            bad(
+                mode_var,
+                format!("sslmode {text:?} is not one of {}", SslMode::ACCEPTED),
+            )
+        })?,
+        None if named_root == Some("system") => SslMode::VerifyFull,
+        None => SslMode::Prefer,
+    };
+    let mut roots = match named_root {
+        Some("system") => Some(Roots::system().map_err(|why| bad(root_var, why))?),
+        Some(path) => Some(
+            Roots::from_pem_file(Path::new(path))
+                .map_err(|why| bad(root_var, format!("sslrootcert: {why}")))?,
+        ),
+        None => None,
+    };
+    let checks = matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull);
+    if roots.is_none() && (checks || mode == SslMode::Require) {
+        let default = vars
+            .get("HOME")
+            .map(|home| PathBuf::from(home).join(".postgresql/root.crt"));
+        match default {
+            Some(path) if path.exists() => {
+                roots = Some(
+                    Roots::from_pem_file(&path)
+                        .map_err(|why| bad(root_var, format!("sslrootcert: {why}")))?,
+                );
+            }
+            _ if checks => {
+                return Err(bad(
+                    mode_var,
+                    format!(
+                        "sslmode={} needs sslrootcert: a PEM file of the CA that signed the \
+                         server's certificate, or `system` for the system's roots \
+                         (~/.postgresql/root.crt does not exist either)",
+                        mode.as_str()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    if mode == SslMode::Require && roots.is_some() {
+        mode = SslMode::VerifyCa;
+    }
+    if mode == SslMode::Disable || mode == SslMode::Prefer {
+        roots = None;
+    }
+    Ok((mode, roots))
 }
 
 fn describe(connection: &postgres::Config) -> String {
@@ -300,26 +553,79 @@ impl Vars<'_> {
             .ok_or_else(problem)
     }
 
-    fn http_url(&self, name: &'static str, default: &str) -> Result<String, ConfigError> {
-        let text = self.get(name).unwrap_or_else(|| default.to_owned());
-        let text = text.trim().to_owned();
-        let rest = text
-            .strip_prefix("http://")
-            .or_else(|| text.strip_prefix("https://"));
-        match rest {
-            Some(rest)
-                if !rest.is_empty()
-                    && !rest.starts_with('/')
-                    && !text.contains(char::is_whitespace) =>
-            {
-                Ok(text)
-            }
-            _ => Err(ConfigError {
-                variable: name,
-                problem: format!("{text:?} is not an http:// or https:// URL"),
-            }),
-        }
+    /// A secret: never echoed in a message, masked in logs once registered.
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.get(name).map(Secret::new)
     }
+}
+
+/// `SOURCE_SERVICE_URL`: an `http://` or `https://` URL with a host.
+fn source_url(vars: &Vars<'_>) -> Result<String, ConfigError> {
+    const NAME: &str = "SOURCE_SERVICE_URL";
+    let text = vars
+        .get(NAME)
+        .unwrap_or_else(|| "http://localhost:8080/users/changes".to_owned());
+    let text = text.trim().to_owned();
+    let problem = |why: &str| ConfigError {
+        variable: NAME,
+        // User-info in the URL is a credential: never shown.
+        problem: format!("{:?} {why}", redact_urls(&text)),
+    };
+    let parsed = url::Url::parse(&text)
+        .map_err(|err| problem(&format!("is not an http:// or https:// URL ({err})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(problem(&format!(
+            "is not an http:// or https:// URL (scheme {:?})",
+            parsed.scheme()
+        )));
+    }
+    // `http:///x` would read as host `x`: a host must follow `//`.
+    let after_slashes = text.split_once("://").map_or("", |(_, rest)| rest);
+    if parsed.host_str().is_none_or(str::is_empty)
+        || after_slashes.starts_with('/')
+        || text.contains(char::is_whitespace)
+    {
+        return Err(problem("is not an http:// or https:// URL with a host"));
+    }
+    Ok(text)
+}
+
+/// How an `https://` source is checked: against `SOURCE_CA_FILE` when set,
+/// else the system's roots. The file is read (and must hold a certificate)
+/// even for an `http://` source, so a mistake in it shows at once.
+fn source_tls(
+    vars: &Vars<'_>,
+    url: &str,
+) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+    let ca_file = match vars.get("SOURCE_CA_FILE") {
+        Some(path) => Some(
+            Roots::from_pem_file(Path::new(path.trim())).map_err(|problem| ConfigError {
+                variable: "SOURCE_CA_FILE",
+                problem,
+            })?,
+        ),
+        None => None,
+    };
+    if !url.to_ascii_lowercase().starts_with("https://") {
+        return Ok(None);
+    }
+    let roots = match ca_file {
+        Some(roots) => roots,
+        None => Roots::system().map_err(|why| ConfigError {
+            variable: "SOURCE_SERVICE_URL",
+            problem: format!(
+                "an https:// source needs trusted roots: {why}; or set SOURCE_CA_FILE"
+            ),
+        })?,
+    };
+    let variable = if vars.get("SOURCE_CA_FILE").is_some() {
+        "SOURCE_CA_FILE"
+    } else {
+        "SOURCE_SERVICE_URL"
+    };
+    tls::https_client_config(&roots)
+        .map(|config| Some(Arc::new(config)))
+        .map_err(|problem| ConfigError { variable, problem })
 }
 
 #[cfg(test)]
@@ -468,5 +774,167 @@ mod tests {
         let c = config(&[("WRITER_THREADS", ""), ("LOG_LEVEL", " ")]).unwrap();
         assert_eq!(c.writer_threads, 4);
         assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    fn ca_file() -> (PathBuf, String) {
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let path = std::env::temp_dir().join(format!("ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, ca.cert.pem()).unwrap();
+        let shown = path.display().to_string();
+        (path, shown)
+    }
+
+    #[test]
+    fn sslmode_is_read_as_libpq_reads_it() {
+        let mode = |url: &str| config(&[("DATABASE_URL", url)]).map(|c| c.database.ssl_mode);
+        assert_eq!(mode("postgres://u@h/db").unwrap(), SslMode::Prefer);
+        assert_eq!(
+            mode("postgres://u@h/db?sslmode=disable").unwrap(),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode("postgres://u@h/db?sslmode=require").unwrap(),
+            SslMode::Require
+        );
+        let (ca, shown) = ca_file();
+        for (query, expected) in [
+            ("sslmode=verify-full", SslMode::VerifyFull),
+            ("sslmode=verify-ca", SslMode::VerifyCa),
+            // require with a root certificate checks the chain, as in libpq.
+            ("sslmode=require", SslMode::VerifyCa),
+            ("sslmode=prefer", SslMode::Prefer),
+        ] {
+            let url = format!("postgres://u@h/db?{query}&sslrootcert={shown}&connect_timeout=3");
+            let c = config(&[("DATABASE_URL", &url)]).unwrap();
+            assert_eq!(c.database.ssl_mode, expected, "{query}");
+            assert_eq!(
+                c.database.connection.get_connect_timeout(),
+                Some(&Duration::from_secs(3)),
+                "other parameters are kept"
+            );
+        }
+        let c = config(&[("DB_SSLMODE", "verify-full"), ("DB_SSLROOTCERT", &shown)]).unwrap();
+        assert_eq!(c.database.ssl_mode, SslMode::VerifyFull);
+        assert!(c.database.description.ends_with(", sslmode=verify-full"));
+        let c = config(&[(
+            "DATABASE_URL",
+            &format!("host=h user=u sslmode=verify-ca sslrootcert={shown}"),
+        )])
+        .unwrap();
+        assert_eq!(c.database.ssl_mode, SslMode::VerifyCa);
+        std::fs::remove_file(ca).unwrap();
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_stop_start_up() {
+        let err =
+            config(&[("DATABASE_URL", "postgres://u:pw@h/db?sslmode=verify-full")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+        assert!(err.problem.contains("needs sslrootcert"), "{err}");
+        let err = config(&[("DB_SSLMODE", "verify-ca")]).unwrap_err();
+        assert_eq!(err.variable, "DB_SSLMODE");
+        let err = config(&[("DB_SSLMODE", "sometimes")]).unwrap_err();
+        assert!(err.problem.contains("disable, prefer, require"), "{err}");
+        let err = config(&[
+            ("DB_SSLMODE", "require"),
+            ("DB_SSLROOTCERT", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "DB_SSLROOTCERT");
+        assert!(err.problem.contains("/nonexistent/ca.pem"), "{err}");
+        let err = config(&[("SOURCE_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(err.variable, "SOURCE_CA_FILE");
+        for url in [
+            "ftp://h/x",
+            "file:///etc/passwd",
+            "gopher://h",
+            "https://",
+            "http:///x",
+        ] {
+            assert_eq!(
+                error_variable(&[("SOURCE_SERVICE_URL", url)]),
+                "SOURCE_SERVICE_URL",
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_https_source_is_checked_against_the_ca_file() {
+        let (ca, shown) = ca_file();
+        let c = config(&[
+            (
+                "SOURCE_SERVICE_URL",
+                "https://source.test:8443/users/changes",
+            ),
+            ("SOURCE_CA_FILE", &shown),
+            ("SOURCE_TOKEN", "t0ken-value"),
+        ])
+        .unwrap();
+        assert!(c.source_tls.is_some());
+        assert_eq!(
+            c.source_token.as_ref().map(Secret::expose),
+            Some("t0ken-value")
+        );
+        assert!(!format!("{c:?}").contains("t0ken-value"));
+        assert!(config(&[]).unwrap().source_tls.is_none(), "http needs none");
+        std::fs::remove_file(ca).unwrap();
+    }
+
+    #[test]
+    fn an_unencoded_at_in_the_password_is_part_of_the_password() {
+        let c = config(&[(
+            "DATABASE_URL",
+            "postgres://u:p@ss@db.internal:6543/profiles",
+        )])
+        .unwrap();
+        assert_eq!(c.database.connection.get_password(), Some(&b"p@ss"[..]));
+        assert_eq!(c.database.description, "db.internal:6543/profiles as u");
+        let c = config(&[("DATABASE_URL", "postgres://u:p%40ss@h/db")]).unwrap();
+        assert_eq!(c.database.connection.get_password(), Some(&b"p@ss"[..]));
+        assert!(c.secrets().contains(&"p@ss".to_owned()));
+    }
+
+    #[test]
+    fn secrets_are_listed_and_never_shown_in_a_config_error() {
+        let c = config(&[
+            ("DB_PASSWORD", "db-secret"),
+            (
+                "SOURCE_SERVICE_URL",
+                "https://user:url-secret@h/users/changes",
+            ),
+            ("SOURCE_TOKEN", "token-secret"),
+        ])
+        .unwrap();
+        let secrets = c.secrets();
+        for secret in ["db-secret", "url-secret", "user", "token-secret"] {
+            assert!(secrets.contains(&secret.to_owned()), "{secret}");
+        }
+        let err = config(&[("SOURCE_SERVICE_URL", "ftp://user:url-secret@h/x")]).unwrap_err();
+        assert!(!err.to_string().contains("url-secret"), "{err}");
+    }
+
+    #[test]
+    fn dotenv_errors_name_their_line() {
+        let dir = std::env::temp_dir().join(format!("dotenv-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".env");
+        std::fs::write(
+            &path,
+            "# settings\nWRITER_THREADS=2\nDB_PASSWORD='unclosed\n",
+        )
+        .unwrap();
+        let err = read_dotenv(&path).unwrap_err();
+        assert_eq!(err.variable, ".env");
+        assert!(
+            err.problem
+                .starts_with("line 3: the line setting DB_PASSWORD"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("unclosed"));
+        std::fs::write(&path, "# settings\n\nWRITER_THREADS=abc\n").unwrap();
+        let vars = read_dotenv(&path).unwrap();
+        assert_eq!(vars.get("WRITER_THREADS"), Some(&("abc".to_owned(), 3)));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -6,14 +6,19 @@
 //! recursion or depth limit ([`crate::profile::syntax`]); reading an
 //! element is left to [`crate::profile`], so nothing an element holds
 //! (nesting of any depth, numbers beyond `f64`, lone surrogate escapes) can
-//! spoil its page. It knows nothing of PostgreSQL or of what a valid profile
+//! spoil its page. The client (TLS, token, timeout) is built from the
+//! configuration in [`Fetcher::new`]. It knows nothing of PostgreSQL or of what a valid profile
 //! is; deciding what to ask for next is the sync round's job.
 
 use std::io::Read;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::profile::syntax::{self, SyntaxError};
+
+use crate::config::Config;
+use crate::secrets;
 
 /// The most elements taken from a source that sends no cursor (and so was
 /// given no limit): the largest page a cursor source may be asked for.
@@ -80,20 +85,36 @@ impl std::fmt::Display for FetchError {
 pub struct Fetcher {
     agent: ureq::Agent,
     url: String,
+    /// `Bearer <SOURCE_TOKEN>`, when set.
+    authorization: Option<String>,
     max_response_bytes: u64,
 }
 
 impl Fetcher {
-    pub fn new(url: &str, timeout: Duration, max_response_bytes: u64) -> Fetcher {
-        let agent = ureq::AgentBuilder::new()
+    /// A client for `SOURCE_SERVICE_URL`: bounded by `HTTP_TIMEOUT_SECS`,
+    /// no redirects, an `https://` source checked against `SOURCE_CA_FILE`
+    /// or the system's roots, `SOURCE_TOKEN` sent as a bearer token.
+    pub fn new(config: &Config) -> Fetcher {
+        Fetcher::with_timeout(config, config.http_timeout)
+    }
+
+    /// As [`Fetcher::new`], with a timeout of its own.
+    pub fn with_timeout(config: &Config, timeout: Duration) -> Fetcher {
+        let mut agent = ureq::AgentBuilder::new()
             .timeout(timeout)
             .redirects(0)
-            .user_agent("target_service")
-            .build();
+            .user_agent("target_service");
+        if let Some(tls) = &config.source_tls {
+            agent = agent.tls_config(Arc::clone(tls));
+        }
         Fetcher {
-            agent,
-            url: url.to_owned(),
-            max_response_bytes,
+            agent: agent.build(),
+            url: config.source_url.clone(),
+            authorization: config
+                .source_token
+                .as_ref()
+                .map(|token| format!("Bearer {}", token.expose())),
+            max_response_bytes: config.max_response_bytes,
         }
     }
 
@@ -104,6 +125,9 @@ impl Fetcher {
     /// `GET url?since=S&limit=L`, or the bare URL when `cursor` is `None`.
     pub fn fetch(&self, cursor: Option<(u64, usize)>) -> Result<Page, FetchError> {
         let mut request = self.agent.get(&self.url);
+        if let Some(authorization) = &self.authorization {
+            request = request.set("Authorization", authorization);
+        }
         if let Some((since, limit)) = cursor {
             request = request
                 .query("since", &since.to_string())
@@ -124,8 +148,10 @@ impl Fetcher {
                 )));
             }
             Err(ureq::Error::Transport(err)) => {
+                // ureq names the URL, user-info and all.
                 return Err(FetchError::Failed(format!(
-                    "cannot reach the source: {err}"
+                    "cannot reach the source: {}",
+                    secrets::redact(&err.to_string())
                 )));
             }
         };

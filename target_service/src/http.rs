@@ -193,7 +193,13 @@ mod tests {
         config.connect_timeout(std::time::Duration::from_millis(200));
         Admin {
             token: token.map(|t| AdminToken::new(t).unwrap()),
-            pool: rejections::admin_pool(config),
+            pool: rejections::admin_pool(
+                config,
+                crate::config::Config::from_lookup(|_| None)
+                    .expect("the defaults are a configuration")
+                    .database
+                    .tls,
+            ),
         }
     }
 

@@ -10,8 +10,9 @@ use std::thread;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use postgres::{Client, NoTls};
+use postgres::Client;
 
+use crate::config::DatabaseConfig;
 use crate::status::{Activity, StatusBoard};
 use crate::stop::{sleep_unless_stopping, stopping};
 use crate::store;
@@ -26,7 +27,7 @@ struct Shared {
 
 pub struct Leader {
     shared: Arc<Shared>,
-    config: postgres::Config,
+    database: DatabaseConfig,
     source_url: String,
     watcher: Option<thread::JoinHandle<()>>,
 }
@@ -34,7 +35,7 @@ pub struct Leader {
 impl Leader {
     /// Starts the watcher; nothing is locked until [`Leader::hold`].
     pub fn new(
-        config: postgres::Config,
+        database: DatabaseConfig,
         source_url: &str,
         status: Arc<StatusBoard>,
         stop: Arc<AtomicBool>,
@@ -51,7 +52,7 @@ impl Leader {
             .ok();
         Leader {
             shared,
-            config,
+            database,
             source_url: source_url.to_owned(),
             watcher,
         }
@@ -74,9 +75,14 @@ impl Leader {
             .unwrap_or_else(PoisonError::into_inner);
         let client = match slot.as_mut() {
             Some(client) => client,
-            None => match self.config.connect(NoTls) {
+            None => match crate::pool::connect(&self.database) {
                 Ok(client) => slot.insert(client),
-                Err(err) => return Err(format!("cannot connect to PostgreSQL: {err}")),
+                Err(err) => {
+                    return Err(format!(
+                        "cannot connect to PostgreSQL: {}",
+                        crate::pool::describe(&err)
+                    ))
+                }
             },
         };
         match store::try_sync_lock(client, &self.source_url) {

@@ -33,11 +33,13 @@ pub mod profile;
 pub mod redrive;
 pub mod rejections;
 pub mod routing;
+pub mod secrets;
 pub mod status;
 pub mod status_page;
 pub mod stop;
 pub mod store;
 pub mod sync;
+pub mod tls;
 pub mod verify;
 pub mod writer;
 
@@ -56,7 +58,8 @@ use crate::metrics::Metrics;
 use crate::pool::DbPool;
 use crate::status::StatusBoard;
 
-/// Logs to standard error at `level`.
+/// Logs to standard error at `level`, every line through
+/// [`secrets::redact`].
 pub fn init_logging(level: log::LevelFilter) {
     let config = simplelog::ConfigBuilder::new()
         .set_time_format_rfc3339()
@@ -64,12 +67,45 @@ pub fn init_logging(level: log::LevelFilter) {
         .set_target_level(log::LevelFilter::Off)
         .add_filter_allow_str("target_service")
         .build();
-    let _ = simplelog::TermLogger::init(
+    let inner = simplelog::TermLogger::new(
         level,
         config,
         simplelog::TerminalMode::Stderr,
         simplelog::ColorChoice::Never,
     );
+    if log::set_boxed_logger(Box::new(Redacting(inner))).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// A logger that masks secrets before the line is written.
+struct Redacting(Box<simplelog::TermLogger>);
+
+impl log::Log for Redacting {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.0.enabled(record.metadata()) {
+            return;
+        }
+        let text = record.args().to_string();
+        let shown = secrets::redact(&text);
+        self.0.log(
+            &log::Record::builder()
+                .metadata(record.metadata().clone())
+                .args(format_args!("{shown}"))
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 pub struct App;
@@ -90,6 +126,7 @@ impl App {
     /// Binds the metrics server and starts everything else in the
     /// background; PostgreSQL need not be up yet (`/readyz` says when it is).
     pub fn start(config: Config) -> io::Result<Running> {
+        secrets::register(config.secrets().iter().map(String::as_str));
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let status = Arc::new(StatusBoard::default());
@@ -97,13 +134,16 @@ impl App {
 
         let admin = Arc::new(http::Admin {
             token: config.admin_token.clone(),
-            pool: rejections::admin_pool(config.database.connection.clone()),
+            pool: rejections::admin_pool(
+                config.database.connection.clone(),
+                config.database.tls.clone(),
+            ),
         });
         let server = start_http(&config, &metrics, &status, &admin)?;
         let addr = server.addr();
         info!(
             "metrics and health on http://{addr}; syncing from {}",
-            config.source_url
+            secrets::redact(&config.source_url)
         );
 
         let (wake_sync, wake_rx) = crossbeam_channel::bounded::<()>(0);
@@ -229,7 +269,7 @@ fn run_pipeline(
     stopping: Arc<AtomicBool>,
     wake: crossbeam_channel::Receiver<()>,
 ) {
-    let manager = pool::Manager::new(config.database.connection.clone());
+    let manager = pool::Manager::new(&config.database);
     let pool: DbPool = r2d2::Pool::builder()
         .max_size(config.db_pool_size)
         .min_idle(Some(0))
@@ -317,12 +357,9 @@ fn prepare_database(
         }
         // A connection of its own, not the pool's: the pool would hide each
         // failed attempt behind its checkout timeout.
-        let result = config
-            .database
-            .connection
-            .connect(postgres::NoTls)
+        let result = pool::connect(&config.database)
             .and_then(|mut client| store::apply_schema(&mut client))
-            .map_err(|err| err.to_string());
+            .map_err(|err| (pool::describe(&err), pool::lasting_cause(&err).is_some()));
         match result {
             Ok(()) => {
                 info!(
@@ -333,14 +370,22 @@ fn prepare_database(
                 status.set_schema_applied();
                 return true;
             }
-            Err(why) => {
+            Err((why, lasting)) => {
                 metrics.db_errors.inc();
                 status.set_database_reachable(false);
                 status.round_failed(&why);
-                warn!(
+                // Still retried: the operator may fix the server (create
+                // the database, the role) without restarting the service,
+                // and /readyz and /status keep saying why meanwhile.
+                let line = format!(
                     "PostgreSQL at {} is not ready (attempt {attempt}), retrying in {delay:?}: {why}",
                     config.database.description
                 );
+                if lasting {
+                    error!("{line}");
+                } else {
+                    warn!("{line}");
+                }
                 sleep_unless_stopping(delay, stopping);
                 delay = (delay * 2).min(Duration::from_secs(5));
                 attempt += 1;

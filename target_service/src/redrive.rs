@@ -22,7 +22,7 @@
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use postgres::{Client, GenericClient, NoTls};
+use postgres::{Client, GenericClient};
 
 use crate::config::Config;
 use crate::decide;
@@ -128,7 +128,7 @@ const PAGE: i64 = 500;
 /// Runs the command: connects, decides every matching rejection, oldest
 /// first, one short transaction each; `dry_run` rolls every one back.
 pub fn run(config: &Config, reasons: &[Reason], dry_run: bool) -> Result<Summary, String> {
-    let mut client = config.database.connection.connect(NoTls).map_err(|err| {
+    let mut client = crate::pool::connect(&config.database).map_err(|err| {
         format!(
             "cannot connect to PostgreSQL at {}: {err}",
             config.database.description

@@ -15,14 +15,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use postgres::NoTls;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::{json, Value};
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 use crate::profile::{Outcome, Reason};
 
-pub type AdminPool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+pub type AdminPool = r2d2::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
@@ -37,13 +37,13 @@ const PARAMETERS: [&str; 6] = [
 ];
 
 /// A pool for the HTTP handlers: two connections at most, opened on demand,
-/// a checkout given up after 2 s.
-pub fn admin_pool(config: postgres::Config) -> AdminPool {
+/// a checkout given up after 2 s, with TLS as the service's own connections.
+pub fn admin_pool(config: postgres::Config, tls: MakeRustlsConnect) -> AdminPool {
     r2d2::Pool::builder()
         .max_size(2)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(2))
-        .build_unchecked(PostgresConnectionManager::new(config, NoTls))
+        .build_unchecked(PostgresConnectionManager::new(config, tls))
 }
 
 /// What a request asks for.

@@ -71,8 +71,10 @@ impl StatusBoard {
         });
     }
 
+    /// Records the last error, secrets masked (it is shown on `/status`).
     pub fn round_failed(&self, error: &str) {
-        self.with(|p| p.last_error = Some(error.to_owned()));
+        let shown = crate::secrets::redact(error).into_owned();
+        self.with(|p| p.last_error = Some(shown));
     }
 
     fn with(&self, change: impl FnOnce(&mut Progress)) {

@@ -83,13 +83,9 @@ impl Syncer {
         reports: Receiver<Report>,
         abandoned: Arc<AtomicU64>,
     ) -> Syncer {
-        let fetcher = Fetcher::new(
-            &config.source_url,
-            config.http_timeout,
-            config.max_response_bytes,
-        );
+        let fetcher = Fetcher::new(&config);
         let leader = Leader::new(
-            config.database.connection.clone(),
+            config.database.clone(),
             &config.source_url,
             Arc::clone(&status),
             Arc::clone(&stop),

@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use postgres::{Client, NoTls};
+use postgres::Client;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -135,11 +135,7 @@ type Passing = HashMap<Uuid, Vec<DateTime<Utc>>>;
 
 /// Reads the log from its oldest change to `bounds.head`.
 fn read_log(config: &Config, bounds: &Bounds) -> Result<(u64, Passing), Failure> {
-    let fetcher = Fetcher::new(
-        &config.source_url,
-        config.http_timeout,
-        config.max_response_bytes,
-    );
+    let fetcher = Fetcher::new(config);
     let mut since = bounds.min;
     let mut read = 0u64;
     let mut passing = Passing::new();
@@ -235,7 +231,7 @@ fn compare(client: &mut Client, passing: &Passing) -> Result<Report, postgres::E
 pub fn run(config: &Config) -> Result<Report, Failure> {
     let bounds = probe(config)?;
     let (changes, passing) = read_log(config, &bounds)?;
-    let mut client = config.database.connection.connect(NoTls).map_err(|err| {
+    let mut client = crate::pool::connect(&config.database).map_err(|err| {
         Failure::Error(format!(
             "cannot connect to PostgreSQL at {}: {err}",
             config.database.description

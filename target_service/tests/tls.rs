@@ -1,0 +1,552 @@
+//! TLS end to end: a throwaway PostgreSQL cluster with `ssl = on` that
+//! accepts only TLS connections (`hostssl`), with a CA and a server
+//! certificate made here, and an HTTPS source served by rustls.
+//!
+//! The cluster needs PostgreSQL's server programs (`initdb`, `pg_ctl`). Where
+//! they are missing the cluster tests are skipped with a loud message,
+//! except under CI (`CI` set), where that is a failure.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::json;
+use target_service::config::Config;
+use target_service::{pool, App, Running};
+
+use common::{get, profile, wait_until, TestDb};
+
+/// A CA, and a server certificate it signed for `localhost` only.
+struct Pki {
+    ca_pem: String,
+    server_der: CertificateDer<'static>,
+    server_pem: String,
+    key_der: Vec<u8>,
+    key_pem: String,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "profile-sync test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let mut server = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
+        Pki {
+            ca_pem: ca_cert.pem(),
+            server_der: server_cert.der().clone(),
+            server_pem: server_cert.pem(),
+            key_der: server_key.serialize_der(),
+            key_pem: server_key.serialize_pem(),
+        }
+    }
+
+    /// A CA that signed nothing here.
+    fn other_ca_pem() -> String {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "some other CA");
+        ca.self_signed(&KeyPair::generate().unwrap()).unwrap().pem()
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{what}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// The newest PostgreSQL server programs, as Debian installs them (or on
+/// `PATH`).
+fn pg_bin() -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    dirs.sort_by_key(|bin| {
+        bin.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop().or_else(|| {
+        let found = Command::new("sh")
+            .args(["-c", "command -v initdb"])
+            .output()
+            .ok()?;
+        let path = PathBuf::from(String::from_utf8_lossy(&found.stdout).trim());
+        path.parent().map(Path::to_path_buf)
+    })
+}
+
+/// A throwaway cluster that speaks only TLS, stopped and removed when
+/// dropped. initdb refuses to run as root, so as root the cluster belongs
+/// to the `postgres` user.
+struct TlsCluster {
+    bin: PathBuf,
+    dir: TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl TlsCluster {
+    /// `None` (after saying why, loudly) where no cluster can be started
+    /// outside CI.
+    fn start(pki: &Pki) -> Option<TlsCluster> {
+        let Some(bin) = pg_bin() else {
+            let message = "PostgreSQL server programs (initdb) not found: install the \
+                           postgresql package to run the TLS cluster tests";
+            if std::env::var_os("CI").is_some() {
+                panic!("{message}");
+            }
+            eprintln!("\n!!! SKIPPED: {message}\n");
+            return None;
+        };
+        let dir = TempDir::new("profile-sync-tls-pg");
+        let as_postgres = is_root();
+        let cluster = TlsCluster {
+            bin,
+            port: free_port(),
+            dir,
+            as_postgres,
+        };
+        if as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(&cluster.dir.0)
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown to the postgres user");
+        }
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-locale",
+                "-E",
+                "UTF8",
+            ],
+        );
+        // The key must belong to the server's user and be private to it.
+        for (name, text) in [
+            ("server.crt", pki.server_pem.as_str()),
+            ("server.key", pki.key_pem.as_str()),
+        ] {
+            let path = format!("{data}/{name}");
+            std::fs::write(&path, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if as_postgres {
+                Command::new("chown")
+                    .args(["postgres:", &path])
+                    .status()
+                    .unwrap();
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("{data}/postgresql.conf"))
+            .unwrap();
+        write!(
+            conf,
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
+             ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off\n",
+            cluster.port
+        )
+        .unwrap();
+        // TLS or nothing.
+        std::fs::write(
+            format!("{data}/pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 trust\n",
+        )
+        .unwrap();
+        let log = format!("{}/postgres.log", cluster.dir.0.display());
+        cluster.run(
+            "pg_ctl",
+            &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
+        );
+        Some(cluster)
+    }
+
+    fn data(&self) -> String {
+        format!("{}/data", self.dir.0.display())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let out = command
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap_or_else(|err| panic!("{}: {err}", program.display()));
+        assert!(
+            out.status.success(),
+            "{} failed: {}{}",
+            program.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn url(&self, host: &str, query: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let program = self.bin.join("pg_ctl");
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(&program);
+            command
+        } else {
+            Command::new(&program)
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .current_dir("/")
+            .output();
+    }
+}
+
+fn config(vars: &[(&str, &str)]) -> Config {
+    let vars: std::collections::HashMap<String, String> = [
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("SYNC_INTERVAL", "0.2"),
+        ("HTTP_TIMEOUT_SECS", "2"),
+        ("SHUTDOWN_TIMEOUT_SECS", "5"),
+    ]
+    .iter()
+    .chain(vars)
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("test config is valid")
+}
+
+fn page() -> serde_json::Value {
+    json!([
+        profile(1, "2025-01-01T00:00:00Z"),
+        profile(2, "2025-01-01T00:00:01Z")
+    ])
+}
+
+fn last_error(target: &Running) -> String {
+    target.status.to_json(&target.metrics)["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn users(config: &Config) -> i64 {
+    pool::connect(&config.database)
+        .and_then(|mut client| client.query_one("SELECT count(*) FROM users", &[]))
+        .map(|row| row.get(0))
+        .unwrap_or(-1)
+}
+
+/// Starts a target with `database_url` and waits until it has given its
+/// verdict: rows synced, or an error recorded.
+fn target_against(database_url: &str, source: &str) -> (Config, Running) {
+    let config = config(&[
+        ("DATABASE_URL", database_url),
+        ("SOURCE_SERVICE_URL", source),
+    ]);
+    let running = App::start(config.clone()).expect("target starts");
+    (config, running)
+}
+
+#[test]
+fn verify_full_with_the_right_ca_syncs_and_require_connects_without_checking() {
+    let pki = Pki::new();
+    let Some(cluster) = TlsCluster::start(&pki) else {
+        return;
+    };
+    let files = TempDir::new("profile-sync-tls-ca");
+    let ca = files.write("ca.pem", &pki.ca_pem);
+    let source = common::ScriptedSource::fixed_page(page());
+
+    let url = cluster.url(
+        "localhost",
+        &format!("sslmode=verify-full&sslrootcert={ca}"),
+    );
+    let (config, target) = target_against(&url, &source.url);
+    wait_until(
+        "rows synced over verified TLS",
+        Duration::from_secs(20),
+        || users(&config) == 2,
+    );
+    let (code, _) = get(&format!("http://{}/readyz", target.addr));
+    assert_eq!(code, 200);
+    target.shutdown();
+
+    // verify-ca checks the chain only: a host name not in the certificate
+    // is fine.
+    let url = cluster.url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"));
+    let (config, target) = target_against(&url, &source.url);
+    wait_until("ready over verify-ca", Duration::from_secs(20), || {
+        target.status.is_ready()
+    });
+    assert_eq!(users(&config), 2);
+    target.shutdown();
+
+    // require encrypts without checking: no CA at hand, still connects.
+    let url = cluster.url("127.0.0.1", "sslmode=require");
+    let (_, target) = target_against(&url, &source.url);
+    wait_until("ready over unchecked TLS", Duration::from_secs(20), || {
+        target.status.is_ready()
+    });
+    target.shutdown();
+
+    // The DB_* form reads DB_SSLMODE and DB_SSLROOTCERT.
+    let port = cluster.port.to_string();
+    let config = self::config(&[
+        ("DB_HOST", "localhost"),
+        ("DB_PORT", &port),
+        ("DB_NAME", "postgres"),
+        ("DB_SSLMODE", "verify-full"),
+        ("DB_SSLROOTCERT", &ca),
+        ("SOURCE_SERVICE_URL", &source.url),
+    ]);
+    assert_eq!(users(&config), 2);
+}
+
+#[test]
+fn a_wrong_ca_or_host_name_fails_clearly_and_readyz_says_503() {
+    let pki = Pki::new();
+    let Some(cluster) = TlsCluster::start(&pki) else {
+        return;
+    };
+    let files = TempDir::new("profile-sync-tls-ca");
+    let ca = files.write("ca.pem", &pki.ca_pem);
+    let other = files.write("other.pem", &Pki::other_ca_pem());
+    let source = common::ScriptedSource::fixed_page(page());
+
+    for (host, root, expected) in [
+        ("localhost", &other, "UnknownIssuer"),
+        ("127.0.0.1", &ca, "not valid for name"),
+    ] {
+        let url = cluster.url(host, &format!("sslmode=verify-full&sslrootcert={root}"));
+        let (_, target) = target_against(&url, &source.url);
+        wait_until("the connection error", Duration::from_secs(20), || {
+            !last_error(&target).is_empty()
+        });
+        let error = last_error(&target);
+        assert!(
+            error
+                .to_ascii_lowercase()
+                .contains(&expected.to_ascii_lowercase()),
+            "{host}: {error}"
+        );
+        assert!(error.contains("certificate"), "{error}");
+        assert!(error.contains("retrying cannot fix this"), "{error}");
+        let (code, _) = get(&format!("http://{}/readyz", target.addr));
+        assert_eq!(code, 503, "not ready: {error}");
+        let (code, _) = get(&format!("http://{}/healthz", target.addr));
+        assert_eq!(code, 200, "still running");
+        target.shutdown();
+    }
+}
+
+#[test]
+fn disable_against_a_tls_only_server_fails_clearly() {
+    let pki = Pki::new();
+    let Some(cluster) = TlsCluster::start(&pki) else {
+        return;
+    };
+    let source = common::ScriptedSource::fixed_page(page());
+    let (_, target) = target_against(&cluster.url("127.0.0.1", "sslmode=disable"), &source.url);
+    wait_until("the connection error", Duration::from_secs(20), || {
+        !last_error(&target).is_empty()
+    });
+    let error = last_error(&target);
+    assert!(error.contains("no pg_hba.conf entry"), "{error}");
+    assert!(error.contains("no encryption"), "{error}");
+    assert!(error.contains("sslmode"), "says what to change: {error}");
+    let (code, _) = get(&format!("http://{}/readyz", target.addr));
+    assert_eq!(code, 503);
+    target.shutdown();
+}
+
+/// An HTTPS source: one page of two profiles, served by rustls with the
+/// test CA's `localhost` certificate. Records each request's head.
+struct HttpsSource {
+    url: String,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl HttpsSource {
+    fn start(pki: &Pki) -> HttpsSource {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key_der.clone()));
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![pki.server_der.clone()], key)
+            .unwrap();
+        let server = Arc::new(server);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&heads);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (server, seen) = (Arc::clone(&server), Arc::clone(&seen));
+                thread::spawn(move || serve_one(stream, server, &seen));
+            }
+        });
+        HttpsSource {
+            url: format!("https://localhost:{port}/users/changes"),
+            heads,
+        }
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    server: Arc<rustls::ServerConfig>,
+    seen: &std::sync::Mutex<Vec<String>>,
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let Ok(connection) = rustls::ServerConnection::new(server) else {
+        return;
+    };
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match tls.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return, // the handshake failed, or the client left
+        }
+    }
+    seen.lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&head).into_owned());
+    let body = page().to_string();
+    let _ = write!(
+        tls,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tls.flush();
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+}
+
+#[test]
+fn an_https_source_is_trusted_through_source_ca_file_and_only_then() {
+    let pki = Pki::new();
+    let source = HttpsSource::start(&pki);
+    let files = TempDir::new("profile-sync-https-ca");
+    let ca = files.write("ca.pem", &pki.ca_pem);
+
+    let db = TestDb::new();
+    let trusted = config(&[
+        ("DATABASE_URL", &db.url),
+        ("SOURCE_SERVICE_URL", &source.url),
+        ("SOURCE_CA_FILE", &ca),
+        ("SOURCE_TOKEN", "https-token-1b2c"),
+    ]);
+    let target = App::start(trusted).expect("target starts");
+    wait_until(
+        "rows synced from the https source",
+        Duration::from_secs(20),
+        || db.count("SELECT count(*) FROM users") == 2,
+    );
+    assert_eq!(target.metrics.fetch_errors.get(), 0);
+    let heads = source.heads.lock().unwrap().clone();
+    assert!(
+        heads.iter().any(
+            |head| head.contains("authorization: Bearer https-token-1b2c")
+                || head.contains("Authorization: Bearer https-token-1b2c")
+        ),
+        "the token is sent: {heads:?}"
+    );
+    target.shutdown();
+
+    // The test CA is in no system store: without SOURCE_CA_FILE every fetch
+    // fails, and the error says it is the certificate.
+    let db = TestDb::new();
+    let untrusted = config(&[
+        ("DATABASE_URL", &db.url),
+        ("SOURCE_SERVICE_URL", &source.url),
+    ]);
+    let target = App::start(untrusted).expect("target starts");
+    wait_until("a fetch error", Duration::from_secs(20), || {
+        target.metrics.fetch_errors.get() > 0 && !last_error(&target).is_empty()
+    });
+    let error = last_error(&target);
+    assert!(error.contains("certificate"), "{error}");
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    assert_eq!(db.count("SELECT count(*) FROM users"), 0);
+    target.shutdown();
+}
