@@ -2,7 +2,7 @@
 //! connection, and every limit that keeps a hostile client from stopping the
 //! service or growing its memory (SPEC §6 "Hostile clients").
 //!
-//! Why not tiny_http, which the services used first: it reads a request head
+//! Why not tiny_http (0.12): it reads a request head
 //! line by line into a growing buffer without a limit (a 256 MiB line costs
 //! 256 MiB); it allocates an announced body of up to 1 KiB eagerly and, when
 //! a request is dropped unread, reads the rest of the announced body (parking
