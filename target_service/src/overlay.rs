@@ -7,9 +7,12 @@
 //! before the read that replaces it began ([`Overlay::forget_committed`] is
 //! called between draining the writers' reports and reading), so no
 //! decision is ever made against a state older than the one before it.
+//! That includes the high-water marks of ids whose conflicts are not yet
+//! recorded in `sync_rejections` ([`crate::plan::View`]).
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::change::{Change, ChangeKey, Parsed};
@@ -24,6 +27,10 @@ pub struct Reads {
     pub emails: Vec<String>,
     pub mobiles: Vec<String>,
     pub keys: Vec<ChangeKey>,
+    /// The ids whose high-water marks are to be read: every id of a valid
+    /// change, whatever the overlay holds (the later of the table's mark and
+    /// the overlay's counts).
+    pub high_water: Vec<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -32,11 +39,14 @@ pub struct Overlay {
     emails: HashMap<String, Uuid>,
     mobiles: HashMap<String, Uuid>,
     recorded: HashMap<ChangeKey, (Reason, Tag)>,
+    /// High-water marks raised by conflicts whose rejections are pending,
+    /// with the tag of the newest of them.
+    high_water: HashMap<Uuid, (DateTime<Utc>, Tag)>,
 }
 
 impl Overlay {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.recorded.is_empty()
+        self.rows.is_empty() && self.recorded.is_empty() && self.high_water.is_empty()
     }
 
     pub fn clear(&mut self) {
@@ -61,6 +71,8 @@ impl Overlay {
         });
         self.recorded
             .retain(|_, (_, tag)| !tag.committed(committed));
+        self.high_water
+            .retain(|_, (_, tag)| !tag.committed(committed));
     }
 
     /// What to read for `changes`: the rows of ids the overlay does not
@@ -77,6 +89,7 @@ impl Overlay {
             if let Parsed::Valid(profile) = &change.parsed {
                 reads.emails.push(profile.email.as_str().to_owned());
                 reads.mobiles.push(profile.mobile.as_str().to_owned());
+                reads.high_water.push(profile.id);
             }
             if !self.recorded.contains_key(&change.key) {
                 reads.keys.push(change.key);
@@ -84,16 +97,20 @@ impl Overlay {
         }
         reads.ids.sort_unstable();
         reads.ids.dedup();
+        reads.high_water.sort_unstable();
+        reads.high_water.dedup();
         reads
     }
 
-    /// The view `changes` are decided against: the rows and records read
-    /// for them ([`Overlay::reads_for`]), with the overlay laid over them.
+    /// The view `changes` are decided against: the rows, records and
+    /// high-water marks read for them ([`Overlay::reads_for`]), with the
+    /// overlay laid over them.
     pub fn view(
         &self,
         changes: &[Change],
         stored: Vec<(Uuid, Row)>,
         recorded: Vec<(ChangeKey, Reason)>,
+        high_water: Vec<(Uuid, DateTime<Utc>)>,
     ) -> View {
         let in_overlay = |id: &Uuid| self.rows.contains_key(id);
         let mut view = View::of_rows(stored.into_iter().filter(|(id, _)| !in_overlay(id)));
@@ -114,8 +131,15 @@ impl Overlay {
             if let Some((reason, _)) = self.recorded.get(&change.key) {
                 view.recorded.insert(change.key, *reason);
             }
+            if let Some((at, _)) = change.id().and_then(|id| self.high_water.get(&id)) {
+                view.raise_high_water(change.id().unwrap_or_default(), *at);
+            }
         }
         view.recorded.extend(recorded);
+        // Both only ever rise: the later of the two is the mark.
+        for (id, at) in high_water {
+            view.raise_high_water(id, at);
+        }
         view
     }
 
@@ -141,6 +165,18 @@ impl Overlay {
         }
         if let Some(rejection) = &decision.rejection {
             self.recorded.insert(rejection.key, (rejection.reason, tag));
+            // Only a change past the stale rule is refused for these
+            // reasons; once recorded, the table holds its instant.
+            if let (true, Some(id), Some(at)) = (
+                rejection.reason.befalls_a_valid_change(),
+                rejection.profile_id,
+                rejection.changed_at,
+            ) {
+                let mark = self.high_water.entry(id).or_insert((at, tag));
+                if mark.0 <= at {
+                    *mark = (at, tag);
+                }
+            }
         }
     }
 }
@@ -165,7 +201,7 @@ mod tests {
     fn a_pending_give_up_frees_the_email_the_table_still_shows_taken() {
         let mut overlay = Overlay::default();
         let first = vec![change(1, "2025-01-01T00:00:00Z", "e@x.io")];
-        let mut view = overlay.view(&first, Vec::new(), Vec::new());
+        let mut view = overlay.view(&first, Vec::new(), Vec::new(), Vec::new());
         let decided = plan(first, &mut view, &Storage::unicode());
         let tag = Tag { writer: 0, seq: 1 };
         overlay.remember(&decided[0], tag);
@@ -173,7 +209,7 @@ mod tests {
         let moves = vec![change(1, "2025-01-02T00:00:00Z", "f@x.io")];
         let reads = overlay.reads_for(&moves);
         assert!(reads.ids.is_empty(), "the overlay knows the row");
-        let mut view = overlay.view(&moves, Vec::new(), Vec::new());
+        let mut view = overlay.view(&moves, Vec::new(), Vec::new(), Vec::new());
         let decided = plan(moves, &mut view, &Storage::unicode());
         overlay.remember(&decided[0], Tag { writer: 0, seq: 2 });
         let stored_row = Row {
@@ -185,7 +221,7 @@ mod tests {
         };
         let id1 = Uuid::from_bytes([1; 16]);
         let claim = vec![change(2, "2025-01-01T00:00:00Z", "e@x.io")];
-        let mut view = overlay.view(&claim, vec![(id1, stored_row)], Vec::new());
+        let mut view = overlay.view(&claim, vec![(id1, stored_row)], Vec::new(), Vec::new());
         let decided = plan(claim, &mut view, &Storage::unicode());
         assert_eq!(decided[0].outcome, Counted::Synced);
         // Once both writes are committed the overlay is empty.
@@ -194,5 +230,36 @@ mod tests {
         overlay.forget_committed(&[2]);
         assert!(overlay.is_empty());
         assert!(overlay.emails.is_empty() && overlay.mobiles.is_empty());
+    }
+
+    #[test]
+    fn a_pending_conflict_holds_its_id_s_high_water_mark_until_it_commits() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().into();
+        let holder = Uuid::from_bytes([1; 16]);
+        let held = Row {
+            last_updated_at: at("2025-01-01T00:00:00Z"),
+            email: "e@x.io".into(),
+            mobile: "1000".into(),
+        };
+        let mut overlay = Overlay::default();
+        let claim = vec![change(2, "2025-01-02T00:00:00Z", "e@x.io")];
+        let mut view = overlay.view(&claim, vec![(holder, held)], Vec::new(), Vec::new());
+        let decided = plan(claim, &mut view, &Storage::unicode());
+        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::EmailTaken));
+        overlay.remember(&decided[0], Tag { writer: 0, seq: 1 });
+        // The next page: the table shows no rejection yet.
+        let again = vec![change(2, "2025-01-02T00:00:00Z", "free@x.io")];
+        let reads = overlay.reads_for(&again);
+        assert_eq!(reads.high_water, [Uuid::from_bytes([2; 16])]);
+        let mut view = overlay.view(&again, Vec::new(), Vec::new(), Vec::new());
+        let decided = plan(again.clone(), &mut view, &Storage::unicode());
+        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::Stale));
+        // Committed, the mark is the table's to tell.
+        overlay.forget_committed(&[1]);
+        assert!(overlay.is_empty());
+        let stored = vec![(Uuid::from_bytes([2; 16]), at("2025-01-02T00:00:00Z"))];
+        let mut view = overlay.view(&again, Vec::new(), Vec::new(), stored);
+        let decided = plan(again, &mut view, &Storage::unicode());
+        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::Stale));
     }
 }

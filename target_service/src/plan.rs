@@ -27,15 +27,30 @@ pub struct Row {
 }
 
 /// The state the next change is decided against: the rows of the ids it may
-/// touch, who holds each email and mobile it may claim, and which element
+/// touch, who holds each email and mobile it may claim, which element
 /// texts are recorded as rejections (with the reason they were recorded
-/// with). An id missing from `rows` has no row.
+/// with), and each id's high-water mark. An id missing from `rows` has no
+/// row.
+///
+/// The high-water mark of an id is the instant of the newest earlier change
+/// of it that got past the stale rule and was not synced (a conflict or a
+/// `db_error`). Applied one at a time, such a change was already "a newer
+/// change for the same id" (SPEC §3), so a later change of the id must be
+/// strictly newer than it as well as than the row. It lives in
+/// `sync_rejections` (and, until their writes commit, in the overlay), so
+/// page cuts and restarts do not change it.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct View {
     pub rows: HashMap<Uuid, Row>,
     pub email_owner: HashMap<String, Uuid>,
     pub mobile_owner: HashMap<String, Uuid>,
     pub recorded: HashMap<ChangeKey, Reason>,
+    /// Each id's high-water mark, where it has one.
+    pub high_water: HashMap<Uuid, DateTime<Utc>>,
+    /// For an element decided afresh (a redrive), the high-water mark of its
+    /// id from every recorded rejection but its own: its own rejection is
+    /// what is being decided again, so it cannot count against it.
+    pub high_water_besides_own: HashMap<ChangeKey, DateTime<Utc>>,
 }
 
 impl View {
@@ -63,6 +78,24 @@ impl View {
         self.email_owner.insert(row.email.clone(), id);
         self.mobile_owner.insert(row.mobile.clone(), id);
         self.rows.insert(id, row);
+    }
+
+    /// Raises the high-water mark of `id` to `at`, if it is lower.
+    pub fn raise_high_water(&mut self, id: Uuid, at: DateTime<Utc>) {
+        let mark = self.high_water.entry(id).or_insert(at);
+        *mark = (*mark).max(at);
+    }
+
+    /// Whether a change of `id` at `at`, with element key `key`, is stale:
+    /// not strictly newer than the row nor than the high-water mark.
+    fn stale(&self, id: Uuid, key: &ChangeKey, at: DateTime<Utc>) -> bool {
+        let row = self.rows.get(&id).map(|row| row.last_updated_at);
+        let bars = [
+            row,
+            self.high_water.get(&id).copied(),
+            self.high_water_besides_own.get(key).copied(),
+        ];
+        bars.into_iter().flatten().any(|bar| at <= bar)
     }
 }
 
@@ -194,6 +227,7 @@ impl Decision {
 
 /// Decides `changes`, in order, against `view`, which ends as the state
 /// they leave. SPEC §3: the first rule that fails decides; a stale change
+/// (not strictly newer than its id's row or its id's high-water mark)
 /// writes nothing; an element whose exact text is recorded already has no
 /// further effect (a valid change only when it was recorded with a reason a
 /// valid change can get: one recorded as, say, `future_timestamp` when it
@@ -231,12 +265,12 @@ fn decide(change: Change, view: &mut View, storage: &Storage<'_>) -> Decision {
     };
     let id = profile.id;
     let at = profile.last_updated_at.as_datetime();
-    let row = view.rows.get(&id);
-    if row.is_some_and(|row| at <= row.last_updated_at) {
+    if view.stale(id, &key, at) {
         return Decision::nothing(Counted::NotSynced(Reason::Stale), key, Some(id));
     }
     if let Some(&reason) = view.recorded.get(&key) {
         if reason.befalls_a_valid_change() {
+            view.raise_high_water(id, at);
             return Decision::nothing(Counted::NotSynced(reason), key, Some(id));
         }
     }
@@ -265,6 +299,7 @@ fn decide(change: Change, view: &mut View, storage: &Storage<'_>) -> Decision {
         None
     };
     if let Some((reason, message)) = refusal {
+        view.raise_high_water(id, at);
         let rejected = Rejected {
             key,
             id: Some(id),
@@ -466,6 +501,71 @@ mod tests {
         );
         assert!(decisions[0].mark.is_none(), "2 has no row to mark");
         assert_eq!(view.email_owner.get("a@x.io"), Some(&id(3)));
+    }
+
+    #[test]
+    fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale() {
+        let mut view = View::of_rows([(id(1), row(T1, "a@x.io", "111"))]);
+        let decisions = plan(
+            vec![
+                valid(2, T2, "a@x.io", "222"),
+                valid(2, T2, "free@x.io", "222"),
+                valid(2, T1, "free@x.io", "222"),
+                valid(2, T3, "free@x.io", "222"),
+            ],
+            &mut view,
+            &Storage::unicode(),
+        );
+        assert_eq!(outcomes(&decisions), [TAKEN, STALE, STALE, SYNCED]);
+        assert!(decisions[1..3].iter().all(|d| !d.writes()));
+        assert_eq!(view.high_water[&id(2)], at(T2));
+        assert_eq!(view.rows[&id(2)], row(T3, "free@x.io", "222"));
+    }
+
+    #[test]
+    fn a_db_error_raises_the_high_water_mark_like_a_conflict() {
+        let refused_change = valid(1, T2, "a@x.io", "111");
+        let refused = HashMap::from([(refused_change.key, "value too long".to_owned())]);
+        let storage = Storage {
+            can_store: &|_| true,
+            refused: &refused,
+        };
+        let mut view = View::default();
+        let decisions = plan(
+            vec![refused_change, valid(1, T2, "b@x.io", "111")],
+            &mut view,
+            &storage,
+        );
+        assert_eq!(
+            outcomes(&decisions),
+            [Counted::NotSynced(Reason::DbError), STALE]
+        );
+    }
+
+    #[test]
+    fn a_high_water_mark_read_from_the_table_counts_and_only_it_rises() {
+        let mut view = View::default();
+        view.high_water.insert(id(1), at(T2));
+        view.raise_high_water(id(1), at(T1));
+        assert_eq!(view.high_water[&id(1)], at(T2), "never lowered");
+        let decisions = plan(
+            vec![valid(1, T2, "a@x.io", "111"), valid(1, T3, "a@x.io", "111")],
+            &mut view,
+            &Storage::unicode(),
+        );
+        assert_eq!(outcomes(&decisions), [STALE, SYNCED]);
+    }
+
+    #[test]
+    fn decided_afresh_an_element_s_own_rejection_does_not_make_it_stale() {
+        let own = valid(1, T2, "a@x.io", "111");
+        let other = valid(1, T2, "b@x.io", "111");
+        let mut view = View::default();
+        // Its id's mark from every rejection but its own: nothing for `own`,
+        // `own`'s instant for `other`.
+        view.high_water_besides_own.insert(other.key, at(T2));
+        let decisions = plan(vec![other, own], &mut view, &Storage::unicode());
+        assert_eq!(outcomes(&decisions), [STALE, SYNCED]);
     }
 
     #[test]

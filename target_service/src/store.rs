@@ -177,6 +177,7 @@ pub fn save_state(
 pub struct Statements {
     read_rows: Statement,
     read_recorded: Statement,
+    read_high_water: Statement,
     upsert_users: Statement,
     insert_rejections: Statement,
     mark_users: Statement,
@@ -187,6 +188,7 @@ impl Statements {
         Ok(Statements {
             read_rows: client.prepare(READ_ROWS)?,
             read_recorded: client.prepare(READ_RECORDED)?,
+            read_high_water: client.prepare(READ_HIGH_WATER)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
             insert_rejections: client.prepare(INSERT_REJECTIONS)?,
             mark_users: client.prepare(MARK_USERS)?,
@@ -199,6 +201,17 @@ const READ_ROWS: &str = "SELECT id, last_updated_at, email, mobile FROM users \
 
 const READ_RECORDED: &str =
     "SELECT change_key, reason FROM sync_rejections WHERE change_key = ANY($1)";
+
+/// Per `(id, key)` asked about, the newest instant of the id's rejections
+/// that got past the stale rule (conflicts and `db_error`), leaving out the
+/// rejection whose element key is `key` (none when `key` is NULL). Found
+/// through the index on `profile_id`.
+const READ_HIGH_WATER: &str = "SELECT e.id, e.key, max(r.changed_at) \
+     FROM unnest($1::uuid[], $2::bytea[]) AS e(id, key) \
+     JOIN sync_rejections r ON r.profile_id = e.id \
+     WHERE (r.outcome = 'conflict' OR r.reason = 'db_error') AND r.changed_at IS NOT NULL \
+       AND r.change_key IS DISTINCT FROM e.key \
+     GROUP BY e.id, e.key";
 
 const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
      SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
@@ -270,6 +283,63 @@ pub fn read_recorded(
         recorded.push((key, reason));
     }
     Ok(recorded)
+}
+
+/// The high-water marks of `ids` (see [`crate::plan::View`]): per id, the
+/// newest instant of its recorded conflicts and `db_error`s.
+pub fn read_high_water(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, postgres::Error> {
+    let of: Vec<(Uuid, Option<ChangeKey>)> = ids.iter().map(|&id| (id, None)).collect();
+    let marks = read_high_water_of(client, statements, &of)?;
+    Ok(marks.into_iter().map(|(id, _, at)| (id, at)).collect())
+}
+
+/// The high-water marks of elements decided afresh, each `(id, key)` from
+/// every recorded rejection of `id` but the one of `key` itself.
+pub fn read_high_water_besides_own(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    of: &[(Uuid, ChangeKey)],
+) -> Result<Vec<(ChangeKey, DateTime<Utc>)>, postgres::Error> {
+    let of: Vec<(Uuid, Option<ChangeKey>)> = of.iter().map(|&(id, key)| (id, Some(key))).collect();
+    let marks = read_high_water_of(client, statements, &of)?;
+    Ok(marks
+        .into_iter()
+        .filter_map(|(_, key, at)| Some((key?, at)))
+        .collect())
+}
+
+/// An id, the element left out of its mark (if any), and the mark.
+type HighWater = (Uuid, Option<ChangeKey>, DateTime<Utc>);
+
+fn read_high_water_of(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    of: &[(Uuid, Option<ChangeKey>)],
+) -> Result<Vec<HighWater>, postgres::Error> {
+    if of.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = of.iter().map(|(id, _)| *id).collect();
+    let keys: Vec<Option<&[u8]>> = of
+        .iter()
+        .map(|(_, key)| key.as_ref().map(|k| &k[..]))
+        .collect();
+    let rows = client.query(&statements.read_high_water, &[&ids, &keys])?;
+    let mut marks = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let key: Option<&[u8]> = row.try_get(1)?;
+        let at: Option<DateTime<Utc>> = row.try_get(2)?;
+        let Some(at) = at else { continue };
+        match key.map(ChangeKey::try_from) {
+            Some(Err(_)) => continue,
+            key => marks.push((row.try_get(0)?, key.and_then(Result::ok), at)),
+        }
+    }
+    Ok(marks)
 }
 
 /// Inserts or updates `users` rows, each only if strictly newer than the

@@ -380,7 +380,7 @@ impl Syncer {
         let changes = change::ingest(page, latest_allowed(self.config.max_future_skew));
         let reads = self.pipeline.reads_for(&changes);
         let encoding = round.encoding.clone();
-        let (stored, recorded, cannot_hold) =
+        let (stored, recorded, high_water, cannot_hold) =
             self.with_db("reading the rows a page touches", |client, statements| {
                 let stored = store::read_rows(
                     client,
@@ -390,15 +390,17 @@ impl Syncer {
                     &reads.mobiles,
                 )?;
                 let recorded = store::read_recorded(client, statements, &reads.keys)?;
+                let high_water = store::read_high_water(client, statements, &reads.high_water)?;
                 let mut cannot_hold = HashSet::new();
                 for text in texts_to_ask_about(&changes, &encoding) {
                     if !store::can_store(client, text)? {
                         cannot_hold.insert(text.to_owned());
                     }
                 }
-                Ok((stored, recorded, cannot_hold))
+                Ok((stored, recorded, high_water, cannot_hold))
             })?;
-        let mut view = self.pipeline.overlay().view(&changes, stored, recorded);
+        let overlay = self.pipeline.overlay();
+        let mut view = overlay.view(&changes, stored, recorded, high_water);
         let can_store = |text: &str| {
             encoding
                 .holds(text)

@@ -503,7 +503,6 @@ proptest! {
     #![proptest_config(property_config())]
 
     #[test]
-    #[ignore = "fails on main: see the regression tests below marked ignored; un-ignore once the write path is rebuilt"]
     fn the_tables_are_what_applying_the_log_one_change_at_a_time_gives(case in case()) {
         run(&case).map_err(TestCaseError::fail)?;
     }
@@ -544,7 +543,6 @@ fn a_plain_log_ends_as_the_model_says() {
 /// Main keeps only the newest change of an id in a page, so the row says
 /// `created`; a page cut between the two gives `updated`.
 #[test]
-#[ignore = "fails on main: a page's older change of an id is dropped, so the row says created"]
 fn a_row_created_and_updated_in_one_page_says_updated() {
     check(Case {
         fetch_limit: 2,
@@ -556,10 +554,9 @@ fn a_row_created_and_updated_in_one_page_says_updated() {
 }
 
 /// Id 1's first change is a conflict; its second, at the same instant, is
-/// not strictly newer than a change of its id already seen, so it is stale
-/// (in one page main agrees; a page apart it records a second conflict).
+/// not strictly newer than a change of its id already seen, so it is stale,
+/// a page apart as in one page.
 #[test]
-#[ignore = "fails on main: a page apart, the second change is recorded as email_taken"]
 fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale() {
     check(Case {
         fetch_limit: 1,
@@ -578,7 +575,6 @@ fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale() {
 /// twice in one page is still one row (main records one per copy in a page,
 /// and only in a page).
 #[test]
-#[ignore = "fails on main: each identical copy within a page gets a row of its own"]
 fn identical_rejected_elements_in_one_page_are_recorded_once() {
     check(Case {
         fetch_limit: 4,
@@ -613,7 +609,6 @@ fn sixty_seconds_are_the_next_minute_against_the_stored_row() {
 /// `10:00:60Z` and `10:01:00Z` are one instant: in one page the first of
 /// them wins (main takes the second as newer).
 #[test]
-#[ignore = "fails on main: :60 is compared as earlier than the next minute's :00"]
 fn sixty_seconds_and_the_next_minute_in_one_page_are_equal_and_the_first_wins() {
     check(Case {
         fetch_limit: 2,
@@ -667,7 +662,6 @@ fn one_page(log: Vec<Element>, steps: Vec<Step>) -> Case {
 /// the restart, lets the claim run first on another writer (when the two
 /// ids' home writers differ: most runs).
 #[test]
-#[ignore = "fails on main in most runs: the claim is decided before the move off the email commits"]
 fn an_email_given_up_after_a_restart_is_free_for_a_later_claim_in_the_page() {
     let mut log: Vec<Element> = vec![change(0, 0, 0, 0).into()];
     log.extend(busy(0, 600));
@@ -679,7 +673,6 @@ fn an_email_given_up_after_a_restart_is_free_for_a_later_claim_in_the_page() {
 /// The same claim, without a restart, after id 0's previous change (in a
 /// page of its own) was stale and asked for another email.
 #[test]
-#[ignore = "fails on main in most runs: the claim is decided before the move off the email commits"]
 fn an_email_given_up_after_a_stale_change_asked_for_another_is_free_for_a_later_claim() {
     let mut log: Vec<Element> = vec![change(0, 0, 0, 5).into(), change(0, 2, 0, 4).into()];
     log.extend(busy(0, 600));
@@ -691,7 +684,6 @@ fn an_email_given_up_after_a_stale_change_asked_for_another_is_free_for_a_later_
 /// The same claim, after id 0's previous change (in an earlier page) was
 /// itself a conflict.
 #[test]
-#[ignore = "fails on main in most runs: the claim is decided before the move off the email commits"]
 fn an_email_given_up_after_a_conflict_is_free_for_a_later_claim() {
     let mut log: Vec<Element> = vec![
         change(0, 0, 0, 0).into(),
@@ -708,7 +700,6 @@ fn an_email_given_up_after_a_conflict_is_free_for_a_later_claim() {
 /// one page. Main keeps only id 0's newest change of the page, so id 1
 /// finds the email free and syncs.
 #[test]
-#[ignore = "fails on main: a change superseded later in its page is dropped with its claim"]
 fn a_change_superseded_later_in_its_page_still_held_its_email_until_then() {
     check(Case {
         fetch_limit: 3,
@@ -726,7 +717,6 @@ fn a_change_superseded_later_in_its_page_still_held_its_email_until_then() {
 /// The reverse: id 1 claims id 0's email before id 0 gives it up later in
 /// the page: a conflict, whichever writer finishes first.
 #[test]
-#[ignore = "fails on main in most runs: the claim is decided after the move off the email commits"]
 fn an_email_claimed_before_its_owner_gives_it_up_is_a_conflict() {
     let mut log: Vec<Element> = vec![change(0, 0, 0, 0).into()];
     log.extend(busy(1, 600));

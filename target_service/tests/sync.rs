@@ -496,6 +496,60 @@ fn a_replayed_conflict_stays_a_conflict_after_its_email_was_given_up() {
 }
 
 #[test]
+fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale_across_pages_and_restarts() {
+    // 1 holds shared@; 2 claims it at t1 (a conflict). Applied one at a time,
+    // 2's later changes must be strictly newer than t1 to count, whichever
+    // page they come in and whatever restarts lie between.
+    let db = TestDb::new();
+    let (t0, t1, t2) = (
+        "2025-07-01T10:00:00Z",
+        "2025-07-01T10:30:00Z",
+        "2025-07-01T11:00:00Z",
+    );
+    let log = CursorLog::new(vec![
+        with_email(1, t0, "shared@example.com"),
+        with_email(2, t1, "shared@example.com"),
+        // The next page of the same round: the same instant, a free email.
+        with_email(2, t1, "free1@example.com"),
+    ]);
+    let source = log.source();
+    let pages_of_one = [("WRITER_THREADS", "4"), ("FETCH_LIMIT", "1")];
+    let target = start_target(&db, &source.url, &pages_of_one);
+    wait_until("cursor at 3", Duration::from_secs(20), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 3
+    });
+    assert_eq!(rejected(&target, "stale"), 1);
+    target.shutdown();
+    assert!(user_row(&db, 2).is_none());
+    assert_eq!(rejection_reasons(&db), ["email_taken"]);
+
+    // After a restart: as new as the conflict, then older, then newer.
+    let mut renamed = with_email(2, t1, "free2@example.com");
+    renamed["name"] = json!("Renamed");
+    log.changes.lock().unwrap().extend([
+        renamed,
+        with_email(2, t0, "free3@example.com"),
+        with_email(2, t2, "free4@example.com"),
+    ]);
+    let target = start_target(&db, &source.url, &pages_of_one);
+    wait_until("cursor at 6", Duration::from_secs(20), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 6
+    });
+    assert_eq!(rejected(&target, "stale"), 2);
+    assert_eq!(target.metrics.synced.get(), 1);
+    let row = user_row(&db, 2).unwrap();
+    assert_eq!(
+        (row.1.as_str(), row.5.as_deref()),
+        ("free4@example.com", Some("created")),
+        "only the change newer than the conflict synced"
+    );
+    assert_eq!(rejection_reasons(&db), ["email_taken"]);
+    wait_rounds(&target, 1);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
 fn a_change_fetched_before_it_was_due_syncs_once_it_is() {
     // A source like the original hands out the same page every round; the
     // change is recorded as future_timestamp until its time comes.
@@ -1265,5 +1319,66 @@ fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
         db.count("SELECT count(*) FROM sync_rejections"),
         0,
         "it records nothing"
+    );
+}
+
+/// Records `text` as a rejection of id 2, as a sync round would.
+fn record_rejection_of_2(db: &TestDb, text: &str, outcome: &str, reason: &str, at: &str) {
+    let key = target_service::change::change_key(text);
+    db.client()
+        .execute(
+            "INSERT INTO sync_rejections \
+               (profile_id, outcome, reason, message, payload, changed_at, change_key) \
+             VALUES ($1::text::uuid, $2, $3, 'm', $4, $5::text::timestamptz, $6)",
+            &[&id(2), &outcome, &reason, &text, &at, &&key[..]],
+        )
+        .unwrap();
+}
+
+#[test]
+fn decided_afresh_an_element_s_own_rejection_does_not_make_it_stale_but_another_s_does() {
+    use target_service::decide::decide_afresh;
+    use target_service::metrics::Counted;
+    use target_service::profile::Reason;
+
+    let db = TestDb::new();
+    target_service::store::apply_schema(&mut db.client()).unwrap();
+    let (t0, t1, t2) = (
+        "2025-07-01T10:00:00Z",
+        "2025-07-01T10:30:00Z",
+        "2025-07-01T11:00:00Z",
+    );
+    let claim = with_email(2, t1, "e@example.com").to_string();
+    let mut other = with_email(2, t1, "e@example.com");
+    other["name"] = json!("Another element, the same instant");
+    let other = other.to_string();
+    let later_invalid = with_email(2, t2, "not-an-email").to_string();
+    record_rejection_of_2(&db, &claim, "conflict", "email_taken", t1);
+    // Never past the stale rule: no part of the mark.
+    record_rejection_of_2(
+        &db,
+        &later_invalid,
+        "failed_validation",
+        "invalid_email",
+        t2,
+    );
+    let now = chrono::Utc::now();
+    let decide = |texts: &[&str]| decide_afresh(&mut db.client(), texts, now, true).unwrap();
+    let holder = with_email(1, t0, "moved@example.com").to_string();
+    assert_eq!(decide(&[&holder, &claim]), [Counted::Synced; 2]);
+    record_rejection_of_2(&db, &other, "conflict", "mobile_taken", t1);
+    assert_eq!(
+        decide(&[&claim]),
+        [Counted::NotSynced(Reason::Stale)],
+        "another conflict of its id, as new, counts"
+    );
+    let between = with_email(2, "2025-07-01T10:45:00Z", "e@example.com").to_string();
+    assert_eq!(decide(&[&holder, &between]), [Counted::Synced; 2]);
+    let refused = with_email(2, t2, "refused@example.com").to_string();
+    record_rejection_of_2(&db, &refused, "failed_validation", "db_error", t2);
+    assert_eq!(
+        decide(&[&holder, &between]),
+        [Counted::Synced, Counted::NotSynced(Reason::Stale)],
+        "a row PostgreSQL refused counts like a conflict"
     );
 }
