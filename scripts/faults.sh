@@ -501,8 +501,10 @@ SQL
 
 drill_db_crash() {
   local head at recovered=() pid t0 caught_up
-  # About 20,000 new users among the changes, and updates of them.
-  start_source SOURCE_SEED=105 SOURCE_PRELOAD=40000
+  # About 100,000 new users among the changes, and updates of them: long
+  # enough that the cursor, stored at most twice a second, cannot step from
+  # before the second crash point to the head in one store.
+  start_source SOURCE_SEED=105 SOURCE_PRELOAD=200000
   head=$(source_head)
   start_target target
   pid=${targets[0]}
