@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
 use crate::change::{Change, ChangeKey};
@@ -145,6 +146,7 @@ impl Pipeline {
     pub fn send_page(
         &mut self,
         round: u64,
+        server_started: DateTime<Utc>,
         decisions: Vec<Decision>,
         reaches: Option<SyncState>,
         go_on: &dyn Fn() -> bool,
@@ -157,7 +159,8 @@ impl Pipeline {
                 self.metrics.record(decision.outcome, 1);
                 continue;
             }
-            if let Err((halt, unsent)) = self.send(round, page_no, decision, go_on) {
+            if let Err((halt, unsent)) = self.send(round, server_started, page_no, decision, go_on)
+            {
                 self.metrics.record(unsent, 1);
                 for decision in decisions {
                     self.metrics.record(decision.outcome, 1);
@@ -171,6 +174,7 @@ impl Pipeline {
     fn send(
         &mut self,
         round: u64,
+        server_started: DateTime<Utc>,
         page_no: u64,
         decision: Decision,
         go_on: &dyn Fn() -> bool,
@@ -194,6 +198,7 @@ impl Pipeline {
             round,
             seq: tag.seq,
             page_no,
+            server_started,
             decision,
         };
         self.metrics.queue_depth.inc();

@@ -77,6 +77,16 @@ pub fn server_started(client: &mut impl GenericClient) -> Result<DateTime<Utc>, 
         .try_get(0)
 }
 
+/// Whether the server is still the one that started at `started`.
+pub fn server_is(
+    client: &mut impl GenericClient,
+    started: DateTime<Utc>,
+) -> Result<bool, postgres::Error> {
+    client
+        .query_one("SELECT pg_postmaster_start_time() = $1", &[&started])?
+        .try_get(0)
+}
+
 /// Which characters the database can hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Encoding {

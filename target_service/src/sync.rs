@@ -380,25 +380,36 @@ impl Syncer {
         let changes = change::ingest(page, latest_allowed(self.config.max_future_skew));
         let reads = self.pipeline.reads_for(&changes);
         let encoding = round.encoding.clone();
-        let (stored, recorded, high_water, cannot_hold) =
-            self.with_db("reading the rows a page touches", |client, statements| {
-                let stored = store::read_rows(
-                    client,
-                    statements,
-                    &reads.ids,
-                    &reads.emails,
-                    &reads.mobiles,
-                )?;
-                let recorded = store::read_recorded(client, statements, &reads.keys)?;
-                let high_water = store::read_high_water(client, statements, &reads.high_water)?;
-                let mut cannot_hold = HashSet::new();
-                for text in texts_to_ask_about(&changes, &encoding) {
-                    if !store::can_store(client, text)? {
-                        cannot_hold.insert(text.to_owned());
-                    }
+        let started = round.server_started;
+        let read = self.with_db("reading the rows a page touches", |client, statements| {
+            // Rows read from a server that crashed since the round
+            // began may lack commits the crash took.
+            if !store::server_is(client, started)? {
+                return Ok(None);
+            }
+            let stored = store::read_rows(
+                client,
+                statements,
+                &reads.ids,
+                &reads.emails,
+                &reads.mobiles,
+            )?;
+            let recorded = store::read_recorded(client, statements, &reads.keys)?;
+            let high_water = store::read_high_water(client, statements, &reads.high_water)?;
+            let mut cannot_hold = HashSet::new();
+            for text in texts_to_ask_about(&changes, &encoding) {
+                if !store::can_store(client, text)? {
+                    cannot_hold.insert(text.to_owned());
                 }
-                Ok((stored, recorded, high_water, cannot_hold))
-            })?;
+            }
+            Ok(Some((stored, recorded, high_water, cannot_hold)))
+        })?;
+        let Some((stored, recorded, high_water, cannot_hold)) = read else {
+            return Err(RoundError(
+                "PostgreSQL restarted during the round; what it may have lost is fetched again from the stored cursor"
+                    .to_owned(),
+            ));
+        };
         let overlay = self.pipeline.overlay();
         let mut view = overlay.view(&changes, stored, recorded, high_water);
         let can_store = |text: &str| {
@@ -414,8 +425,13 @@ impl Syncer {
         // Counted once decided: each decision is counted exactly once from here.
         self.metrics.fetched.inc_by(fetched);
         let gate = &self.gate;
-        self.pipeline
-            .send_page(round.number, decisions, reaches, &|| gate.go_on())?;
+        self.pipeline.send_page(
+            round.number,
+            round.server_started,
+            decisions,
+            reaches,
+            &|| gate.go_on(),
+        )?;
         Ok(())
     }
 

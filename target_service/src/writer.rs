@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, warn};
 use postgres::GenericClient;
@@ -45,6 +46,9 @@ pub struct WorkItem {
     pub seq: u64,
     /// The page it came from, for the ledger.
     pub page_no: u64,
+    /// When the server the round read from started: the decision holds
+    /// only on that server, not on one that lost commits in a crash.
+    pub server_started: DateTime<Utc>,
     pub decision: Decision,
 }
 
@@ -152,14 +156,17 @@ impl Writer {
     }
 
     fn write_with_retry(&self, batch: &[WorkItem]) -> Written {
-        let round = batch.first().map_or(0, |item| item.round);
+        let Some(first) = batch.first() else {
+            return Written::Committed(Vec::new());
+        };
+        let (round, server_started) = (first.round, first.server_started);
         let decisions: Vec<&Decision> = batch.iter().map(|item| &item.decision).collect();
         let mut delay = Duration::from_millis(50);
         loop {
             if self.abandoned(round) {
                 return Written::Dropped;
             }
-            let why = match self.write_once(&decisions) {
+            let why = match self.write_once(&decisions, server_started) {
                 Ok(unwritten) => return Written::Committed(unwritten),
                 Err(Failed::Refused(why, element)) => return Written::Refused(why, element),
                 Err(Failed::Transient(why)) => why,
@@ -177,16 +184,29 @@ impl Writer {
         }
     }
 
-    fn write_once(&self, decisions: &[&Decision]) -> Result<Vec<Uuid>, Failed> {
+    fn write_once(
+        &self,
+        decisions: &[&Decision],
+        server_started: DateTime<Utc>,
+    ) -> Result<Vec<Uuid>, Failed> {
         let mut conn = self
             .pool
             .get()
             .map_err(|err| Failed::Transient(err.to_string()))?;
-        let result = conn
-            .with_statements()
-            .and_then(|(client, statements)| execute(client, statements, decisions));
+        let result = conn.with_statements().and_then(|(client, statements)| {
+            execute_on(client, statements, decisions, server_started)
+        });
         let err = match result {
-            Ok(unwritten) => return Ok(unwritten),
+            Ok(Some(unwritten)) => return Ok(unwritten),
+            // Decided against what a crashed server held: commits it lost
+            // may be among what the decisions assumed.
+            Ok(None) => {
+                return Err(Failed::Refused(
+                    "PostgreSQL restarted during the round; its decisions are made again from the stored cursor"
+                        .to_owned(),
+                    None,
+                ))
+            }
             Err(err) => err,
         };
         match store::classify(&err) {
@@ -249,6 +269,24 @@ fn per_page(batch: &[WorkItem]) -> Vec<(u64, usize)> {
         }
     }
     pages
+}
+
+/// As [`execute`], but only on the server that started at
+/// `server_started`: `None`, and nothing written, on any other.
+fn execute_on(
+    client: &mut impl GenericClient,
+    statements: &Statements,
+    decisions: &[&Decision],
+    server_started: DateTime<Utc>,
+) -> Result<Option<Vec<Uuid>>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    // A crash after this check ends the transaction; its retry checks again.
+    if !store::server_is(&mut tx, server_started)? {
+        return Ok(None);
+    }
+    let unwritten = write(&mut tx, statements, decisions)?;
+    tx.commit()?;
+    Ok(Some(unwritten))
 }
 
 /// Writes decisions, in their order, in one transaction. Returns the ids
