@@ -154,16 +154,7 @@ fn redrive(
     let mut summary = Summary::default();
     let mut after = 0i64;
     loop {
-        let ids: Vec<i64> = client
-            .query(
-                "SELECT id FROM sync_rejections \
-                 WHERE resolved_at IS NULL AND reason = ANY($1) AND id > $2 \
-                 ORDER BY id LIMIT $3",
-                &[&reasons, &after, &PAGE],
-            )?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let ids = store::unresolved_rejections(client, &reasons, after, PAGE)?;
         let Some(&last) = ids.last() else {
             return Ok(summary);
         };
@@ -172,25 +163,16 @@ fn redrive(
             let latest_allowed = Utc::now() + config.max_future_skew;
             let mut tx = client.transaction()?;
             // Locked, and still unresolved: another redrive may have taken it.
-            let row = tx.query_opt(
-                "SELECT payload FROM sync_rejections \
-                 WHERE id = $1 AND resolved_at IS NULL FOR UPDATE SKIP LOCKED",
-                &[&id],
-            )?;
-            let Some(row) = row else { continue };
-            let element = RecordedElement {
-                id,
-                payload: row.try_get(0)?,
+            let Some(payload) = store::lock_unresolved_rejection(&mut tx, id)? else {
+                continue;
             };
+            let element = RecordedElement { id, payload };
             let outcome = decide_recorded(&mut tx, std::slice::from_ref(&element), latest_allowed)?
                 .first()
                 .copied()
                 .unwrap_or(Redecided::StillRejected);
             if let Some(resolution) = outcome.resolution() {
-                tx.execute(
-                    "UPDATE sync_rejections SET resolved_at = now(), resolution = $2 WHERE id = $1",
-                    &[&id, &resolution],
-                )?;
+                store::resolve_rejection(&mut tx, id, resolution)?;
             }
             if dry_run {
                 tx.rollback()?;

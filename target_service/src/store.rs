@@ -5,6 +5,8 @@
 //! with the rows passed as arrays and unpacked by `unnest`, so a batch of a
 //! thousand changes costs a handful of round trips rather than a thousand.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use postgres::error::SqlState;
 use postgres::{Client, GenericClient, Statement};
@@ -85,6 +87,87 @@ pub fn server_is(
     client
         .query_one("SELECT pg_postmaster_start_time() = $1", &[&started])?
         .try_get(0)
+}
+
+/// Up to `limit` ids of unresolved rejections with one of `reasons`, after
+/// `after`, oldest first: what `redrive` examines next.
+pub fn unresolved_rejections(
+    client: &mut impl GenericClient,
+    reasons: &[&str],
+    after: i64,
+    limit: i64,
+) -> Result<Vec<i64>, postgres::Error> {
+    client
+        .query(
+            "SELECT id FROM sync_rejections \
+             WHERE resolved_at IS NULL AND reason = ANY($1) AND id > $2 \
+             ORDER BY id LIMIT $3",
+            &[&reasons, &after, &limit],
+        )?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect()
+}
+
+/// The payload of rejection `id`, locked for the transaction, if it is
+/// still unresolved and no other transaction holds it.
+pub fn lock_unresolved_rejection(
+    client: &mut impl GenericClient,
+    id: i64,
+) -> Result<Option<String>, postgres::Error> {
+    client
+        .query_opt(
+            "SELECT payload FROM sync_rejections \
+             WHERE id = $1 AND resolved_at IS NULL FOR UPDATE SKIP LOCKED",
+            &[&id],
+        )?
+        .map(|row| row.try_get(0))
+        .transpose()
+}
+
+/// Marks rejection `id` resolved now, as `resolution`.
+pub fn resolve_rejection(
+    client: &mut impl GenericClient,
+    id: i64,
+    resolution: &str,
+) -> Result<(), postgres::Error> {
+    client.execute(
+        "UPDATE sync_rejections SET resolved_at = now(), resolution = $2 WHERE id = $1",
+        &[&id, &resolution],
+    )?;
+    Ok(())
+}
+
+/// `last_updated_at` of the rows of `ids` that exist.
+pub fn row_times(
+    client: &mut impl GenericClient,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, DateTime<Utc>>, postgres::Error> {
+    client
+        .query(
+            "SELECT id, last_updated_at FROM users WHERE id = ANY($1)",
+            &[&ids],
+        )?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
+/// `(profile_id, changed_at)` of every rejection of `ids` whose timestamp
+/// parsed.
+pub fn rejected_changes(
+    client: &mut impl GenericClient,
+    ids: &[Uuid],
+) -> Result<HashSet<(Uuid, DateTime<Utc>)>, postgres::Error> {
+    client
+        .query(
+            "SELECT profile_id, changed_at FROM sync_rejections \
+             WHERE profile_id = ANY($1) AND changed_at IS NOT NULL",
+            &[&ids],
+        )?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// Which characters the database can hold.

@@ -18,7 +18,7 @@
 //! id in the log are counted as ahead of the source (a row written from an
 //! earlier epoch, or by hand); ids the log no longer holds are not judged.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -188,23 +188,8 @@ fn compare(client: &mut Client, passing: &Passing) -> Result<Report, postgres::E
     };
     let ids: Vec<Uuid> = passing.keys().copied().collect();
     for chunk in ids.chunks(CHUNK) {
-        let rows: HashMap<Uuid, DateTime<Utc>> = client
-            .query(
-                "SELECT id, last_updated_at FROM users WHERE id = ANY($1)",
-                &[&chunk],
-            )?
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?;
-        let recorded: HashSet<(Uuid, DateTime<Utc>)> = client
-            .query(
-                "SELECT profile_id, changed_at FROM sync_rejections \
-                 WHERE profile_id = ANY($1) AND changed_at IS NOT NULL",
-                &[&chunk],
-            )?
-            .iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect::<Result<_, postgres::Error>>()?;
+        let rows = store::row_times(client, chunk)?;
+        let recorded = store::rejected_changes(client, chunk)?;
         for id in chunk {
             let times = &passing[id];
             let newest_unrejected = (times.iter())
