@@ -45,20 +45,8 @@ impl AdminToken {
     /// Whether `presented` is the token, in time that depends on the
     /// token's length only, not on where the two first differ.
     pub fn matches(&self, presented: &str) -> bool {
-        constant_time_eq(self.0.as_bytes(), presented.as_bytes())
+        http_server::constant_time_eq(self.0.as_bytes(), presented.as_bytes())
     }
-}
-
-/// Compares every byte of `expected` whatever `given` holds; only the
-/// length of `expected` (not a secret worth hiding) shapes the timing.
-fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
-    let mut difference = u8::from(expected.len() != given.len());
-    for (i, &byte) in expected.iter().enumerate() {
-        let other = given.get(i).copied().unwrap_or(!byte);
-        difference |= byte ^ other;
-    }
-    // Keeps the compiler from cutting the loop short on the first difference.
-    std::hint::black_box(difference) == 0
 }
 
 /// Why a request may not read rejections.

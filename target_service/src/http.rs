@@ -8,6 +8,7 @@
 //! which reads PostgreSQL through a pool of its own with short timeouts
 //! ([`crate::rejections`]): a stuck database cannot stall a scrape.
 
+use http_server::shorten;
 use serde_json::json;
 
 use crate::admin::{self, AdminToken};
@@ -160,14 +161,6 @@ fn json_reply(status: u16, body: serde_json::Value) -> Reply {
         content_type: JSON,
         headers: Vec::new(),
         body: body.to_string().into_bytes(),
-    }
-}
-
-/// Echoed client input is cut short so error bodies stay small.
-fn shorten(text: &str) -> String {
-    match text.char_indices().nth(100) {
-        Some((i, _)) => format!("{}...", &text[..i]),
-        None => text.to_owned(),
     }
 }
 
