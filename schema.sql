@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
 CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_change_key ON sync_rejections (change_key);
 -- A user's rejections.
 CREATE INDEX IF NOT EXISTS sync_rejections_profile_id ON sync_rejections (profile_id);
+-- The rejections that count toward a user's high-water mark (changes that
+-- got past the stale rule but did not sync): few, read for every page.
+CREATE INDEX IF NOT EXISTS sync_rejections_high_water ON sync_rejections (profile_id, changed_at)
+    WHERE outcome = 'conflict' OR reason = 'db_error';
 
 -- Where syncing stands, one row per source URL.
 CREATE TABLE IF NOT EXISTS sync_state (

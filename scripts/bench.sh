@@ -17,6 +17,10 @@ set -euo pipefail
 #                      shared machine whose speed drifts, one pair's ratio
 #                      can be off by a tenth either way; more pairs give a
 #                      steadier median
+#   BENCH_BASELINE_BIN another target_service binary (say, one built from an
+#                      earlier commit): each pair then also runs a catch-up
+#                      with it, alternating which of the two goes first, and
+#                      prints ours divided by its rate, with the median
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
 #   BENCH_SERVER_SETTINGS  NAME=VALUE words set on the whole throwaway
@@ -361,12 +365,12 @@ metric() { # metric TEXT NAME -> value (0 when absent)
   awk -v n="$2" '$1 == n { v = $2 } END { printf "%.0f", v + 0 }' <<<"$1"
 }
 
-# run_target NAME HEAD: starts the target, waits until the stored cursor
+# run_target NAME HEAD [BINARY]: starts the target (BINARY, by default ours), waits until the stored cursor
 # reaches HEAD, sampling VmRSS every 100 ms; stops it (it must exit 0).
 # Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics
 # and $run_cpu (a line saying where the CPU time went).
 run_target() {
-  local name=$1 head=$2 log t0 t_done=""
+  local name=$1 head=$2 binary=${3:-$bin/target_service} log t0 t_done=""
   log=$logs/target-$name.log
   local tgt_addr="" pg0 idle0 busy0 steal0 src0
   run_peak_kib=0 run_hwm_kib=0
@@ -379,7 +383,7 @@ run_target() {
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
   (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
-    METRICS_ADDR=127.0.0.1:0 LOG_LEVEL=info "${target_extra_env[@]}" "$bin/target_service") 2>"$log" &
+    METRICS_ADDR=127.0.0.1:0 LOG_LEVEL=info "${target_extra_env[@]}" "$binary") 2>"$log" &
   tgt_pid=$!
   if [[ ${BENCH_PERF:-0} == 1 ]]; then
     perf record -a -g -F 499 -o "$logs/perf-$name.data" >"$logs/perf-$name.out" 2>&1 &
@@ -473,6 +477,22 @@ target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_D
 median() { # median FORMAT <<<"V1 V2 ..." -> the median, printed with FORMAT
   tr ' ' '\n' | LC_ALL=C sort -g | awk -v f="$1" '{ v[NR] = $1 } END { printf f, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+baseline_bin=${BENCH_BASELINE_BIN:-}
+[[ -z $baseline_bin || -x $baseline_bin ]] || die "BENCH_BASELINE_BIN: $baseline_bin is not an executable"
+# run_baseline TAG HEAD: a catch-up with BENCH_BASELINE_BIN; sets $baseline_rate.
+# It loads a database of its own, so the replay below starts from ours.
+run_baseline() {
+  local ours_db=$e2e_db ours_url=$e2e_url
+  e2e_db=bench_baseline e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" bench_baseline)
+  fresh_e2e_db
+  run_target "baseline-catch-up$1" "$2" "$baseline_bin"
+  psql_admin -c "DROP DATABASE $e2e_db"
+  e2e_db=$ours_db e2e_url=$ours_url
+  baseline_rate=$(rate "$2" "$run_secs")
+  echo "bench: baseline catch-up$1: $baseline_rate profiles/s ($baseline_bin; $2 changes in $run_secs s from process start)"
+  echo "$run_cpu"
+}
+baseline_ratios=()
 ratios=() dlt_constrained_ratios=() dlt_free_ratios=() catch_rates=() catch_peak=0 catch_hwm=0
 for pair in $(seq 1 "$PAIRS"); do
   tag=""
@@ -493,6 +513,9 @@ for pair in $(seq 1 "$PAIRS"); do
     run_dlt free "$tag" "$head"
     dlt_free_rate=$dlt_rate
   fi
+  baseline_rate=""
+  # Even pairs run the baseline first, odd ones ours, so drift favours neither.
+  if [[ -n $baseline_bin && $((pair % 2)) -eq 0 ]]; then run_baseline "$tag" "$head"; fi
   fresh_e2e_db
   run_target "catch-up$tag" "$head"
   catch_rate=$(rate "$head" "$run_secs")
@@ -523,7 +546,17 @@ for pair in $(seq 1 "$PAIRS"); do
       echo "bench: WARNING: users holds $users rows, dlt's table $dlt_distinct: the two did not load the same ids" >&2
   fi
   echo "$run_cpu"
+  if [[ -n $baseline_bin ]]; then
+    [[ -n $baseline_rate ]] || run_baseline "$tag" "$head"
+    ratio=$(awk -v a="$catch_rate" -v b="$baseline_rate" 'BEGIN { printf "%.2f", a / b }')
+    baseline_ratios+=("$ratio")
+    echo "bench: catch-up vs baseline$tag: $ratio ($catch_rate / $baseline_rate profiles/s)"
+  fi
 done
+if [[ ${#baseline_ratios[@]} -gt 0 ]]; then
+  ratio=$(median %.2f <<<"${baseline_ratios[*]}")
+  echo "bench: catch-up vs baseline, median of $PAIRS pairs: $ratio (each: ${baseline_ratios[*]})"
+fi
 if [[ $PAIRS -gt 1 ]]; then
   catch_rate=$(median %.0f <<<"${catch_rates[*]}")
   echo "bench: catch-up, median of $PAIRS: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); each: ${catch_rates[*]})"

@@ -39,14 +39,7 @@ pub fn decide_afresh(
         .map(|text| Change::from_text(text, latest_allowed))
         .collect();
     let nothing_in_flight = Overlay::default();
-    let reads = nothing_in_flight.reads_for(&changes);
-    let stored = store::read_rows(
-        client,
-        &statements,
-        &reads.ids,
-        &reads.emails,
-        &reads.mobiles,
-    )?;
+    let (stored, _) = nothing_in_flight.read_rows(client, &statements, &changes)?;
     // Each element's own rejection is what is decided again: its id's
     // high-water mark is read without it.
     let own: Vec<(Uuid, ChangeKey)> = (changes.iter())

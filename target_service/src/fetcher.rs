@@ -82,6 +82,8 @@ impl std::fmt::Display for FetchError {
     }
 }
 
+/// Cheap to clone: clones share the agent's connections.
+#[derive(Clone)]
 pub struct Fetcher {
     agent: ureq::Agent,
     url: String,

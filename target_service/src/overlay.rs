@@ -13,23 +13,29 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
+use postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::change::{Change, ChangeKey, Parsed};
 use crate::plan::{Decision, Row, View};
 use crate::profile::Reason;
 use crate::routing::Tag;
+use crate::store::{self, Statements};
 
-/// What a page needs read from the table (what the overlay does not know).
+/// What a page needs read from the table once the rows of its ids are known
+/// ([`Overlay::ids_to_read`]), and only what can change an outcome.
 #[derive(Debug, Default, PartialEq)]
 pub struct Reads {
-    pub ids: Vec<Uuid>,
+    /// The emails and mobiles whose holders are to be read: those a valid
+    /// change past the stale rule claims and its id's row does not hold.
     pub emails: Vec<String>,
     pub mobiles: Vec<String>,
+    /// The element texts whose record is to be read: every invalid one, and
+    /// every valid one past the stale rule, that the overlay does not know.
     pub keys: Vec<ChangeKey>,
-    /// The ids whose high-water marks are to be read: every id of a valid
-    /// change, whatever the overlay holds (the later of the table's mark and
-    /// the overlay's counts).
+    /// The ids whose high-water marks are to be read: the id of every valid
+    /// change past the stale rule, whatever the overlay holds (the later of
+    /// the table's mark and the overlay's counts).
     pub high_water: Vec<Uuid>,
 }
 
@@ -75,36 +81,88 @@ impl Overlay {
             .retain(|_, (_, tag)| !tag.committed(committed));
     }
 
-    /// What to read for `changes`: the rows of ids the overlay does not
-    /// hold, the holders of every email and mobile a valid change may
-    /// claim, and the record of every element text it does not know.
-    pub fn reads_for(&self, changes: &[Change]) -> Reads {
+    /// The ids of `changes` whose rows are to be read: those the overlay
+    /// does not hold.
+    pub fn ids_to_read(&self, changes: &[Change]) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = (changes.iter())
+            .filter_map(Change::id)
+            .filter(|id| !self.rows.contains_key(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// What else to read for `changes`, given `stored`, the rows read of
+    /// [`Overlay::ids_to_read`]. A valid change not newer than its id's row
+    /// before the page is stale whatever else holds (rows only get newer),
+    /// so nothing is read for it. The holder of an email or mobile is read
+    /// unless the id's own row holds it (then the id is its holder: both
+    /// are unique). An invalid element's record is always read, so one
+    /// recorded already writes nothing.
+    pub fn reads_for(&self, changes: &[Change], stored: &[(Uuid, Row)]) -> Reads {
+        let stored: HashMap<Uuid, &Row> = stored.iter().map(|(id, row)| (*id, row)).collect();
+        let row_before = |id: &Uuid| {
+            (self.rows.get(id).map(|(row, _)| row)).or_else(|| stored.get(id).copied())
+        };
         let mut reads = Reads::default();
         for change in changes {
-            if let Some(id) = change.id() {
-                if !self.rows.contains_key(&id) {
-                    reads.ids.push(id);
-                }
-            }
             if let Parsed::Valid(profile) = &change.parsed {
-                reads.emails.push(profile.email.as_str().to_owned());
-                reads.mobiles.push(profile.mobile.as_str().to_owned());
+                let row = row_before(&profile.id);
+                let at = profile.last_updated_at.as_datetime();
+                if row.is_some_and(|row| at <= row.last_updated_at) {
+                    continue;
+                }
+                if row.is_none_or(|row| row.email != profile.email.as_str()) {
+                    reads.emails.push(profile.email.as_str().to_owned());
+                }
+                if row.is_none_or(|row| row.mobile != profile.mobile.as_str()) {
+                    reads.mobiles.push(profile.mobile.as_str().to_owned());
+                }
                 reads.high_water.push(profile.id);
             }
             if !self.recorded.contains_key(&change.key) {
                 reads.keys.push(change.key);
             }
         }
-        reads.ids.sort_unstable();
-        reads.ids.dedup();
+        for list in [&mut reads.emails, &mut reads.mobiles] {
+            list.sort_unstable();
+            list.dedup();
+        }
         reads.high_water.sort_unstable();
         reads.high_water.dedup();
+        reads.keys.sort_unstable();
+        reads.keys.dedup();
         reads
     }
 
-    /// The view `changes` are decided against: the rows, records and
-    /// high-water marks read for them ([`Overlay::reads_for`]), with the
-    /// overlay laid over them.
+    /// Reads the rows `changes` are decided against, in two steps: the rows
+    /// of their ids the overlay does not hold, then the holders of the
+    /// emails and mobiles [`Overlay::reads_for`] finds they need. Returns
+    /// those rows and what else to read. Both steps are to see one
+    /// snapshot (a `REPEATABLE READ` transaction), or a row could show two
+    /// versions.
+    pub fn read_rows(
+        &self,
+        client: &mut impl GenericClient,
+        statements: &Statements,
+        changes: &[Change],
+    ) -> Result<(Vec<(Uuid, Row)>, Reads), postgres::Error> {
+        let mut stored = store::read_rows(client, statements, &self.ids_to_read(changes))?;
+        let reads = self.reads_for(changes, &stored);
+        stored.extend(store::read_holders(
+            client,
+            statements,
+            &reads.emails,
+            &reads.mobiles,
+        )?);
+        Ok((stored, reads))
+    }
+
+    /// The view `changes` are decided against: the rows (of their ids and
+    /// of the holders read), records and high-water marks read for them
+    /// ([`Overlay::ids_to_read`], [`Overlay::reads_for`]), with the overlay
+    /// laid over them.
     pub fn view(
         &self,
         changes: &[Change],
@@ -207,8 +265,10 @@ mod tests {
         overlay.remember(&decided[0], tag);
         // 1 moves off e@x; the write is pending, so the table still shows e@x.
         let moves = vec![change(1, "2025-01-02T00:00:00Z", "f@x.io")];
-        let reads = overlay.reads_for(&moves);
-        assert!(reads.ids.is_empty(), "the overlay knows the row");
+        assert!(overlay.ids_to_read(&moves).is_empty(), "the overlay knows the row");
+        let reads = overlay.reads_for(&moves, &[]);
+        assert_eq!(reads.emails, ["f@x.io"], "e@x is the id's own");
+        assert!(reads.mobiles.is_empty(), "the mobile is the id's own");
         let mut view = overlay.view(&moves, Vec::new(), Vec::new(), Vec::new());
         let decided = plan(moves, &mut view, &Storage::unicode());
         overlay.remember(&decided[0], Tag { writer: 0, seq: 2 });
@@ -233,6 +293,40 @@ mod tests {
     }
 
     #[test]
+    fn only_what_can_change_an_outcome_is_read() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().into();
+        let id1 = Uuid::from_bytes([1; 16]);
+        let stored = vec![(
+            id1,
+            Row {
+                last_updated_at: at("2025-01-02T00:00:00Z"),
+                email: "e@x.io".into(),
+                mobile: "1000".into(),
+            },
+        )];
+        let overlay = Overlay::default();
+        // Not newer than its row: stale, whatever holds the email it claims.
+        let stale = vec![
+            change(1, "2025-01-01T00:00:00Z", "other@x.io"),
+            change(1, "2025-01-02T00:00:00Z", "other@x.io"),
+        ];
+        assert_eq!(overlay.reads_for(&stale, &stored), Reads::default());
+        // Newer: its claim of another email, its record and its mark.
+        let newer = vec![change(1, "2025-01-03T00:00:00Z", "other@x.io")];
+        let reads = overlay.reads_for(&newer, &stored);
+        assert_eq!(reads.emails, ["other@x.io"]);
+        assert!(reads.mobiles.is_empty(), "its row holds its mobile");
+        assert_eq!(reads.keys, [newer[0].key]);
+        assert_eq!(reads.high_water, [id1]);
+        // An invalid element's record is read, older than its row or not.
+        let invalid = vec![Change::from_text(
+            &json!({"id": id1.to_string(), "last_updated_at": "2025-01-01T00:00:00Z"}).to_string(),
+            Utc::now(),
+        )];
+        assert_eq!(overlay.reads_for(&invalid, &stored).keys, [invalid[0].key]);
+    }
+
+    #[test]
     fn a_pending_conflict_holds_its_id_s_high_water_mark_until_it_commits() {
         let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().into();
         let holder = Uuid::from_bytes([1; 16]);
@@ -249,7 +343,7 @@ mod tests {
         overlay.remember(&decided[0], Tag { writer: 0, seq: 1 });
         // The next page: the table shows no rejection yet.
         let again = vec![change(2, "2025-01-02T00:00:00Z", "free@x.io")];
-        let reads = overlay.reads_for(&again);
+        let reads = overlay.reads_for(&again, &[]);
         assert_eq!(reads.high_water, [Uuid::from_bytes([2; 16])]);
         let mut view = overlay.view(&again, Vec::new(), Vec::new(), Vec::new());
         let decided = plan(again.clone(), &mut view, &Storage::unicode());

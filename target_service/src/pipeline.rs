@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
-use crate::change::{Change, ChangeKey};
+use crate::change::ChangeKey;
 use crate::ledger::Ledger;
 use crate::metrics::{Counted, Metrics};
-use crate::overlay::{Overlay, Reads};
+use crate::overlay::Overlay;
 use crate::plan::Decision;
 use crate::routing::{Route, Router};
 use crate::store::SyncState;
@@ -120,13 +120,13 @@ impl Pipeline {
         }
     }
 
-    /// What to read for `changes`. The overlay first forgets what the
-    /// writers reported committed, so the read that follows shows it.
-    pub fn reads_for(&mut self, changes: &[Change]) -> Reads {
+    /// Makes the overlay forget what the writers reported committed, so a
+    /// read that begins after it shows those writes: to be called right
+    /// before reading what a page is decided against.
+    pub fn forget_committed(&mut self) {
         self.drain();
         self.overlay.forget_committed(&self.settled);
         self.router.forget_committed(&self.settled);
-        self.overlay.reads_for(changes)
     }
 
     /// The decisions not yet committed, to lay over what was read.

@@ -269,6 +269,7 @@ pub fn save_state(
 /// The statements run for every page and batch, prepared once per connection.
 pub struct Statements {
     read_rows: Statement,
+    read_holders: Statement,
     read_recorded: Statement,
     read_high_water: Statement,
     upsert_users: Statement,
@@ -280,6 +281,7 @@ impl Statements {
     pub fn prepare(client: &mut impl GenericClient) -> Result<Statements, postgres::Error> {
         Ok(Statements {
             read_rows: client.prepare(READ_ROWS)?,
+            read_holders: client.prepare(READ_HOLDERS)?,
             read_recorded: client.prepare(READ_RECORDED)?,
             read_high_water: client.prepare(READ_HIGH_WATER)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
@@ -289,22 +291,30 @@ impl Statements {
     }
 }
 
-const READ_ROWS: &str = "SELECT id, last_updated_at, email, mobile FROM users \
-     WHERE id = ANY($1) OR email = ANY($2) OR mobile = ANY($3)";
+const READ_ROWS: &str = "SELECT id, last_updated_at, email, mobile FROM users WHERE id = ANY($1)";
+
+/// Two index scans, one per unique index: cheaper than one scan of their
+/// `OR`, and a row holding both an email and a mobile asked about comes
+/// twice, which does no harm.
+const READ_HOLDERS: &str = "SELECT id, last_updated_at, email, mobile FROM users WHERE email = ANY($1) \
+     UNION ALL SELECT id, last_updated_at, email, mobile FROM users WHERE mobile = ANY($2)";
 
 const READ_RECORDED: &str =
     "SELECT change_key, reason FROM sync_rejections WHERE change_key = ANY($1)";
 
 /// Per `(id, key)` asked about, the newest instant of the id's rejections
 /// that got past the stale rule (conflicts and `db_error`), leaving out the
-/// rejection whose element key is `key` (none when `key` is NULL). Found
-/// through the index on `profile_id`.
-const READ_HIGH_WATER: &str = "SELECT e.id, e.key, max(r.changed_at) \
+/// rejection whose element key is `key` (none when `key` is NULL). Its
+/// condition on `outcome` and `reason` is the predicate of the partial
+/// index `sync_rejections_high_water` (schema.sql), word for word, so that
+/// PostgreSQL looks in that small index only; `LATERAL` makes it one look-up
+/// per id whatever the planner's statistics say of the index's size.
+const READ_HIGH_WATER: &str = "SELECT e.id, e.key, m.at \
      FROM unnest($1::uuid[], $2::bytea[]) AS e(id, key) \
-     JOIN sync_rejections r ON r.profile_id = e.id \
-     WHERE (r.outcome = 'conflict' OR r.reason = 'db_error') AND r.changed_at IS NOT NULL \
-       AND r.change_key IS DISTINCT FROM e.key \
-     GROUP BY e.id, e.key";
+     CROSS JOIN LATERAL (SELECT max(r.changed_at) AS at FROM sync_rejections r \
+          WHERE r.profile_id = e.id AND (r.outcome = 'conflict' OR r.reason = 'db_error') \
+            AND r.changed_at IS NOT NULL AND r.change_key IS DISTINCT FROM e.key) AS m \
+     WHERE m.at IS NOT NULL";
 
 const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
      SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
@@ -326,20 +336,34 @@ const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_me
      WHERE u.id = m.id AND u.last_updated_at < m.changed_at \
        AND (u.sync_status, u.sync_message) IS DISTINCT FROM (m.outcome, m.message)";
 
-/// The rows of `ids` and the rows holding any of `emails` or `mobiles`.
-/// They are not locked: only the replica holding the sync lock writes, and
-/// the guards of the write statements keep any other writer's newer row.
+/// The rows of `ids`. They are not locked: only the replica holding the
+/// sync lock writes, and the guards of the write statements keep any other
+/// writer's newer row.
 pub fn read_rows(
     client: &mut impl GenericClient,
     statements: &Statements,
     ids: &[Uuid],
+) -> Result<Vec<(Uuid, Row)>, postgres::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    rows_of(client.query(&statements.read_rows, &[&ids])?)
+}
+
+/// The rows holding any of `emails` or `mobiles`.
+pub fn read_holders(
+    client: &mut impl GenericClient,
+    statements: &Statements,
     emails: &[String],
     mobiles: &[String],
 ) -> Result<Vec<(Uuid, Row)>, postgres::Error> {
-    if ids.is_empty() && emails.is_empty() && mobiles.is_empty() {
+    if emails.is_empty() && mobiles.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = client.query(&statements.read_rows, &[&ids, &emails, &mobiles])?;
+    rows_of(client.query(&statements.read_holders, &[&emails, &mobiles])?)
+}
+
+fn rows_of(rows: Vec<postgres::Row>) -> Result<Vec<(Uuid, Row)>, postgres::Error> {
     rows.iter()
         .map(|row| {
             let stored = Row {

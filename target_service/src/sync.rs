@@ -175,38 +175,20 @@ impl Syncer {
     }
 
     /// Runs `work` on the round's connection, retrying transient failures
-    /// with backoff on a fresh connection while [`Syncer::go_on`] holds.
+    /// with backoff on a fresh connection while [`Gate::go_on`] holds.
     fn with_db<T>(
         &mut self,
         what: &str,
-        mut work: impl FnMut(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
+        work: impl FnMut(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, RoundError> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            if self.db.is_none() {
-                self.db = self.pool.get().map_err(|err| warn!("{what}: {err}")).ok();
-            }
-            let attempt = match self.db.as_mut() {
-                Some(conn) => conn
-                    .with_statements()
-                    .and_then(|(client, statements)| work(client, statements))
-                    .map_err(|err| store::describe(&err)),
-                None => Err("no connection to PostgreSQL".to_owned()),
-            };
-            match attempt {
-                Ok(value) => return Ok(value),
-                Err(why) => {
-                    self.db = None;
-                    self.metrics.db_errors.inc();
-                    if !self.gate.go_on() || stopping(&self.gate.stop) {
-                        return Err(RoundError(format!("{what} failed: {why}")));
-                    }
-                    warn!("{what} failed, retrying in {delay:?}: {why}");
-                    sleep_unless_stopping(delay, &self.gate.stop);
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        retrying(
+            &mut self.db,
+            &self.pool,
+            &self.metrics,
+            &self.gate,
+            what,
+            work,
+        )
     }
 
     fn sync_pages(&mut self) -> Result<(), RoundError> {
@@ -231,11 +213,16 @@ impl Syncer {
         // The epoch of this round's pages, once one arrived.
         let mut epoch: Option<Option<String>> = None;
         let mut gone_in_a_row = 0;
+        let mut ahead: Option<ReadAhead> = None;
         loop {
             if stopping(&self.gate.stop) || !self.gate.leader.holds() {
                 break;
             }
-            let page = match self.fetcher.fetch(Some((cursor, limit))) {
+            let fetched = match ahead.take() {
+                Some(next) if next.cursor == cursor => next.page(),
+                _ => self.fetcher.fetch(Some((cursor, limit))),
+            };
+            let page = match fetched {
                 Ok(page) => page,
                 Err(FetchError::Gone { min_cursor }) => {
                     gone_in_a_row += 1;
@@ -299,6 +286,9 @@ impl Syncer {
                 epoch: page.epoch.clone(),
                 cursor: next_cursor,
             };
+            if count >= limit {
+                ahead = ReadAhead::start(&self.fetcher, next_cursor, limit);
+            }
             self.dispatch(&mut round, page, Some(reaches))?;
             cursor = next_cursor;
             self.store_progress(&mut round, false)?;
@@ -378,40 +368,50 @@ impl Syncer {
         }
         let fetched = page.elements().len() as u64;
         let changes = change::ingest(page, latest_allowed(self.config.max_future_skew));
-        let reads = self.pipeline.reads_for(&changes);
+        self.pipeline.forget_committed();
+        let overlay = self.pipeline.overlay();
         let encoding = round.encoding.clone();
         let started = round.server_started;
-        let read = self.with_db("reading the rows a page touches", |client, statements| {
-            // Rows read from a server that crashed since the round
-            // began may lack commits the crash took.
-            if !store::server_is(client, started)? {
-                return Ok(None);
-            }
-            let stored = store::read_rows(
-                client,
-                statements,
-                &reads.ids,
-                &reads.emails,
-                &reads.mobiles,
-            )?;
-            let recorded = store::read_recorded(client, statements, &reads.keys)?;
-            let high_water = store::read_high_water(client, statements, &reads.high_water)?;
-            let mut cannot_hold = HashSet::new();
-            for text in texts_to_ask_about(&changes, &encoding) {
-                if !store::can_store(client, text)? {
-                    cannot_hold.insert(text.to_owned());
+        let what = "reading the rows a page touches";
+        let read = retrying(
+            &mut self.db,
+            &self.pool,
+            &self.metrics,
+            &self.gate,
+            what,
+            |client, statements| {
+                // One snapshot for every read of the page.
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()?;
+                // Rows read from a server that crashed since the round
+                // began may lack commits the crash took.
+                if !store::server_is(&mut tx, started)? {
+                    return Ok(None);
                 }
-            }
-            Ok(Some((stored, recorded, high_water, cannot_hold)))
-        })?;
+                let (stored, reads) = overlay.read_rows(&mut tx, statements, &changes)?;
+                let recorded = store::read_recorded(&mut tx, statements, &reads.keys)?;
+                let high_water = store::read_high_water(&mut tx, statements, &reads.high_water)?;
+                tx.commit()?;
+                // Outside the transaction: a refusal would abort it.
+                let mut cannot_hold = HashSet::new();
+                for text in texts_to_ask_about(&changes, &encoding) {
+                    if !store::can_store(client, text)? {
+                        cannot_hold.insert(text.to_owned());
+                    }
+                }
+                Ok(Some((stored, recorded, high_water, cannot_hold)))
+            },
+        )?;
         let Some((stored, recorded, high_water, cannot_hold)) = read else {
             return Err(RoundError(
                 "PostgreSQL restarted during the round; what it may have lost is fetched again from the stored cursor"
                     .to_owned(),
             ));
         };
-        let overlay = self.pipeline.overlay();
-        let mut view = overlay.view(&changes, stored, recorded, high_water);
+        let mut view = (self.pipeline.overlay()).view(&changes, stored, recorded, high_water);
         let can_store = |text: &str| {
             encoding
                 .holds(text)
@@ -483,6 +483,44 @@ impl Syncer {
     }
 }
 
+/// The next page, fetched on a thread of its own while the current one is
+/// decided and sent to the writers. When the round ends first, the page
+/// is forgotten; its thread ends with its one request.
+struct ReadAhead {
+    cursor: u64,
+    page: Receiver<Result<Page, FetchError>>,
+}
+
+impl ReadAhead {
+    /// Starts fetching the page after `cursor`; `None` when no thread can
+    /// be started (the page is then fetched when it is needed).
+    fn start(fetcher: &Fetcher, cursor: u64, limit: usize) -> Option<ReadAhead> {
+        let (sender, page) = crossbeam_channel::bounded(1);
+        let fetcher = fetcher.clone();
+        let spawned = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || {
+                // The receiver is gone when the round ended first.
+                let _ = sender.send(fetcher.fetch(Some((cursor, limit))));
+            });
+        match spawned {
+            Ok(_) => Some(ReadAhead { cursor, page }),
+            Err(err) => {
+                warn!("cannot start a thread to read the next page ahead: {err}");
+                None
+            }
+        }
+    }
+
+    fn page(self) -> Result<Page, FetchError> {
+        self.page.recv().unwrap_or_else(|_| {
+            Err(FetchError::Failed(
+                "the thread reading the next page ended without one".to_owned(),
+            ))
+        })
+    }
+}
+
 /// Whether to go on waiting for writers, and when shutdown gives up.
 struct Gate {
     leader: Leader,
@@ -503,6 +541,44 @@ impl Gate {
     /// The lock is held and shutdown has not used up its budget.
     fn go_on(&self) -> bool {
         self.leader.holds() && !(stopping(&self.stop) && Instant::now() >= self.give_up_at())
+    }
+}
+
+/// [`Syncer::with_db`], on the fields it needs, so that `work` may borrow
+/// the others.
+fn retrying<T>(
+    db: &mut Option<r2d2::PooledConnection<crate::pool::Manager>>,
+    pool: &DbPool,
+    metrics: &Metrics,
+    gate: &Gate,
+    what: &str,
+    mut work: impl FnMut(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
+) -> Result<T, RoundError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if db.is_none() {
+            *db = pool.get().map_err(|err| warn!("{what}: {err}")).ok();
+        }
+        let attempt = match db.as_mut() {
+            Some(conn) => conn
+                .with_statements()
+                .and_then(|(client, statements)| work(client, statements))
+                .map_err(|err| store::describe(&err)),
+            None => Err("no connection to PostgreSQL".to_owned()),
+        };
+        match attempt {
+            Ok(value) => return Ok(value),
+            Err(why) => {
+                *db = None;
+                metrics.db_errors.inc();
+                if !gate.go_on() || stopping(&gate.stop) {
+                    return Err(RoundError(format!("{what} failed: {why}")));
+                }
+                warn!("{what} failed, retrying in {delay:?}: {why}");
+                sleep_unless_stopping(delay, &gate.stop);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 
