@@ -37,6 +37,12 @@ use crate::store::{self, Failure, Statements};
 /// Most decisions a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
 
+/// How long a writer waits for more work before it writes a batch that is
+/// not full. The sync thread sends a page's decisions one by one, and a
+/// writer that took only what was queued the moment it woke would write a
+/// page in many small transactions, each with its fixed costs.
+const LINGER: Duration = Duration::from_millis(1);
+
 /// A decided change on its way to a writer.
 #[derive(Debug)]
 pub struct WorkItem {
@@ -101,7 +107,7 @@ impl Writer {
             let round = first.round;
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
-                match self.inbox.try_recv() {
+                match self.inbox.recv_timeout(LINGER) {
                     Ok(item) if item.round == round => batch.push(item),
                     Ok(item) => {
                         carried = Some(item);
