@@ -10,7 +10,7 @@
 //! That includes the high-water marks of ids whose conflicts are not yet
 //! recorded in `sync_rejections` ([`crate::plan::View`]).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
@@ -102,9 +102,8 @@ impl Overlay {
     /// recorded already writes nothing.
     pub fn reads_for(&self, changes: &[Change], stored: &[(Uuid, Row)]) -> Reads {
         let stored: HashMap<Uuid, &Row> = stored.iter().map(|(id, row)| (*id, row)).collect();
-        let row_before = |id: &Uuid| {
-            (self.rows.get(id).map(|(row, _)| row)).or_else(|| stored.get(id).copied())
-        };
+        let row_before =
+            |id: &Uuid| (self.rows.get(id).map(|(row, _)| row)).or_else(|| stored.get(id).copied());
         let mut reads = Reads::default();
         for change in changes {
             if let Parsed::Valid(profile) = &change.parsed {
@@ -265,7 +264,10 @@ mod tests {
         overlay.remember(&decided[0], tag);
         // 1 moves off e@x; the write is pending, so the table still shows e@x.
         let moves = vec![change(1, "2025-01-02T00:00:00Z", "f@x.io")];
-        assert!(overlay.ids_to_read(&moves).is_empty(), "the overlay knows the row");
+        assert!(
+            overlay.ids_to_read(&moves).is_empty(),
+            "the overlay knows the row"
+        );
         let reads = overlay.reads_for(&moves, &[]);
         assert_eq!(reads.emails, ["f@x.io"], "e@x is the id's own");
         assert!(reads.mobiles.is_empty(), "the mobile is the id's own");

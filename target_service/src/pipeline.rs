@@ -7,7 +7,7 @@
 //! by the writers, and the overlay and ledger forgotten, so the next round
 //! decides from what the table holds and the cursor that was stored.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ impl Pipeline {
             router: Router::new(count),
             overlay: Overlay::default(),
             ledger: Ledger::default(),
-            refused: HashMap::new(),
+            refused: HashMap::default(),
             refusal: None,
             metrics,
         }

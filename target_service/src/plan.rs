@@ -9,7 +9,7 @@
 //! earlier decisions left, no outcome depends on which writer thread runs
 //! first, on where pages begin and end, or on restarts.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -115,7 +115,7 @@ impl Storage<'_> {
             std::sync::OnceLock::new();
         Storage {
             can_store: &|_| true,
-            refused: NOTHING.get_or_init(HashMap::new),
+            refused: NOTHING.get_or_init(HashMap::default),
         }
     }
 
@@ -525,7 +525,9 @@ mod tests {
     #[test]
     fn a_db_error_raises_the_high_water_mark_like_a_conflict() {
         let refused_change = valid(1, T2, "a@x.io", "111");
-        let refused = HashMap::from([(refused_change.key, "value too long".to_owned())]);
+        let refused: HashMap<_, _> = [(refused_change.key, "value too long".to_owned())]
+            .into_iter()
+            .collect();
         let storage = Storage {
             can_store: &|_| true,
             refused: &refused,
@@ -659,7 +661,7 @@ mod tests {
         })
         .to_string();
         let latin1 = |text: &str| text.chars().all(|c| u32::from(c) <= 0xff);
-        let refused = HashMap::new();
+        let refused = HashMap::default();
         let storage = Storage {
             can_store: &latin1,
             refused: &refused,

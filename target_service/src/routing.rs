@@ -8,7 +8,7 @@
 //! writer. One whose dependencies lie on two writers cannot be ordered by
 //! either: the caller waits until everything sent has committed first.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::hash::BuildHasher;
 
 use uuid::Uuid;
@@ -58,8 +58,8 @@ impl Router {
         Router {
             writers,
             hasher: foldhash::fast::RandomState::default(),
-            by_id: HashMap::new(),
-            released: HashMap::new(),
+            by_id: HashMap::default(),
+            released: HashMap::default(),
             sent: vec![0; writers],
             spread: 0,
         }

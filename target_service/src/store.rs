@@ -296,7 +296,8 @@ const READ_ROWS: &str = "SELECT id, last_updated_at, email, mobile FROM users WH
 /// Two index scans, one per unique index: cheaper than one scan of their
 /// `OR`, and a row holding both an email and a mobile asked about comes
 /// twice, which does no harm.
-const READ_HOLDERS: &str = "SELECT id, last_updated_at, email, mobile FROM users WHERE email = ANY($1) \
+const READ_HOLDERS: &str =
+    "SELECT id, last_updated_at, email, mobile FROM users WHERE email = ANY($1) \
      UNION ALL SELECT id, last_updated_at, email, mobile FROM users WHERE mobile = ANY($2)";
 
 const READ_RECORDED: &str =

@@ -15,7 +15,7 @@
 //! refused (naming the refused element when one is) and the round decides
 //! again from the stored cursor.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -343,8 +343,8 @@ fn write(
 /// indexes hold after every row, with as few statements as that allows.
 pub fn layers<'a>(users: &[&'a UserWrite]) -> Vec<Vec<&'a UserWrite>> {
     let mut layers: Vec<Vec<&UserWrite>> = Vec::new();
-    let mut of_id: HashMap<Uuid, usize> = HashMap::new();
-    let mut released: HashMap<(bool, &str), usize> = HashMap::new();
+    let mut of_id: HashMap<Uuid, usize> = HashMap::default();
+    let mut released: HashMap<(bool, &str), usize> = HashMap::default();
     for &user in users {
         let after_own = of_id.get(&user.id).map_or(0, |layer| layer + 1);
         let after_release = [
@@ -376,7 +376,7 @@ pub fn layers<'a>(users: &[&'a UserWrite]) -> Vec<Vec<&'a UserWrite>> {
 /// id, unless a users write of that id comes after it (which resets the
 /// row's sync columns). They are applied after every users write.
 fn standing_marks<'a>(decisions: &[&'a Decision]) -> Vec<&'a MarkWrite> {
-    let mut marks: HashMap<Uuid, &MarkWrite> = HashMap::new();
+    let mut marks: HashMap<Uuid, &MarkWrite> = HashMap::default();
     let mut order: Vec<Uuid> = Vec::new();
     for decision in decisions {
         if let Some(user) = &decision.user {
