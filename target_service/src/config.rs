@@ -150,7 +150,7 @@ impl Config {
             metrics_addr: vars.socket_addr("METRICS_ADDR", "0.0.0.0:2112")?,
             writer_threads,
             db_pool_size: vars.number("DB_POOL_SIZE", default_pool, 2, 1024)?,
-            fetch_limit: vars.number("FETCH_LIMIT", 1000, 1, 10_000)?,
+            fetch_limit: vars.number("FETCH_LIMIT", 5000, 1, 10_000)?,
             channel_capacity: vars.number("CHANNEL_CAPACITY", 4096, 1, 1 << 24)?,
             http_timeout: vars.seconds("HTTP_TIMEOUT_SECS", 10.0, 0.001, HOUR)?,
             max_response_bytes: vars.number("MAX_RESPONSE_BYTES", 64 << 20, 1, 1 << 40)?,
@@ -653,7 +653,7 @@ mod tests {
         assert_eq!(c.metrics_addr.to_string(), "0.0.0.0:2112");
         assert_eq!(c.writer_threads, 4);
         assert_eq!(c.db_pool_size, 6);
-        assert_eq!(c.fetch_limit, 1000);
+        assert_eq!(c.fetch_limit, 5000);
         assert_eq!(c.channel_capacity, 4096);
         assert_eq!(c.http_timeout, Duration::from_secs(10));
         assert_eq!(c.max_response_bytes, 67_108_864);
