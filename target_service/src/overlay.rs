@@ -10,7 +10,7 @@
 //! That includes the high-water marks of ids whose conflicts are not yet
 //! recorded in `sync_rejections` ([`crate::plan::View`]).
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
@@ -30,8 +30,9 @@ pub struct Reads {
     /// change past the stale rule claims and its id's row does not hold.
     pub emails: Vec<String>,
     pub mobiles: Vec<String>,
-    /// The element texts whose record is to be read: every invalid one, and
-    /// every valid one past the stale rule, that the overlay does not know.
+    /// The element texts whose record is to be read: invalid ones that may
+    /// mark a row or be recorded already (see [`Overlay::reads_for`]), that
+    /// the overlay does not know.
     pub keys: Vec<ChangeKey>,
     /// The ids whose high-water marks are to be read: the id of every valid
     /// change past the stale rule, whatever the overlay holds (the later of
@@ -98,30 +99,46 @@ impl Overlay {
     /// before the page is stale whatever else holds (rows only get newer),
     /// so nothing is read for it. The holder of an email or mobile is read
     /// unless the id's own row holds it (then the id is its holder: both
-    /// are unique). An invalid element's record is always read, so one
-    /// recorded already writes nothing.
+    /// are unique).
+    ///
+    /// Whether an element's text is recorded is read for invalid elements
+    /// only: a valid text recorded as a conflict or `db_error` raised its
+    /// id's high-water mark to its own instant, so it is stale already. An
+    /// invalid element's record decides whether it marks its row, and spares
+    /// writing it again; it is not read for an id that has no row and no
+    /// valid change before it in the page, since no row can be marked and
+    /// the insert skips a text recorded already.
     pub fn reads_for(&self, changes: &[Change], stored: &[(Uuid, Row)]) -> Reads {
         let stored: HashMap<Uuid, &Row> = stored.iter().map(|(id, row)| (*id, row)).collect();
         let row_before =
             |id: &Uuid| (self.rows.get(id).map(|(row, _)| row)).or_else(|| stored.get(id).copied());
         let mut reads = Reads::default();
+        let mut valid_so_far: HashSet<Uuid> = HashSet::default();
         for change in changes {
-            if let Parsed::Valid(profile) = &change.parsed {
-                let row = row_before(&profile.id);
-                let at = profile.last_updated_at.as_datetime();
-                if row.is_some_and(|row| at <= row.last_updated_at) {
-                    continue;
+            match &change.parsed {
+                Parsed::Valid(profile) => {
+                    valid_so_far.insert(profile.id);
+                    let row = row_before(&profile.id);
+                    let at = profile.last_updated_at.as_datetime();
+                    if row.is_some_and(|row| at <= row.last_updated_at) {
+                        continue;
+                    }
+                    if row.is_none_or(|row| row.email != profile.email.as_str()) {
+                        reads.emails.push(profile.email.as_str().to_owned());
+                    }
+                    if row.is_none_or(|row| row.mobile != profile.mobile.as_str()) {
+                        reads.mobiles.push(profile.mobile.as_str().to_owned());
+                    }
+                    reads.high_water.push(profile.id);
                 }
-                if row.is_none_or(|row| row.email != profile.email.as_str()) {
-                    reads.emails.push(profile.email.as_str().to_owned());
+                Parsed::Invalid(rejection) => {
+                    let rowless = rejection
+                        .profile_id
+                        .is_some_and(|id| row_before(&id).is_none() && !valid_so_far.contains(&id));
+                    if !rowless && !self.recorded.contains_key(&change.key) {
+                        reads.keys.push(change.key);
+                    }
                 }
-                if row.is_none_or(|row| row.mobile != profile.mobile.as_str()) {
-                    reads.mobiles.push(profile.mobile.as_str().to_owned());
-                }
-                reads.high_water.push(profile.id);
-            }
-            if !self.recorded.contains_key(&change.key) {
-                reads.keys.push(change.key);
             }
         }
         for list in [&mut reads.emails, &mut reads.mobiles] {
@@ -313,19 +330,32 @@ mod tests {
             change(1, "2025-01-02T00:00:00Z", "other@x.io"),
         ];
         assert_eq!(overlay.reads_for(&stale, &stored), Reads::default());
-        // Newer: its claim of another email, its record and its mark.
+        // Newer: its claim of another email and its mark; a record of its
+        // text would have raised that mark past it.
         let newer = vec![change(1, "2025-01-03T00:00:00Z", "other@x.io")];
         let reads = overlay.reads_for(&newer, &stored);
         assert_eq!(reads.emails, ["other@x.io"]);
         assert!(reads.mobiles.is_empty(), "its row holds its mobile");
-        assert_eq!(reads.keys, [newer[0].key]);
+        assert!(reads.keys.is_empty());
         assert_eq!(reads.high_water, [id1]);
-        // An invalid element's record is read, older than its row or not.
-        let invalid = vec![Change::from_text(
-            &json!({"id": id1.to_string(), "last_updated_at": "2025-01-01T00:00:00Z"}).to_string(),
-            Utc::now(),
-        )];
-        assert_eq!(overlay.reads_for(&invalid, &stored).keys, [invalid[0].key]);
+        // An invalid element's record is read where its id has a row, or a
+        // valid change before it in the page; not for an id with neither.
+        let invalid = |n: u8| {
+            Change::from_text(
+                &json!({"id": Uuid::from_bytes([n; 16]).to_string(), "last_updated_at": "2025-01-01T00:00:00Z"})
+                    .to_string(),
+                Utc::now(),
+            )
+        };
+        let page = vec![
+            invalid(1),
+            invalid(2),
+            change(3, "2025-01-01T00:00:00Z", "t@x.io"),
+            invalid(3),
+        ];
+        assert_eq!(overlay.reads_for(&page, &stored).keys.len(), 2);
+        let keys = overlay.reads_for(&page, &stored).keys;
+        assert!(keys.contains(&page[0].key) && keys.contains(&page[3].key));
     }
 
     #[test]
