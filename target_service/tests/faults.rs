@@ -339,77 +339,9 @@ fn the_schema_applies_again_and_from_several_replicas_at_once() {
     );
 }
 
-/// A PostgreSQL cluster of the test's own (`scripts/lib/pg.sh`), which the
-/// test may crash; stopped and removed when dropped.
-struct OwnCluster {
-    exports: String,
-    url: String,
-}
-
-impl OwnCluster {
-    fn bash(script: &str) -> String {
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg(format!("source ../scripts/lib/pg.sh && {script}"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("bash runs");
-        assert!(output.status.success(), "{script} failed");
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    }
-
-    fn start() -> OwnCluster {
-        let name = format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let line = OwnCluster::bash(&format!(
-            "pg_start_throwaway {name} >&2 && \
-             echo \"$PG_THROWAWAY_DIR|$PG_THROWAWAY_DATA|$PG_THROWAWAY_LOG|$PG_THROWAWAY_PORT\""
-        ));
-        let parts: Vec<&str> = line.split('|').collect();
-        let exports = format!(
-            "export PG_THROWAWAY_DIR='{}' PG_THROWAWAY_DATA='{}' PG_THROWAWAY_LOG='{}';",
-            parts[0], parts[1], parts[2]
-        );
-        let url = format!("postgres://postgres@127.0.0.1:{}/postgres", parts[3]);
-        OwnCluster { exports, url }
-    }
-
-    /// `pg_ctl stop -m immediate`: what a power cut does to the server.
-    fn crash(&self) {
-        OwnCluster::bash(&format!(
-            "{} pg_throwaway_stop_server immediate",
-            self.exports
-        ));
-    }
-
-    fn start_again(&self) {
-        OwnCluster::bash(&format!("{} pg_throwaway_start_server", self.exports));
-    }
-
-    fn count(&self, sql: &str) -> i64 {
-        postgres::Client::connect(&self.url, postgres::NoTls)
-            .and_then(|mut c| c.query_one(sql, &[]))
-            .and_then(|row| row.try_get(0))
-            .unwrap_or(-1)
-    }
-}
-
-impl Drop for OwnCluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "source ../scripts/lib/pg.sh && {} pg_stop_throwaway",
-                self.exports
-            ))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status();
-    }
-}
-
 #[test]
 fn a_postgresql_crash_mid_catch_up_loses_no_change_the_cursor_covers() {
-    let cluster = OwnCluster::start();
+    let cluster = OwnCluster::start("crash");
     let log = backlog(20_000);
     let source = log.source();
     let config = target_config(&cluster.url, &source.url, &[("FETCH_LIMIT", "500")]);

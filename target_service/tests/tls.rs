@@ -2,16 +2,14 @@
 //! accepts only TLS connections (`hostssl`), with a CA and a server
 //! certificate made here, and an HTTPS source served by rustls.
 //!
-//! The cluster needs PostgreSQL's server programs (`initdb`, `pg_ctl`). Where
-//! they are missing the cluster tests are skipped with a loud message,
-//! except under CI (`CI` set), where that is a failure.
+//! The cluster is made by `scripts/lib/pg.sh`, which installs PostgreSQL's
+//! server programs where they are missing.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -22,7 +20,7 @@ use serde_json::json;
 use target_service::config::Config;
 use target_service::{pool, App, Running};
 
-use common::{get, profile, wait_until, TestDb};
+use common::{get, profile, wait_until, OwnCluster, TestDb};
 
 /// A CA, and a server certificate it signed for `localhost` only.
 struct Pki {
@@ -89,191 +87,32 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A throwaway cluster (`scripts/lib/pg.sh`, through [`OwnCluster`]) turned
+/// to speak only TLS: `ssl = on` with `pki`'s server certificate, and
+/// `hostssl` the only rule of `pg_hba.conf`.
+fn tls_cluster(pki: &Pki) -> OwnCluster {
+    let cluster = OwnCluster::start("tls");
+    let files = TempDir::new("profile-sync-tls-pg");
+    let cert = files.write("server.crt", &pki.server_pem);
+    let key = files.write("server.key", &pki.key_pem);
+    // The key must belong to the server's user and be private to it.
+    cluster.run(&format!(
+        r#"data=$PG_THROWAWAY_DATA &&
+        install -m 600 '{cert}' "$data/server.crt" && install -m 600 '{key}' "$data/server.key" &&
+        if [[ $EUID -eq 0 ]]; then chown postgres: "$data/server.crt" "$data/server.key"; fi &&
+        printf '%s
+' "ssl = on" "ssl_cert_file = 'server.crt'" "ssl_key_file = 'server.key'"           >>"$data/postgresql.conf" &&
+        echo 'hostssl all all 127.0.0.1/32 trust' >"$data/pg_hba.conf" &&
+        pg_throwaway_restart_server >&2"#
+    ));
+    cluster
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// The newest PostgreSQL server programs, as Debian installs them (or on
-/// `PATH`).
-fn pg_bin() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path().join("bin"))
-        .filter(|bin| bin.join("initdb").exists())
-        .collect();
-    dirs.sort_by_key(|bin| {
-        bin.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    dirs.pop().or_else(|| {
-        let found = Command::new("sh")
-            .args(["-c", "command -v initdb"])
-            .output()
-            .ok()?;
-        let path = PathBuf::from(String::from_utf8_lossy(&found.stdout).trim());
-        path.parent().map(Path::to_path_buf)
-    })
-}
-
-/// A throwaway cluster that speaks only TLS, stopped and removed when
-/// dropped. initdb refuses to run as root, so as root the cluster belongs
-/// to the `postgres` user.
-struct TlsCluster {
-    bin: PathBuf,
-    dir: TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl TlsCluster {
-    /// `None` (after saying why, loudly) where no cluster can be started
-    /// outside CI.
-    fn start(pki: &Pki) -> Option<TlsCluster> {
-        let Some(bin) = pg_bin() else {
-            let message = "PostgreSQL server programs (initdb) not found: install the \
-                           postgresql package to run the TLS cluster tests";
-            if std::env::var_os("CI").is_some() {
-                panic!("{message}");
-            }
-            eprintln!("\n!!! SKIPPED: {message}\n");
-            return None;
-        };
-        let dir = TempDir::new("profile-sync-tls-pg");
-        let as_postgres = is_root();
-        let cluster = TlsCluster {
-            bin,
-            port: free_port(),
-            dir,
-            as_postgres,
-        };
-        if as_postgres {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:"])
-                .arg(&cluster.dir.0)
-                .status()
-                .unwrap();
-            assert!(status.success(), "chown to the postgres user");
-        }
-        let data = cluster.data();
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-locale",
-                "-E",
-                "UTF8",
-            ],
-        );
-        // The key must belong to the server's user and be private to it.
-        for (name, text) in [
-            ("server.crt", pki.server_pem.as_str()),
-            ("server.key", pki.key_pem.as_str()),
-        ] {
-            let path = format!("{data}/{name}");
-            std::fs::write(&path, text).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-            if as_postgres {
-                Command::new("chown")
-                    .args(["postgres:", &path])
-                    .status()
-                    .unwrap();
-            }
-        }
-        let mut conf = std::fs::OpenOptions::new()
-            .append(true)
-            .open(format!("{data}/postgresql.conf"))
-            .unwrap();
-        write!(
-            conf,
-            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n\
-             ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nfsync = off\n",
-            cluster.port
-        )
-        .unwrap();
-        // TLS or nothing.
-        std::fs::write(
-            format!("{data}/pg_hba.conf"),
-            "hostssl all all 127.0.0.1/32 trust\n",
-        )
-        .unwrap();
-        let log = format!("{}/postgres.log", cluster.dir.0.display());
-        cluster.run(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-w", "-t", "60", "start"],
-        );
-        Some(cluster)
-    }
-
-    fn data(&self) -> String {
-        format!("{}/data", self.dir.0.display())
-    }
-
-    fn run(&self, program: &str, args: &[&str]) {
-        let program = self.bin.join(program);
-        let mut command = if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
-        let out = command
-            .args(args)
-            .current_dir("/")
-            .output()
-            .unwrap_or_else(|err| panic!("{}: {err}", program.display()));
-        assert!(
-            out.status.success(),
-            "{} failed: {}{}",
-            program.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn url(&self, host: &str, query: &str) -> String {
-        format!("postgres://postgres@{host}:{}/postgres?{query}", self.port)
-    }
-}
-
-impl Drop for TlsCluster {
-    fn drop(&mut self) {
-        let data = self.data();
-        let program = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(&program);
-            command
-        } else {
-            Command::new(&program)
-        };
-        let _ = command
-            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
-            .current_dir("/")
-            .output();
-    }
+fn tls_url(cluster: &OwnCluster, host: &str, query: &str) -> String {
+    format!(
+        "postgres://postgres@{host}:{}/postgres?{query}",
+        cluster.port
+    )
 }
 
 fn config(vars: &[(&str, &str)]) -> Config {
@@ -325,14 +164,13 @@ fn target_against(database_url: &str, source: &str) -> (Config, Running) {
 #[test]
 fn verify_full_with_the_right_ca_syncs_and_require_connects_without_checking() {
     let pki = Pki::new();
-    let Some(cluster) = TlsCluster::start(&pki) else {
-        return;
-    };
+    let cluster = tls_cluster(&pki);
     let files = TempDir::new("profile-sync-tls-ca");
     let ca = files.write("ca.pem", &pki.ca_pem);
     let source = common::ScriptedSource::fixed_page(page());
 
-    let url = cluster.url(
+    let url = tls_url(
+        &cluster,
         "localhost",
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
@@ -348,7 +186,11 @@ fn verify_full_with_the_right_ca_syncs_and_require_connects_without_checking() {
 
     // verify-ca checks the chain only: a host name not in the certificate
     // is fine.
-    let url = cluster.url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}"));
+    let url = tls_url(
+        &cluster,
+        "127.0.0.1",
+        &format!("sslmode=verify-ca&sslrootcert={ca}"),
+    );
     let (config, target) = target_against(&url, &source.url);
     wait_until("ready over verify-ca", Duration::from_secs(20), || {
         target.status.is_ready()
@@ -357,7 +199,7 @@ fn verify_full_with_the_right_ca_syncs_and_require_connects_without_checking() {
     target.shutdown();
 
     // require encrypts without checking: no CA at hand, still connects.
-    let url = cluster.url("127.0.0.1", "sslmode=require");
+    let url = tls_url(&cluster, "127.0.0.1", "sslmode=require");
     let (_, target) = target_against(&url, &source.url);
     wait_until("ready over unchecked TLS", Duration::from_secs(20), || {
         target.status.is_ready()
@@ -380,9 +222,7 @@ fn verify_full_with_the_right_ca_syncs_and_require_connects_without_checking() {
 #[test]
 fn a_wrong_ca_or_host_name_fails_clearly_and_readyz_says_503() {
     let pki = Pki::new();
-    let Some(cluster) = TlsCluster::start(&pki) else {
-        return;
-    };
+    let cluster = tls_cluster(&pki);
     let files = TempDir::new("profile-sync-tls-ca");
     let ca = files.write("ca.pem", &pki.ca_pem);
     let other = files.write("other.pem", &Pki::other_ca_pem());
@@ -392,7 +232,11 @@ fn a_wrong_ca_or_host_name_fails_clearly_and_readyz_says_503() {
         ("localhost", &other, "UnknownIssuer"),
         ("127.0.0.1", &ca, "not valid for name"),
     ] {
-        let url = cluster.url(host, &format!("sslmode=verify-full&sslrootcert={root}"));
+        let url = tls_url(
+            &cluster,
+            host,
+            &format!("sslmode=verify-full&sslrootcert={root}"),
+        );
         let (_, target) = target_against(&url, &source.url);
         wait_until("the connection error", Duration::from_secs(20), || {
             !last_error(&target).is_empty()
@@ -417,11 +261,12 @@ fn a_wrong_ca_or_host_name_fails_clearly_and_readyz_says_503() {
 #[test]
 fn disable_against_a_tls_only_server_fails_clearly() {
     let pki = Pki::new();
-    let Some(cluster) = TlsCluster::start(&pki) else {
-        return;
-    };
+    let cluster = tls_cluster(&pki);
     let source = common::ScriptedSource::fixed_page(page());
-    let (_, target) = target_against(&cluster.url("127.0.0.1", "sslmode=disable"), &source.url);
+    let (_, target) = target_against(
+        &tls_url(&cluster, "127.0.0.1", "sslmode=disable"),
+        &source.url,
+    );
     wait_until("the connection error", Duration::from_secs(20), || {
         !last_error(&target).is_empty()
     });

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -436,4 +437,80 @@ pub fn emails(db: &TestDb) -> Vec<(String, String)> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect()
+}
+
+/// A PostgreSQL cluster of the test's own, made by `scripts/lib/pg.sh` (as
+/// every throwaway cluster is), which the test may crash or reconfigure;
+/// stopped and removed when dropped.
+pub struct OwnCluster {
+    /// `export PG_THROWAWAY_…` of this cluster, for pg.sh's functions.
+    exports: String,
+    pub port: u16,
+    pub url: String,
+}
+
+impl OwnCluster {
+    fn bash(script: &str) -> String {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(format!("source ../scripts/lib/pg.sh && {script}"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("bash runs");
+        assert!(output.status.success(), "{script} failed");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// A fresh cluster under `target/pg-<what>-<random>`.
+    pub fn start(what: &str) -> OwnCluster {
+        let name = format!("{what}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let line = OwnCluster::bash(&format!(
+            "pg_start_throwaway {name} >&2 && \
+             echo \"$PG_THROWAWAY_DIR|$PG_THROWAWAY_DATA|$PG_THROWAWAY_LOG|$PG_THROWAWAY_PORT\""
+        ));
+        let parts: Vec<&str> = line.split('|').collect();
+        let exports = format!(
+            "export PG_THROWAWAY_DIR='{}' PG_THROWAWAY_DATA='{}' PG_THROWAWAY_LOG='{}';",
+            parts[0], parts[1], parts[2]
+        );
+        let port = parts[3].parse().expect("pg.sh gives the port");
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        OwnCluster { exports, port, url }
+    }
+
+    /// Runs `script` in bash with pg.sh's functions and this cluster's
+    /// `PG_THROWAWAY_*`; its standard output, trimmed.
+    pub fn run(&self, script: &str) -> String {
+        OwnCluster::bash(&format!("{} {script}", self.exports))
+    }
+
+    /// `pg_ctl stop -m immediate`: what a power cut does to the server.
+    pub fn crash(&self) {
+        self.run("pg_throwaway_stop_server immediate");
+    }
+
+    pub fn start_again(&self) {
+        self.run("pg_throwaway_start_server");
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        postgres::Client::connect(&self.url, postgres::NoTls)
+            .and_then(|mut c| c.query_one(sql, &[]))
+            .and_then(|row| row.try_get(0))
+            .unwrap_or(-1)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source ../scripts/lib/pg.sh && {} pg_stop_throwaway",
+                self.exports
+            ))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+    }
 }
