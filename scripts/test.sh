@@ -58,14 +58,10 @@ step "PostgreSQL"
 pg_ensure_server test "${TEST_DATABASE_URL:-}"
 export TEST_DATABASE_URL=$PG_ADMIN_URL
 echo "TEST_DATABASE_URL=$(pg_redact_url "$TEST_DATABASE_URL")"
-# target_service/tests/tls.rs starts a TLS-only cluster of its own: it needs
-# initdb (installed here when missing) and skips loudly without it, except
-# under CI, where it fails.
-if pg_ensure_binaries; then
-  echo "initdb: $(command -v initdb) (for the TLS cluster tests)"
-else
-  echo "!!! initdb is missing: the TLS cluster tests will be skipped (or fail under CI)"
-fi
+# The TLS and PostgreSQL-crash tests start clusters of their own through
+# pg.sh; installing initdb once here keeps parallel tests from each trying.
+pg_ensure_binaries
+echo "initdb: $(command -v initdb) (for the tests' own clusters)"
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check
