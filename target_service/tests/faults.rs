@@ -212,15 +212,6 @@ fn shutdown_finishes_the_page_stores_its_cursor_and_returns_in_time() {
     );
 }
 
-fn target_binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(std::env::temp_dir());
-    command
-}
-
 #[test]
 fn a_bad_setting_exits_2_with_one_line_naming_the_variable() {
     for (variable, value) in [

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -53,12 +52,10 @@ fn run(
     let dir: PathBuf =
         std::env::temp_dir().join(format!("operate-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
+    let mut command = common::target_binary();
     command
         .args(args)
         .current_dir(&dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &db.url)
         .env("SOURCE_SERVICE_URL", source_url)
         .env("HTTP_TIMEOUT_SECS", "5");

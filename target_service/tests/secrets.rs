@@ -35,14 +35,11 @@ struct Target {
 
 impl Target {
     fn spawn(vars: &[(&str, &str)]) -> Target {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
+        let mut command = common::target_binary();
         command
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("LOG_LEVEL", "debug")
             .env("SYNC_INTERVAL", "0.2")
             .env("HTTP_TIMEOUT_SECS", "1")
-            .current_dir(std::env::temp_dir())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (name, value) in vars {

@@ -439,6 +439,18 @@ pub fn emails(db: &TestDb) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The built `target_service` with nothing from the environment but `PATH`,
+/// run from the temporary directory (so no `.env` of the working tree is
+/// read): what it does then comes from what the test sets alone.
+pub fn target_binary() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir());
+    command
+}
+
 /// A PostgreSQL cluster of the test's own, made by `scripts/lib/pg.sh` (as
 /// every throwaway cluster is), which the test may crash or reconfigure;
 /// stopped and removed when dropped.
