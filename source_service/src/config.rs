@@ -10,7 +10,7 @@
 //! `SOURCE_SEED=` in a compose file means "use the default", not an error.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -117,15 +117,6 @@ impl std::error::Error for ConfigError {}
 const ADDR_EXPECTED: &str =
     "a listen address such as 0.0.0.0:8080, localhost:8080 or 127.0.0.1:0 (or :8080 for every address)";
 
-/// A host (address or name) and port; `:8080`, as Go services write it,
-/// listens on every address. A name listens on the first address it
-/// resolves to, as METRICS_ADDR does on the target.
-fn listen_addr(text: &str) -> Option<SocketAddr> {
-    match text.strip_prefix(':') {
-        Some(port) => Some(SocketAddr::from(([0, 0, 0, 0], port.parse().ok()?))),
-        None => text.to_socket_addrs().ok()?.next(),
-    }
-}
 const THREADS_EXPECTED: &str = "a whole number from 1 to 1024";
 const SEED_EXPECTED: &str =
     "a whole number from 0 to 18446744073709551615, or unset for a random seed";
@@ -153,7 +144,11 @@ impl Config {
         };
         let defaults = Config::default();
         Ok(Config {
-            addr: get("SOURCE_ADDR").parse_or(defaults.addr, ADDR_EXPECTED, listen_addr)?,
+            addr: get("SOURCE_ADDR").parse_or(
+                defaults.addr,
+                ADDR_EXPECTED,
+                http_server::listen_addr,
+            )?,
             threads: get("SOURCE_THREADS").parse_or(defaults.threads, THREADS_EXPECTED, |s| {
                 s.parse::<usize>()
                     .ok()

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -537,20 +537,7 @@ impl Vars<'_> {
                 "{text:?} is not a listen address such as 0.0.0.0:2112 (or :2112 for every address)"
             ),
         };
-        let text = text.trim();
-        // `:2112`, as Go services write it, listens on every address.
-        let every_address;
-        let text = match text.strip_prefix(':') {
-            Some(port) => {
-                every_address = format!("0.0.0.0:{port}");
-                &every_address
-            }
-            None => text,
-        };
-        text.to_socket_addrs()
-            .map_err(|_| problem())?
-            .next()
-            .ok_or_else(problem)
+        http_server::listen_addr(text.trim()).ok_or_else(problem)
     }
 
     /// A secret: never echoed in a message, masked in logs once registered.
