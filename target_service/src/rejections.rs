@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use http_server::shorten;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::{json, Value};
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -171,14 +172,6 @@ fn percent_decode(text: &str) -> Option<String> {
         i += 1;
     }
     String::from_utf8(out).ok()
-}
-
-/// Echoed input is cut short so error bodies stay small.
-fn shorten(text: &str) -> String {
-    match text.char_indices().nth(100) {
-        Some((i, _)) => format!("{}...", &text[..i]),
-        None => text.to_owned(),
-    }
 }
 
 /// Why the list could not be read.
