@@ -29,10 +29,12 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
     resolution VARCHAR(50)              -- 'synced' | 'stale', set by redrive
 );
 -- A rejection is its element's exact text: the same text arriving again, in
--- any page or epoch, is the same rejection and is not recorded twice.
-CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_change_key ON sync_rejections (change_key);
--- A user's rejections.
-CREATE INDEX IF NOT EXISTS sync_rejections_profile_id ON sync_rejections (profile_id);
+-- any page or epoch, is the same rejection and is not recorded twice. The
+-- text decides `profile_id` too, so the key may lead with it: one index is
+-- then both the identity and a user's rejections (NULLS NOT DISTINCT, so a
+-- text without a UUID id is recorded once as well).
+CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_element
+    ON sync_rejections (profile_id, change_key) NULLS NOT DISTINCT;
 -- The rejections that count toward a user's high-water mark (changes that
 -- got past the stale rule but did not sync): few, read for every page.
 CREATE INDEX IF NOT EXISTS sync_rejections_high_water ON sync_rejections (profile_id, changed_at)

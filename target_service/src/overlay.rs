@@ -32,8 +32,8 @@ pub struct Reads {
     pub mobiles: Vec<String>,
     /// The element texts whose record is to be read: invalid ones that may
     /// mark a row or be recorded already (see [`Overlay::reads_for`]), that
-    /// the overlay does not know.
-    pub keys: Vec<ChangeKey>,
+    /// the overlay does not know, each with its id when that is a UUID.
+    pub keys: Vec<(Option<Uuid>, ChangeKey)>,
     /// The ids whose high-water marks are to be read: the id of every valid
     /// change past the stale rule, whatever the overlay holds (the later of
     /// the table's mark and the overlay's counts).
@@ -136,7 +136,7 @@ impl Overlay {
                         .profile_id
                         .is_some_and(|id| row_before(&id).is_none() && !valid_so_far.contains(&id));
                     if !rowless && !self.recorded.contains_key(&change.key) {
-                        reads.keys.push(change.key);
+                        reads.keys.push((rejection.profile_id, change.key));
                     }
                 }
             }
@@ -347,15 +347,23 @@ mod tests {
                 Utc::now(),
             )
         };
+        let idless = Change::from_text(r#"{"id": "x"}"#, Utc::now());
         let page = vec![
             invalid(1),
             invalid(2),
             change(3, "2025-01-01T00:00:00Z", "t@x.io"),
             invalid(3),
+            idless,
         ];
-        assert_eq!(overlay.reads_for(&page, &stored).keys.len(), 2);
         let keys = overlay.reads_for(&page, &stored).keys;
-        assert!(keys.contains(&page[0].key) && keys.contains(&page[3].key));
+        let (id3, idless_key) = (Uuid::from_bytes([3; 16]), page[4].key);
+        assert_eq!(keys.len(), 3);
+        assert!(keys.contains(&(Some(id1), page[0].key)));
+        assert!(keys.contains(&(Some(id3), page[3].key)));
+        assert!(
+            keys.contains(&(None, idless_key)),
+            "a text without a UUID id"
+        );
     }
 
     #[test]

@@ -300,8 +300,13 @@ const READ_HOLDERS: &str =
     "SELECT id, last_updated_at, email, mobile FROM users WHERE email = ANY($1) \
      UNION ALL SELECT id, last_updated_at, email, mobile FROM users WHERE mobile = ANY($2)";
 
-const READ_RECORDED: &str =
-    "SELECT change_key, reason FROM sync_rejections WHERE change_key = ANY($1)";
+/// The records of `(id, key)` pairs, then of keys of texts without a UUID
+/// id: each half is one look-up per pair in `sync_rejections_element`.
+const READ_RECORDED: &str = "SELECT r.change_key, r.reason \
+     FROM unnest($1::uuid[], $2::bytea[]) AS e(id, key) \
+     JOIN sync_rejections r ON r.profile_id = e.id AND r.change_key = e.key \
+     UNION ALL SELECT change_key, reason FROM sync_rejections \
+     WHERE profile_id IS NULL AND change_key = ANY($3)";
 
 /// Per `(id, key)` asked about, the newest instant of the id's rejections
 /// that got past the stale rule (conflicts and `db_error`), leaving out the
@@ -330,7 +335,7 @@ const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, sta
 const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
           (profile_id, outcome, reason, message, payload, changed_at, change_key) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bytea[]) \
-     ON CONFLICT (change_key) DO NOTHING";
+     ON CONFLICT (profile_id, change_key) DO NOTHING";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
@@ -377,17 +382,27 @@ fn rows_of(rows: Vec<postgres::Row>) -> Result<Vec<(Uuid, Row)>, postgres::Error
         .collect()
 }
 
-/// Which of `keys` are recorded, with the reason each was recorded with.
+/// Which of the texts `keys` name (by their id, when a UUID, and key) are
+/// recorded, with the reason each was recorded with.
 pub fn read_recorded(
     client: &mut impl GenericClient,
     statements: &Statements,
-    keys: &[ChangeKey],
+    keys: &[(Option<Uuid>, ChangeKey)],
 ) -> Result<Vec<(ChangeKey, Reason)>, postgres::Error> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let keys: Vec<&[u8]> = keys.iter().map(|key| &key[..]).collect();
-    let rows = client.query(&statements.read_recorded, &[&keys])?;
+    let (mut ids, mut id_keys, mut idless_keys) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, key) in keys {
+        match id {
+            Some(id) => {
+                ids.push(*id);
+                id_keys.push(&key[..]);
+            }
+            None => idless_keys.push(&key[..]),
+        }
+    }
+    let rows = client.query(&statements.read_recorded, &[&ids, &id_keys, &idless_keys])?;
     let mut recorded = Vec::with_capacity(rows.len());
     for row in &rows {
         let key: &[u8] = row.try_get(0)?;
