@@ -20,7 +20,10 @@ set -euo pipefail
 #   BENCH_BASELINE_BIN another target_service binary (say, one built from an
 #                      earlier commit): each pair then also runs a catch-up
 #                      with it, alternating which of the two goes first, and
-#                      prints ours divided by its rate, with the median
+#                      prints ours divided by its rate, with the median;
+#                      the replay is then measured twice for each binary
+#                      (ours, baseline, baseline, ours), the baseline's on
+#                      the database its last catch-up loaded
 #   BENCH_TARGET_ENV   extra VAR=VALUE words for target_service, e.g.
 #                      "WRITER_THREADS=8 FETCH_LIMIT=5000", to compare settings
 #   BENCH_SERVER_SETTINGS  NAME=VALUE words set on the whole throwaway
@@ -479,15 +482,18 @@ median() { # median FORMAT <<<"V1 V2 ..." -> the median, printed with FORMAT
 }
 baseline_bin=${BENCH_BASELINE_BIN:-}
 [[ -z $baseline_bin || -x $baseline_bin ]] || die "BENCH_BASELINE_BIN: $baseline_bin is not an executable"
-# run_baseline TAG HEAD: a catch-up with BENCH_BASELINE_BIN; sets $baseline_rate.
-# It loads a database of its own, so the replay below starts from ours.
-run_baseline() {
+# as_baseline COMMAND...: runs COMMAND against the baseline's database.
+as_baseline() {
   local ours_db=$e2e_db ours_url=$e2e_url
   e2e_db=bench_baseline e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" bench_baseline)
-  fresh_e2e_db
-  run_target "baseline-catch-up$1" "$2" "$baseline_bin"
-  psql_admin -c "DROP DATABASE $e2e_db"
+  "$@"
   e2e_db=$ours_db e2e_url=$ours_url
+}
+# run_baseline TAG HEAD: a catch-up with BENCH_BASELINE_BIN; sets $baseline_rate.
+# It loads a database of its own (its schema may differ), kept for its replay.
+run_baseline() {
+  as_baseline fresh_e2e_db
+  as_baseline run_target "baseline-catch-up$1" "$2" "$baseline_bin"
   baseline_rate=$(rate "$2" "$run_secs")
   echo "bench: baseline catch-up$1: $baseline_rate profiles/s ($baseline_bin; $2 changes in $run_secs s from process start)"
   echo "$run_cpu"
@@ -584,15 +590,35 @@ if [[ -n ${tsv:-} ]]; then
 fi
 
 # 4. Replay of the whole log: every change is stale.
-psql "$e2e_url" -w -X -q -v ON_ERROR_STOP=1 -c 'UPDATE sync_state SET cursor = 0'
-head1=$(source_head)
-run_target replay "$head1"
+# replay NAME [BINARY]: the whole log again into the database of $e2e_url.
+replay() {
+  psql "$e2e_url" -w -X -q -v ON_ERROR_STOP=1 -c 'UPDATE sync_state SET cursor = 0'
+  head1=$(source_head)
+  run_target "$1" "$head1" "${2:-$bin/target_service}"
+}
+if [[ -n $baseline_bin ]]; then
+  # Ours, baseline, baseline, ours: drift favours neither; ours last so
+  # the figures below are of its second replay.
+  replay replay-a
+  ours_a=$(rate "$head1" "$run_secs")
+  as_baseline replay baseline-replay-a "$baseline_bin"
+  base_a=$(rate "$head1" "$run_secs")
+  as_baseline replay baseline-replay-b "$baseline_bin"
+  base_b=$(rate "$head1" "$run_secs")
+  echo "bench: baseline replay: $base_a, $base_b profiles/s ($baseline_bin)"
+  psql_admin -c "DROP DATABASE bench_baseline"
+fi
+replay replay
 replay_rate=$(rate "$head1" "$run_secs")
+if [[ -n $baseline_bin ]]; then
+  ratio=$(awk -v a="$ours_a" -v b="$replay_rate" -v c="$base_a" -v d="$base_b" 'BEGIN { printf "%.2f", (a + b) / (c + d) }')
+  echo "bench: replay vs baseline: $ratio (ours $ours_a, $replay_rate profiles/s)"
+fi
 replay_peak=$run_peak_kib replay_hwm=$run_hwm_kib
 synced=$(metric "$run_metrics" profiles_synced_total)
 stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
 skipped=$(metric "$run_metrics" profiles_skipped_total)
-echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all stored by the catch-up but the $((head1 - head)) its last fetch made the source generate; synced $synced, stale $stale, skipped in all $skipped)"
+echo "bench: replay: $replay_rate profiles/s (target >= 80000: $(verdict "$replay_rate" '>=' 80000); $head1 changes from cursor 0 to the head in $run_secs s from process start, all stored by the catch-up but the $((head1 - head)) that fetches at the head made the source generate since; synced $synced, stale $stale, skipped in all $skipped)"
 if [[ -n ${raw_stale_rate:-} ]]; then
   ratio=$(awk -v a="$replay_rate" -v b="$raw_stale_rate" 'BEGIN { printf "%.2f", a / b }')
   echo "bench: replay vs raw all-stale: $ratio (target >= 0.8: $(verdict "$ratio" '>=' 0.8); $replay_rate / $raw_stale_rate rows/s)"
