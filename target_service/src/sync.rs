@@ -3,7 +3,8 @@
 //!
 //! A round fetches page after page; each page is decided as a whole by
 //! [`plan`] against the rows it can touch, read in bulk, and the decisions
-//! go to the writers ([`Pipeline`]) while the next page is fetched. The
+//! go to the writers ([`Pipeline`]) while the next page is fetched and
+//! ingested ([`ReadAhead`]). The
 //! cursor a page ends at is stored once every write of that page and of the
 //! pages before it has committed, durably and only on the server that took
 //! those commits ([`store::save_state`]). Only the replica holding the
@@ -209,6 +210,7 @@ impl Syncer {
         let stored = self.with_db("reading the sync state", |c, _| store::load_state(c, &url))?;
         self.show_position(&stored);
         let limit = self.config.fetch_limit;
+        let skew = self.config.max_future_skew;
         let mut cursor = stored.cursor;
         // The epoch of this round's pages, once one arrived.
         let mut epoch: Option<Option<String>> = None;
@@ -220,7 +222,8 @@ impl Syncer {
             }
             let fetched = match ahead.take() {
                 Some(next) if next.cursor == cursor => next.page(),
-                _ => self.fetcher.fetch(Some((cursor, limit))),
+                _ => (self.fetcher.fetch(Some((cursor, limit))))
+                    .map(|page| Fetched::ingest(page, skew)),
             };
             let page = match fetched {
                 Ok(page) => page,
@@ -239,7 +242,7 @@ impl Syncer {
                 );
                 self.source_without_cursor = true;
                 self.finish(&mut round)?;
-                self.dispatch(&mut round, page, None)?;
+                self.dispatch(&mut round, page.changes, None)?;
                 return self.finish(&mut round);
             };
             match &epoch {
@@ -272,7 +275,7 @@ impl Syncer {
                     }
                 }
             }
-            let count = page.elements().len();
+            let count = page.changes.len();
             if let Some(why) = misbehaviour(cursor, next_cursor, page.head_cursor, count, limit) {
                 return self.fetch_failed(&mut round, why);
             }
@@ -287,9 +290,9 @@ impl Syncer {
                 cursor: next_cursor,
             };
             if count >= limit {
-                ahead = ReadAhead::start(&self.fetcher, next_cursor, limit);
+                ahead = ReadAhead::start(&self.fetcher, next_cursor, limit, skew);
             }
-            self.dispatch(&mut round, page, Some(reaches))?;
+            self.dispatch(&mut round, page.changes, Some(reaches))?;
             cursor = next_cursor;
             self.store_progress(&mut round, false)?;
             if count < limit {
@@ -319,7 +322,8 @@ impl Syncer {
             info!("the source now sends cursors; paging with since from the next round");
             self.source_without_cursor = false;
         }
-        self.dispatch(round, page, None)?;
+        let page = Fetched::ingest(page, self.config.max_future_skew);
+        self.dispatch(round, page.changes, None)?;
         self.finish(round)
     }
 
@@ -353,12 +357,12 @@ impl Syncer {
         }
     }
 
-    /// Decides a page and sends its writes on; `reaches` is where the
-    /// cursor may move once they commit.
+    /// Decides a page's changes and sends their writes on; `reaches` is
+    /// where the cursor may move once they commit.
     fn dispatch(
         &mut self,
         round: &mut Round,
-        page: Page,
+        changes: Vec<Change>,
         reaches: Option<SyncState>,
     ) -> Result<(), RoundError> {
         if !self.gate.leader.holds() {
@@ -366,8 +370,7 @@ impl Syncer {
                 "lost the sync lock; the page is left to the replica that holds it".to_owned(),
             ));
         }
-        let fetched = page.elements().len() as u64;
-        let changes = change::ingest(page, latest_allowed(self.config.max_future_skew));
+        let fetched = changes.len() as u64;
         self.pipeline.forget_committed();
         let overlay = self.pipeline.overlay();
         let encoding = round.encoding.clone();
@@ -483,25 +486,58 @@ impl Syncer {
     }
 }
 
-/// The next page, fetched on a thread of its own while the current one is
-/// decided and sent to the writers. When the round ends first, the page
-/// is forgotten; its thread ends with its one request.
+/// A fetched page, its elements ingested as changes: what the round needs
+/// of it.
+struct Fetched {
+    next_cursor: Option<u64>,
+    head_cursor: Option<u64>,
+    epoch: Option<String>,
+    changes: Vec<Change>,
+}
+
+impl Fetched {
+    /// Ingests `page` as it arrives: a change is in the future by the
+    /// clock of that moment and `max_future_skew`.
+    fn ingest(mut page: Page, max_future_skew: Duration) -> Fetched {
+        let (next_cursor, head_cursor, epoch) =
+            (page.next_cursor, page.head_cursor, page.epoch.take());
+        Fetched {
+            next_cursor,
+            head_cursor,
+            epoch,
+            changes: change::ingest(page, latest_allowed(max_future_skew)),
+        }
+    }
+}
+
+/// The next page, fetched and ingested on a thread of its own while the
+/// current one is read against, decided and sent to the writers: ingesting
+/// needs nothing but the page, and on the round's thread it would wait for
+/// the reads and they for it. When the round ends first, the page is
+/// forgotten; its thread ends with its one request.
 struct ReadAhead {
     cursor: u64,
-    page: Receiver<Result<Page, FetchError>>,
+    page: Receiver<Result<Fetched, FetchError>>,
 }
 
 impl ReadAhead {
     /// Starts fetching the page after `cursor`; `None` when no thread can
     /// be started (the page is then fetched when it is needed).
-    fn start(fetcher: &Fetcher, cursor: u64, limit: usize) -> Option<ReadAhead> {
+    fn start(
+        fetcher: &Fetcher,
+        cursor: u64,
+        limit: usize,
+        max_future_skew: Duration,
+    ) -> Option<ReadAhead> {
         let (sender, page) = crossbeam_channel::bounded(1);
         let fetcher = fetcher.clone();
         let spawned = std::thread::Builder::new()
             .name("read-ahead".into())
             .spawn(move || {
+                let fetched = (fetcher.fetch(Some((cursor, limit))))
+                    .map(|page| Fetched::ingest(page, max_future_skew));
                 // The receiver is gone when the round ended first.
-                let _ = sender.send(fetcher.fetch(Some((cursor, limit))));
+                let _ = sender.send(fetched);
             });
         match spawned {
             Ok(_) => Some(ReadAhead { cursor, page }),
@@ -512,7 +548,7 @@ impl ReadAhead {
         }
     }
 
-    fn page(self) -> Result<Page, FetchError> {
+    fn page(self) -> Result<Fetched, FetchError> {
         self.page.recv().unwrap_or_else(|_| {
             Err(FetchError::Failed(
                 "the thread reading the next page ended without one".to_owned(),
