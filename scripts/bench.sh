@@ -173,6 +173,12 @@ fresh_database() {
   PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $1"
   pg_create_database "$PG_ADMIN_URL" "$1"
 }
+# settle URL: vacuums and analyzes what a timed step just loaded, untimed.
+# Left to autovacuum, that work would start during the next step, and its
+# CPU would count as that step's PostgreSQL time.
+settle() {
+  psql "$1" -w -X -q -c 'VACUUM (ANALYZE)'
+}
 # Measure against a durable server, as PostgreSQL runs by default and as the
 # reference figures were taken: the throwaway cluster turns fsync and full
 # page writes off for test speed. BENCH_DURABLE=0 keeps them off.
@@ -278,14 +284,32 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE u.last_updated_at < excluded.last_updated_at;
 COMMIT;
 SQL
-  # run_raw NAME REFERENCE: times raw.sql, prints its line, sets $raw_rate.
+  # The same, also recording every inactive change as the target records a
+  # rejection (the element's text, its SHA-256 key, unique): what
+  # PostgreSQL alone needs to hold both tables a catch-up fills, in bulk.
+  cat >"$logs/raw-rejections.sql" <<SQL
+\\timing on
+BEGIN;
+CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz) ON COMMIT DROP;
+\\copy tmp FROM '$tsv'
+INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at, change_key)
+SELECT id, 'skipped', 'inactive_status', 'status "inactive" is not synced (only active and pending are)',
+       payload, last_updated_at, sha256(convert_to(payload, 'UTF8'))
+FROM (SELECT id, last_updated_at, json_build_object('id', id, 'name', name, 'email', email, 'mobile', mobile,
+             'status', status, 'last_updated_at', last_updated_at)::text AS payload
+      FROM tmp WHERE status = 'inactive') AS t
+ON CONFLICT (profile_id, change_key) DO NOTHING;
+$(sed -n '/^INSERT INTO users/,/^WHERE/p' "$logs/raw.sql")
+COMMIT;
+SQL
+  # run_raw NAME REFERENCE [SQL]: times SQL (raw.sql), prints its line, sets $raw_rate.
   run_raw() {
-    local name=$1 reference=$2 t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t
+    local name=$1 reference=$2 sql=${3:-$logs/raw.sql} t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t rejections=""
     psql "$raw_url" -w -X -q -c CHECKPOINT
     wait_quiet
     pg0=$(postgres_ticks) busy0=$(busy_ticks)
     t0=$(now_ns)
-    out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$logs/raw.sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
+    out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
     t1=$(now_ns)
     # The session's backend may still be exiting; until the postmaster has
     # reaped it, its CPU time shows nowhere in /proc.
@@ -293,12 +317,17 @@ SQL
     pg_t=$(($(postgres_ticks) - pg0))
     other_t=$(($(busy_ticks) - busy0 - pg_t))
     echo "$out" >"$logs/raw-$name.out"
+    settle "$raw_url"
     s=$(secs "$t0" "$t1")
     raw_rate=$(rate "$raw_rows" "$s")
     copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
-    insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
-    inserted=$(awk '/^INSERT/ { print $3 }' <<<"$out")
-    echo "bench: raw $name: $raw_rate rows/s (earlier reference on this machine about $reference; $raw_rows profiles in $s s: COPY ${copy_ms} ms, dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
+    # The users upsert is the last INSERT; one before it records rejections.
+    insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); v = $1 } END { print v }' <<<"$out")
+    inserted=$(awk '/^INSERT/ { v = $3 } END { print v }' <<<"$out")
+    if [[ $(grep -c '^INSERT' <<<"$out") -gt 1 ]]; then
+      rejections=$(awk '/^INSERT/ { n++; if (n == 1) { r = $3; getline; sub(/^Time: /, ""); printf "%s rejections recorded in %s ms, ", r, $1 } }' <<<"$out")
+    fi
+    echo "bench: raw $name: $raw_rate rows/s (earlier reference on this machine about $reference; $raw_rows profiles in $s s: COPY ${copy_ms} ms, ${rejections}dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
   }
 fi
 
@@ -471,6 +500,7 @@ PY
   tgt_pid=""
   stop_pid "$pid" || status=$?
   [[ $status -eq 0 ]] || die "target_service exited with $status after SIGTERM ($name)"
+  settle "$e2e_url"
 }
 
 target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_DB_SETTINGS:+; database: $BENCH_DB_SETTINGS}"
@@ -586,7 +616,12 @@ if [[ -n ${tsv:-} ]]; then
   raw_stale_rate=$raw_rate
   users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
   echo "bench: raw: distinct ids: $users (users rows after both runs)"
+  fresh_raw_db
+  run_raw empty-table-with-rejections 60000 "$logs/raw-rejections.sql"
+  raw_rejections_rate=$raw_rate
   psql_admin -c "DROP DATABASE $raw_db"
+  ratio=$(awk -v a="$catch_rate" -v b="$raw_rejections_rate" 'BEGIN { printf "%.2f", a / b }')
+  echo "bench: catch-up vs raw with rejections: $ratio ($catch_rate / $raw_rejections_rate rows/s; the catch-up's median when there are pairs)"
 fi
 
 # 4. Replay of the whole log: every change is stale.
