@@ -5,7 +5,7 @@ set -euo pipefail
 # Environment (all optional):
 #   BENCH_PROFILES     changes preloaded into the source (default 1000000)
 #   BENCH_SKIP_SOURCE  1: skip scripts/bench-source.sh (the source's own figures)
-#   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceiling (no ratio then)
+#   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceilings (no ratios then)
 #   BENCH_SKIP_DLT     1: skip the dlt peer (scripts/lib/dlt_peer.py), which
 #                      is otherwise installed into a virtualenv under
 #                      target/dlt-venv on first use (PyPI) and measured in
