@@ -4,11 +4,11 @@
 //! A round fetches page after page; each page is decided as a whole by
 //! [`plan`] against the rows it can touch, read in bulk, and the decisions
 //! go to the writers ([`Pipeline`]) while the next page is fetched and
-//! ingested ([`ReadAhead`]). The
-//! cursor a page ends at is stored once every write of that page and of the
-//! pages before it has committed, durably and only on the server that took
-//! those commits ([`store::save_state`]). Only the replica holding the
-//! advisory lock ([`Leader`]) runs rounds; one that loses it stops at once.
+//! ingested ([`ReadAhead`]). The cursor a page ends at is stored once every
+//! write of that page and of the pages before it has committed, durably and
+//! only on the server that took those commits ([`store::save_state`]).
+//! Only the replica holding the advisory lock ([`Leader`]) runs rounds;
+//! one that loses it stops at once.
 
 use std::cell::Cell;
 use std::collections::HashSet;
