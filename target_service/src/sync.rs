@@ -222,8 +222,7 @@ impl Syncer {
             }
             let fetched = match ahead.take() {
                 Some(next) if next.cursor == cursor => next.page(),
-                _ => (self.fetcher.fetch(Some((cursor, limit))))
-                    .map(|page| Fetched::ingest(page, skew)),
+                _ => Fetched::fetch(&self.fetcher, cursor, limit, skew),
             };
             let page = match fetched {
                 Ok(page) => page,
@@ -496,6 +495,16 @@ struct Fetched {
 }
 
 impl Fetched {
+    /// Fetches the page after `cursor` and ingests it.
+    fn fetch(
+        fetcher: &Fetcher,
+        cursor: u64,
+        limit: usize,
+        max_future_skew: Duration,
+    ) -> Result<Fetched, FetchError> {
+        (fetcher.fetch(Some((cursor, limit)))).map(|page| Fetched::ingest(page, max_future_skew))
+    }
+
     /// Ingests `page` as it arrives: a change is in the future by the
     /// clock of that moment and `max_future_skew`.
     fn ingest(mut page: Page, max_future_skew: Duration) -> Fetched {
@@ -534,8 +543,7 @@ impl ReadAhead {
         let spawned = std::thread::Builder::new()
             .name("read-ahead".into())
             .spawn(move || {
-                let fetched = (fetcher.fetch(Some((cursor, limit))))
-                    .map(|page| Fetched::ingest(page, max_future_skew));
+                let fetched = Fetched::fetch(&fetcher, cursor, limit, max_future_skew);
                 // The receiver is gone when the round ended first.
                 let _ = sender.send(fetched);
             });
