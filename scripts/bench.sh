@@ -270,38 +270,27 @@ PY
   }
   # One transaction: COPY into a temporary table, newest change per id, one
   # set-based upsert that only overwrites older rows.
-  cat >"$logs/raw.sql" <<SQL
-\\timing on
-BEGIN;
-CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz) ON COMMIT DROP;
-\\copy tmp FROM '$tsv'
-INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message)
+  raw_load="CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz) ON COMMIT DROP;
+\\copy tmp FROM '$tsv'"
+  raw_upsert="INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message)
 SELECT DISTINCT ON (id) id, name, email, mobile, status, last_updated_at, 'synced', 'created'
 FROM tmp ORDER BY id, last_updated_at DESC
 ON CONFLICT (id) DO UPDATE SET
   name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status,
   last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated'
-WHERE u.last_updated_at < excluded.last_updated_at;
-COMMIT;
-SQL
+WHERE u.last_updated_at < excluded.last_updated_at;"
   # The same, also recording every inactive change as the target records a
   # rejection (the element's text, its SHA-256 key, unique): what
   # PostgreSQL alone needs to hold both tables a catch-up fills, in bulk.
-  cat >"$logs/raw-rejections.sql" <<SQL
-\\timing on
-BEGIN;
-CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz) ON COMMIT DROP;
-\\copy tmp FROM '$tsv'
-INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at, change_key)
-SELECT id, 'skipped', 'inactive_status', 'status "inactive" is not synced (only active and pending are)',
+  raw_rejections="INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at, change_key)
+SELECT id, 'skipped', 'inactive_status', 'status \"inactive\" is not synced (only active and pending are)',
        payload, last_updated_at, sha256(convert_to(payload, 'UTF8'))
 FROM (SELECT id, last_updated_at, json_build_object('id', id, 'name', name, 'email', email, 'mobile', mobile,
              'status', status, 'last_updated_at', last_updated_at)::text AS payload
       FROM tmp WHERE status = 'inactive') AS t
-ON CONFLICT (profile_id, change_key) DO NOTHING;
-$(sed -n '/^INSERT INTO users/,/^WHERE/p' "$logs/raw.sql")
-COMMIT;
-SQL
+ON CONFLICT (profile_id, change_key) DO NOTHING;"
+  printf '%s\n' '\timing on' 'BEGIN;' "$raw_load" "$raw_upsert" 'COMMIT;' >"$logs/raw.sql"
+  printf '%s\n' '\timing on' 'BEGIN;' "$raw_load" "$raw_rejections" "$raw_upsert" 'COMMIT;' >"$logs/raw-rejections.sql"
   # run_raw NAME REFERENCE [SQL]: times SQL (raw.sql), prints its line, sets $raw_rate.
   run_raw() {
     local name=$1 reference=$2 sql=${3:-$logs/raw.sql} t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t rejections=""
