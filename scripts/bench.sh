@@ -145,6 +145,15 @@ wait_quiet() {
     fi
   done
 }
+# wal_position URL -> "LSN CHECKPOINTS": where the WAL stands and how many
+# checkpoints the server has counted.
+wal_position() {
+  psql "$1" -w -X -q -t -A -F ' ' -c "SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+}
+# wal_mib URL LSN1 LSN0 -> MiB of WAL between the two.
+wal_mib() {
+  psql "$1" -w -X -q -t -A -c "SELECT round(pg_wal_lsn_diff('$2', '$3') / 1048576)"
+}
 ticks_s() { awk -v t="$1" -v c="$clk_tck" 'BEGIN { printf "%.1f", t / c }'; }
 
 # ---------------------------------------------------------------- machine
@@ -389,17 +398,20 @@ metric() { # metric TEXT NAME -> value (0 when absent)
 # run_target NAME HEAD [BINARY]: starts the target (BINARY, by default ours), waits until the stored cursor
 # reaches HEAD, sampling VmRSS every 100 ms; stops it (it must exit 0).
 # Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics
-# and $run_cpu (a line saying where the CPU time went).
+# and $run_cpu (a line saying where the CPU time went, and how much WAL
+# PostgreSQL wrote and how many checkpoints it counted meanwhile: one that
+# falls inside a run makes the first change to each page write all of it).
 run_target() {
   local name=$1 head=$2 binary=${3:-$bin/target_service} log t0 t_done=""
   log=$logs/target-$name.log
-  local tgt_addr="" pg0 idle0 busy0 steal0 src0
+  local tgt_addr="" pg0 idle0 busy0 steal0 src0 wal0 checkpoints0
   run_peak_kib=0 run_hwm_kib=0
   psql "$e2e_url" -w -X -q -c CHECKPOINT
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
   fi
   wait_quiet
+  read -r wal0 checkpoints0 < <(wal_position "$e2e_url")
   pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$src_pid")
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
@@ -464,7 +476,9 @@ PY
   steal_t=$(($(steal_ticks) - steal0))
   stored=$(db_cursor)
   [[ $stored -ge $head ]] || die "$name: sync_cursor reached $head but sync_state.cursor is $stored"
-  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall)"
+  local wal1 checkpoints1
+  read -r wal1 checkpoints1 < <(wal_position "$e2e_url")
+  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall); WAL $(wal_mib "$e2e_url" "$wal1" "$wal0") MiB, checkpoints $((checkpoints1 - checkpoints0))"
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
       "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
