@@ -145,15 +145,6 @@ wait_quiet() {
     fi
   done
 }
-# wal_position URL -> "LSN CHECKPOINTS": where the WAL stands and how many
-# checkpoints the server has counted.
-wal_position() {
-  psql "$1" -w -X -q -t -A -F ' ' -c "SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
-}
-# wal_mib URL LSN1 LSN0 -> MiB of WAL between the two.
-wal_mib() {
-  psql "$1" -w -X -q -t -A -c "SELECT round(pg_wal_lsn_diff('$2', '$3') / 1048576)"
-}
 ticks_s() { awk -v t="$1" -v c="$clk_tck" 'BEGIN { printf "%.1f", t / c }'; }
 
 # ---------------------------------------------------------------- machine
@@ -177,6 +168,15 @@ cargo build --release -q -p source_service -p target_service --bin source_servic
 # ---------------------------------------------------------------- PostgreSQL
 pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+# wal_position -> "LSN CHECKPOINTS": where the server's WAL stands and how
+# many checkpoints it has counted.
+wal_position() {
+  psql_admin -F ' ' -c "SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+}
+# wal_since LSN CHECKPOINTS -> "N MiB, checkpoints K": since that position.
+wal_since() {
+  psql_admin -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$1') / 1048576) || ' MiB, checkpoints ' || (checkpoints_timed + checkpoints_req - $2) FROM pg_stat_bgwriter"
+}
 # fresh_database NAME: NAME dropped if it exists and created empty.
 fresh_database() {
   PGOPTIONS="-c client_min_messages=warning" psql_admin -c "DROP DATABASE IF EXISTS $1"
@@ -411,7 +411,7 @@ run_target() {
     PGOPTIONS='-c client_min_messages=warning' psql "$e2e_url" -w -X -q -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()' -c "SELECT pg_stat_reset_shared('wal')" >/dev/null
   fi
   wait_quiet
-  read -r wal0 checkpoints0 < <(wal_position "$e2e_url")
+  read -r wal0 checkpoints0 < <(wal_position)
   pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$src_pid")
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
@@ -476,9 +476,7 @@ PY
   steal_t=$(($(steal_ticks) - steal0))
   stored=$(db_cursor)
   [[ $stored -ge $head ]] || die "$name: sync_cursor reached $head but sync_state.cursor is $stored"
-  local wal1 checkpoints1
-  read -r wal1 checkpoints1 < <(wal_position "$e2e_url")
-  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall); WAL $(wal_mib "$e2e_url" "$wal1" "$wal0") MiB, checkpoints $((checkpoints1 - checkpoints0))"
+  run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall); WAL $(wal_since "$wal0" "$checkpoints0")"
   if [[ ${BENCH_PG_STATS:-0} == 1 ]]; then
     psql "$e2e_url" -w -X -P pager=off >"$logs/pgss-$name.txt" -c \
       "SELECT calls, round(total_exec_time::numeric / 1000, 2) AS total_s, round(mean_exec_time::numeric, 2) AS mean_ms, rows,
