@@ -565,6 +565,8 @@ fn a_change_fetched_before_it_was_due_syncs_once_it_is() {
     wait_until("synced once due", Duration::from_secs(15), || {
         user_row(&db, 1).is_some()
     });
+    // Counted by the round that wrote the row, just after its commit.
+    wait_rounds(&target, 1);
     assert_eq!(target.metrics.synced.get(), 1);
     target.shutdown();
 }
