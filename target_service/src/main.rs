@@ -13,19 +13,31 @@ use target_service::{redrive, verify, App};
 /// glibc gives threads malloc arenas of their own, up to eight per core,
 /// and each keeps the memory freed in it: pages parsed on the read-ahead
 /// thread and freed on others grew the resident set by a fifth. Two arenas
-/// hold it at what the data needs, no slower. A `MALLOC_ARENA_MAX` or
-/// `GLIBC_TUNABLES` of the operator's stands.
+/// hold it at what the data needs, no slower. An arena setting of the
+/// operator's stands: `MALLOC_ARENA_MAX`, or `glibc.malloc.arena_max` in
+/// `GLIBC_TUNABLES` (its other tunables do not count).
 fn cap_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none()
-        && std::env::var_os("GLIBC_TUNABLES").is_none()
-    {
+    if !arenas_set_by_operator(
+        std::env::var_os("MALLOC_ARENA_MAX").is_some(),
+        std::env::var("GLIBC_TUNABLES").ok().as_deref(),
+    ) {
         // SAFETY: mallopt only sets an allocator parameter; it is called
         // before any thread is started.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
     }
+}
+
+/// Whether the environment already sets glibc's arena count.
+fn arenas_set_by_operator(malloc_arena_max: bool, glibc_tunables: Option<&str>) -> bool {
+    malloc_arena_max
+        || glibc_tunables.is_some_and(|tunables| {
+            tunables
+                .split(':')
+                .any(|tunable| tunable.starts_with("glibc.malloc.arena_max="))
+        })
 }
 
 fn main() -> ExitCode {
@@ -103,4 +115,24 @@ fn serve(config: Config) -> ExitCode {
     }
     running.shutdown();
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arenas_set_by_operator;
+
+    #[test]
+    fn only_an_arena_setting_of_the_operators_keeps_the_cap_off() {
+        assert!(!arenas_set_by_operator(false, None));
+        assert!(arenas_set_by_operator(true, None));
+        assert!(arenas_set_by_operator(
+            false,
+            Some("glibc.pthread.rseq=0:glibc.malloc.arena_max=8")
+        ));
+        assert!(!arenas_set_by_operator(false, Some("glibc.pthread.rseq=0")));
+        assert!(!arenas_set_by_operator(
+            false,
+            Some("glibc.malloc.arena_test=4")
+        ));
+    }
 }
