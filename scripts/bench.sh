@@ -168,14 +168,23 @@ cargo build --release -q -p source_service -p target_service --bin source_servic
 # ---------------------------------------------------------------- PostgreSQL
 pg_start_throwaway bench 2>"$logs/pg.stderr" || { cat "$logs/pg.stderr" >&2; die "no PostgreSQL"; }
 psql_admin() { psql "$PG_ADMIN_URL" -w -X -q -t -A -v ON_ERROR_STOP=1 "$@"; }
+# The checkpoints the server has counted: PostgreSQL 17 moved them from
+# pg_stat_bgwriter to pg_stat_checkpointer.
+if [[ $(psql_admin -c "SHOW server_version_num") -ge 170000 ]]; then
+  checkpoints_view="pg_stat_checkpointer"
+  checkpoints_counted="(SELECT num_timed + num_requested FROM pg_stat_checkpointer)"
+else
+  checkpoints_view="pg_stat_bgwriter"
+  checkpoints_counted="(SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)"
+fi
 # wal_position -> "LSN CHECKPOINTS": where the server's WAL stands and how
 # many checkpoints it has counted.
 wal_position() {
-  psql_admin -F ' ' -c "SELECT pg_current_wal_lsn(), checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter"
+  psql_admin -F ' ' -c "SELECT pg_current_wal_lsn(), $checkpoints_counted"
 }
 # wal_since LSN CHECKPOINTS -> "N MiB, checkpoints K": since that position.
 wal_since() {
-  psql_admin -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$1') / 1048576) || ' MiB, checkpoints ' || (checkpoints_timed + checkpoints_req - $2) FROM pg_stat_bgwriter"
+  psql_admin -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$1') / 1048576) || ' MiB, checkpoints ' || ($checkpoints_counted - $2)"
 }
 # fresh_database NAME: NAME dropped if it exists and created empty.
 fresh_database() {
@@ -486,7 +495,7 @@ PY
               n_live_tup AS live, n_dead_tup AS dead, pg_size_pretty(pg_total_relation_size(relid)) AS size
        FROM pg_stat_user_tables ORDER BY relname" \
       -c "SELECT wal_records, wal_fpi, pg_size_pretty(wal_bytes) AS wal_bytes, wal_buffers_full, wal_write, wal_sync FROM pg_stat_wal" \
-      -c "SELECT checkpoints_timed, checkpoints_req, buffers_checkpoint, buffers_clean, buffers_backend FROM pg_stat_bgwriter"
+      -c "SELECT * FROM $checkpoints_view"
   fi
   tgt_addr=$(sed -n 's/.*metrics and health on http:\/\/\([^ ;]*\).*/\1/p' "$log" | head -n 1)
   run_metrics=$(curl -fsS "http://$tgt_addr/metrics" || true)
