@@ -31,18 +31,21 @@ fn main() -> ExitCode {
 }
 
 fn page_all(base: &str, limit: u64) -> Result<(), Box<dyn std::error::Error>> {
-    let agent = ureq::AgentBuilder::new().build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
     // Start at the oldest change kept: since=0 is gone once the log is full.
-    let mut since = match agent
+    let first = agent
         .get(&format!("{base}/users/changes?since=0&limit=1"))
-        .call()
-    {
-        Ok(_) => 0,
-        Err(ureq::Error::Status(410, response)) => {
-            let body: serde_json::Value = serde_json::from_reader(response.into_reader())?;
+        .call()?;
+    let mut since = match first.status().as_u16() {
+        200 => 0,
+        410 => {
+            let body: serde_json::Value = serde_json::from_reader(first.into_body().into_reader())?;
             body["min_since"].as_u64().ok_or("410 without min_since")?
         }
-        Err(e) => return Err(e.into()),
+        code => return Err(format!("the source answered HTTP {code}").into()),
     };
     let start_since = since;
     let started = Instant::now();
@@ -52,16 +55,17 @@ fn page_all(base: &str, limit: u64) -> Result<(), Box<dyn std::error::Error>> {
     loop {
         let url = format!("{base}/users/changes?since={since}&limit={limit}");
         let response = agent.get(&url).call()?;
-        let next: u64 = response
-            .header("X-Next-Cursor")
-            .ok_or("no X-Next-Cursor")?
-            .parse()?;
-        let head: u64 = response
-            .header("X-Head-Cursor")
-            .ok_or("no X-Head-Cursor")?
-            .parse()?;
+        if response.status() != 200 {
+            return Err(format!("the source answered HTTP {}", response.status()).into());
+        }
+        let header = |name: &str| -> Result<u64, Box<dyn std::error::Error>> {
+            let value = response.headers().get(name).ok_or(format!("no {name}"))?;
+            Ok(value.to_str()?.parse()?)
+        };
+        let next = header("X-Next-Cursor")?;
+        let head = header("X-Head-Cursor")?;
         body.clear();
-        response.into_reader().read_to_end(&mut body)?;
+        response.into_body().into_reader().read_to_end(&mut body)?;
         if body.first() != Some(&b'[') || body.last() != Some(&b']') {
             return Err("body is not a JSON array".into());
         }

@@ -186,10 +186,15 @@ fn unknown_paths_are_404_and_other_methods_405() {
         ("PUT", "/healthz"),
         ("DELETE", "/metrics"),
     ] {
-        let response = match app.agent.request(method, &app.url(path)).call() {
-            Err(ureq::Error::Status(_, response)) => response,
-            other => panic!("{method} {path}: {other:?}"),
-        };
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(app.url(path))
+            .body(())
+            .unwrap();
+        let response = app
+            .agent
+            .run(request)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         let reply = common::into_reply(response);
         assert_eq!(reply.status, 405, "{method} {path}");
         let allow = if path == "/users/changes" {
@@ -369,9 +374,7 @@ fn shutdown_finishes_answered_requests_and_closes_the_port() {
             let base = base.clone();
             std::thread::spawn(move || {
                 // Requests sent after shutdown began may get no answer at all.
-                let agent = ureq::AgentBuilder::new()
-                    .timeout(std::time::Duration::from_secs(2))
-                    .build();
+                let agent = common::agent_with_timeout(std::time::Duration::from_secs(2));
                 let mut complete = 0;
                 loop {
                     let url = format!("{base}/users/changes?since=0&limit=10000");

@@ -8,6 +8,18 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_source_service");
 
+/// `GET url`: its status and body, or `None` when no answer came.
+fn get(url: &str, timeout: Duration) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).call().ok()?;
+    let body = response.body_mut().read_to_string().ok()?;
+    Some((response.status().as_u16(), body))
+}
+
 /// Runs the binary to completion with `vars` set and SOURCE_ADDR on a port
 /// nobody uses, in case the configuration were accepted.
 fn run_with(vars: &[(&str, &str)]) -> std::process::Output {
@@ -116,14 +128,16 @@ fn sigterm_and_sigint_stop_the_service_with_exit_0() {
     for name in ["TERM", "INT"] {
         let mut service = spawn(&[("SOURCE_PRELOAD", "1000")]);
         let url = format!("http://{}/healthz", service.addr);
-        let reply = ureq::get(&url).call().expect("healthz answers");
-        assert_eq!(reply.status(), 200);
-        assert_eq!(reply.into_string().unwrap(), r#"{"status":"ok"}"#);
+        assert_eq!(
+            get(&url, Duration::from_secs(30)),
+            Some((200, r#"{"status":"ok"}"#.to_owned())),
+            "healthz answers"
+        );
 
         signal(&service, name);
         assert_eq!(wait_for_exit(&mut service), Some(0), "SIG{name}");
         assert!(
-            ureq::get(&url).call().is_err(),
+            get(&url, Duration::from_secs(5)).is_none(),
             "nothing listens after exit"
         );
     }
@@ -192,12 +206,10 @@ fn running_out_of_file_descriptors_is_survived() {
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(service.child.try_wait().unwrap(), None, "limit {limit}");
         let url = format!("http://{}/healthz", service.addr);
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(5))
-            .build();
-        assert_eq!(agent.get(&url).call().map(|r| r.status()).ok(), Some(200));
+        let status = || get(&url, Duration::from_secs(5)).map(|(status, _)| status);
+        assert_eq!(status(), Some(200));
         drop(held);
-        assert_eq!(agent.get(&url).call().map(|r| r.status()).ok(), Some(200));
+        assert_eq!(status(), Some(200));
         signal(&service, "TERM");
         assert_eq!(wait_for_exit(&mut service), Some(0), "limit {limit}");
     }

@@ -37,9 +37,7 @@ fn a_client_that_never_reads_does_not_hold_the_workers_or_shutdown() {
     // Let both workers take one of its requests and block on the socket.
     std::thread::sleep(Duration::from_millis(100));
 
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(5))
-        .build();
+    let agent = common::agent_with_timeout(Duration::from_secs(5));
     let started = Instant::now();
     let reply = common::get(&agent, &app.url("/healthz"));
     assert_eq!(reply.status, 200);

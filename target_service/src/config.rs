@@ -14,7 +14,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use log::LevelFilter;
@@ -54,7 +53,7 @@ pub struct Config {
     pub source_token: Option<Secret>,
     /// How an `https://` source is verified (`SOURCE_CA_FILE` or the
     /// system's roots); `None` for `http://`.
-    pub source_tls: Option<Arc<rustls::ClientConfig>>,
+    pub source_roots: Option<Roots>,
     pub sync_interval: Duration,
     pub metrics_addr: SocketAddr,
     pub writer_threads: usize,
@@ -143,7 +142,7 @@ impl Config {
         let source_url = source_url(&vars)?;
         Ok(Config {
             database: database_config(&vars)?,
-            source_tls: source_tls(&vars, &source_url)?,
+            source_roots: source_roots(&vars, &source_url)?,
             source_url,
             source_token: vars.secret("SOURCE_TOKEN"),
             sync_interval: vars.seconds("SYNC_INTERVAL", 15.0, 0.001, DAY)?,
@@ -580,10 +579,7 @@ fn source_url(vars: &Vars<'_>) -> Result<String, ConfigError> {
 /// How an `https://` source is checked: against `SOURCE_CA_FILE` when set,
 /// else the system's roots. The file is read (and must hold a certificate)
 /// even for an `http://` source, so a mistake in it shows at once.
-fn source_tls(
-    vars: &Vars<'_>,
-    url: &str,
-) -> Result<Option<Arc<rustls::ClientConfig>>, ConfigError> {
+fn source_roots(vars: &Vars<'_>, url: &str) -> Result<Option<Roots>, ConfigError> {
     let ca_file = match vars.get("SOURCE_CA_FILE") {
         Some(path) => Some(
             Roots::from_pem_file(Path::new(path.trim())).map_err(|problem| ConfigError {
@@ -596,23 +592,15 @@ fn source_tls(
     if !url.to_ascii_lowercase().starts_with("https://") {
         return Ok(None);
     }
-    let roots = match ca_file {
-        Some(roots) => roots,
-        None => Roots::system().map_err(|why| ConfigError {
+    match ca_file {
+        Some(roots) => Ok(Some(roots)),
+        None => Roots::system().map(Some).map_err(|why| ConfigError {
             variable: "SOURCE_SERVICE_URL",
             problem: format!(
                 "an https:// source needs trusted roots: {why}; or set SOURCE_CA_FILE"
             ),
-        })?,
-    };
-    let variable = if vars.get("SOURCE_CA_FILE").is_some() {
-        "SOURCE_CA_FILE"
-    } else {
-        "SOURCE_SERVICE_URL"
-    };
-    tls::https_client_config(&roots)
-        .map(|config| Some(Arc::new(config)))
-        .map_err(|problem| ConfigError { variable, problem })
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -858,13 +846,16 @@ mod tests {
             ("SOURCE_TOKEN", "t0ken-value"),
         ])
         .unwrap();
-        assert!(c.source_tls.is_some());
+        assert!(c.source_roots.is_some());
         assert_eq!(
             c.source_token.as_ref().map(Secret::expose),
             Some("t0ken-value")
         );
         assert!(!format!("{c:?}").contains("t0ken-value"));
-        assert!(config(&[]).unwrap().source_tls.is_none(), "http needs none");
+        assert!(
+            config(&[]).unwrap().source_roots.is_none(),
+            "http needs none"
+        );
         std::fs::remove_file(ca).unwrap();
     }
 

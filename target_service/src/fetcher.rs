@@ -12,13 +12,12 @@
 
 use std::io::Read;
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::profile::syntax::{self, SyntaxError};
 
 use crate::config::Config;
-use crate::secrets;
+use crate::{secrets, tls};
 
 /// The most elements taken from a source that sends no cursor (and so was
 /// given no limit): the largest page a cursor source may be asked for.
@@ -102,15 +101,17 @@ impl Fetcher {
 
     /// As [`Fetcher::new`], with a timeout of its own.
     pub fn with_timeout(config: &Config, timeout: Duration) -> Fetcher {
-        let mut agent = ureq::AgentBuilder::new()
-            .timeout(timeout)
-            .redirects(0)
+        let mut agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .max_redirects(0)
+            // Every status is an answer to judge here, not a transport error.
+            .http_status_as_error(false)
             .user_agent("target_service");
-        if let Some(tls) = &config.source_tls {
-            agent = agent.tls_config(Arc::clone(tls));
+        if let Some(roots) = &config.source_roots {
+            agent = agent.tls_config(tls::ureq_tls_config(roots));
         }
         Fetcher {
-            agent: agent.build(),
+            agent: agent.build().into(),
             url: config.source_url.clone(),
             authorization: config
                 .source_token
@@ -124,81 +125,59 @@ impl Fetcher {
         &self.url
     }
 
-    /// `GET url?since=S&limit=L`, or the bare URL when `cursor` is `None`.
-    pub fn fetch(&self, cursor: Option<(u64, usize)>) -> Result<Page, FetchError> {
+    /// `GET url`, with the token when there is one; `query` pairs are added.
+    pub fn get(&self, query: &[(&str, &str)]) -> Result<Answer, FetchError> {
         let mut request = self.agent.get(&self.url);
         if let Some(authorization) = &self.authorization {
-            request = request.set("Authorization", authorization);
+            request = request.header("Authorization", authorization);
         }
-        if let Some((since, limit)) = cursor {
-            request = request
-                .query("since", &since.to_string())
-                .query("limit", &limit.to_string());
+        for (name, value) in query {
+            request = request.query(*name, *value);
         }
-        let response = match request.call() {
-            Ok(response) => response,
-            Err(ureq::Error::Status(410, response)) => {
-                // Where to start again, when the source says.
-                let min_cursor = response
-                    .header("X-Min-Cursor")
-                    .and_then(|value| value.trim().parse().ok());
-                return Err(FetchError::Gone { min_cursor });
+        request.call().map(Answer).map_err(|err| {
+            // The URL's user-info, and whatever the error quotes, masked.
+            FetchError::Failed(format!(
+                "cannot reach the source at {}: {}",
+                secrets::redact(&self.url),
+                secrets::redact(&err.to_string())
+            ))
+        })
+    }
+
+    /// `GET url?since=S&limit=L`, or the bare URL when `cursor` is `None`.
+    pub fn fetch(&self, cursor: Option<(u64, usize)>) -> Result<Page, FetchError> {
+        let answer = match cursor {
+            Some((since, limit)) => {
+                self.get(&[("since", &since.to_string()), ("limit", &limit.to_string())])?
             }
-            Err(ureq::Error::Status(code, _)) => {
-                return Err(FetchError::Failed(format!(
-                    "the source answered HTTP {code}"
-                )));
-            }
-            Err(ureq::Error::Transport(err)) => {
-                // ureq names the URL, user-info and all.
-                return Err(FetchError::Failed(format!(
-                    "cannot reach the source: {}",
-                    secrets::redact(&err.to_string())
-                )));
-            }
+            None => self.get(&[])?,
         };
-        // With redirects off, ureq hands a 3xx back as an answer.
-        let status = response.status();
+        let status = answer.status();
+        if status == 410 {
+            // Where to start again, when the source says.
+            let min_cursor = answer
+                .header("X-Min-Cursor")
+                .ok()
+                .flatten()
+                .and_then(|value| value.trim().parse().ok());
+            return Err(FetchError::Gone { min_cursor });
+        }
+        // With redirects off, a 3xx is an answer too.
         if !(200..300).contains(&status) {
             return Err(FetchError::Failed(format!(
                 "the source answered HTTP {status}"
             )));
         }
-        // A header that is there but cannot be read as text is an error, not
-        // an absent one (which would switch to the original source's mode).
-        let header_text = |name: &str| -> Result<Option<&str>, FetchError> {
-            match response.header(name) {
-                Some(text) => Ok(Some(text)),
-                None if response
-                    .headers_names()
-                    .iter()
-                    .any(|present| present.eq_ignore_ascii_case(name)) =>
-                {
-                    Err(FetchError::Failed(format!(
-                        "the source sent an unreadable {name}"
-                    )))
-                }
-                None => Ok(None),
-            }
-        };
-        let header_number = |name: &str| -> Result<Option<u64>, FetchError> {
-            match header_text(name)? {
-                None => Ok(None),
-                Some(text) => text.trim().parse().map(Some).map_err(|_| {
-                    FetchError::Failed(format!("the source sent {name}: {text:?}, not a number"))
-                }),
-            }
-        };
-        let next_cursor = header_number("X-Next-Cursor")?;
-        let head_cursor = header_number("X-Head-Cursor")?;
-        let epoch = header_text("X-Source-Epoch")?.map(str::to_owned);
+        let next_cursor = answer.number("X-Next-Cursor")?;
+        let head_cursor = answer.number("X-Head-Cursor")?;
+        let epoch = answer.header("X-Source-Epoch")?.map(str::to_owned);
         // A source without cursors was asked for no limit: it gets the
         // original's allowance, whatever FETCH_LIMIT is.
         let most = match (cursor, next_cursor) {
             (Some((_, limit)), Some(_)) => limit,
             _ => MAX_PAGE_WITHOUT_CURSOR,
         };
-        let body = body_text(self.read_body(response)?).map_err(|why| {
+        let body = body_text(self.read_body(answer)?).map_err(|why| {
             FetchError::Failed(format!(
                 "the source sent a body that is not UTF-8 text: {why}"
             ))
@@ -215,15 +194,17 @@ impl Fetcher {
         })
     }
 
-    fn read_body(&self, response: ureq::Response) -> Result<Vec<u8>, FetchError> {
+    fn read_body(&self, answer: Answer) -> Result<Vec<u8>, FetchError> {
         let too_large = || {
             FetchError::Failed(format!(
                 "the source sent more than MAX_RESPONSE_BYTES ({} bytes)",
                 self.max_response_bytes
             ))
         };
-        let declared: Option<u64> = response
+        let declared: Option<u64> = answer
             .header("Content-Length")
+            .ok()
+            .flatten()
             .and_then(|v| v.trim().parse().ok());
         if declared.is_some_and(|length| length > self.max_response_bytes) {
             return Err(too_large());
@@ -234,7 +215,11 @@ impl Fetcher {
             .min(self.max_response_bytes)
             .min(MAX_PREALLOCATION) as usize;
         let mut body = Vec::with_capacity(capacity);
-        response
+        // The chunked decoding below reads each chunk's size line into a
+        // bounded buffer, so what arrives undecoded is bounded too.
+        answer
+            .0
+            .into_body()
             .into_reader()
             .take(self.max_response_bytes + 1)
             .read_to_end(&mut body)
@@ -245,6 +230,37 @@ impl Fetcher {
             return Err(too_large());
         }
         Ok(body)
+    }
+}
+
+/// A response of the source, its body not read yet.
+pub struct Answer(ureq::http::Response<ureq::Body>);
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        self.0.status().as_u16()
+    }
+
+    /// The first header of that name. One that is there but is not UTF-8
+    /// text is an error, not an absent one (which, for a cursor, would
+    /// switch to the original source's mode).
+    pub fn header(&self, name: &str) -> Result<Option<&str>, FetchError> {
+        match self.0.headers().get(name) {
+            None => Ok(None),
+            Some(value) => std::str::from_utf8(value.as_bytes())
+                .map(Some)
+                .map_err(|_| FetchError::Failed(format!("the source sent an unreadable {name}"))),
+        }
+    }
+
+    /// A header that must be a whole number when it is there.
+    pub fn number(&self, name: &str) -> Result<Option<u64>, FetchError> {
+        match self.header(name)? {
+            None => Ok(None),
+            Some(text) => text.trim().parse().map(Some).map_err(|_| {
+                FetchError::Failed(format!("the source sent {name}: {text:?}, not a number"))
+            }),
+        }
     }
 }
 

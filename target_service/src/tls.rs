@@ -160,9 +160,18 @@ pub fn postgres_client_config(
     client_config(verifier)
 }
 
-/// The client configuration for an `https://` source.
-pub fn https_client_config(roots: &Roots) -> Result<ClientConfig, String> {
-    client_config(webpki(roots)?)
+/// How ureq checks an `https://` source: against `roots`, with ring.
+pub fn ureq_tls_config(roots: &Roots) -> ureq::tls::TlsConfig {
+    let certs: Vec<ureq::tls::Certificate<'static>> = roots
+        .certs
+        .iter()
+        .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+        .unversioned_rustls_crypto_provider(provider())
+        .build()
 }
 
 /// `verify-ca`: the chain must lead to a trusted root; the host name is not

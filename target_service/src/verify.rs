@@ -89,44 +89,34 @@ struct Bounds {
 /// Asks for a cursor no log reaches: a source with cursors answers `410`
 /// with its bounds and generates nothing.
 fn probe(config: &Config) -> Result<Bounds, Failure> {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(config.http_timeout)
-        .redirects(0)
-        .user_agent("target_service verify")
-        .build();
-    let request = agent
-        .get(&config.source_url)
-        .query("since", &u64::MAX.to_string())
-        .query("limit", "1");
-    let number = |response: &ureq::Response, name: &str| -> Option<u64> {
-        response.header(name).and_then(|v| v.trim().parse().ok())
+    let beyond = u64::MAX.to_string();
+    let answer = Fetcher::new(config)
+        .get(&[("since", &beyond), ("limit", "1")])
+        .map_err(|err| Failure::Error(err.to_string()))?;
+    let number = |name: &str| -> Option<u64> {
+        answer
+            .header(name)
+            .ok()
+            .flatten()
+            .and_then(|v| v.trim().parse().ok())
     };
-    match request.call() {
-        Err(ureq::Error::Status(410, response)) => match number(&response, "X-Head-Cursor") {
-            Some(head) => Ok(Bounds {
-                min: number(&response, "X-Min-Cursor").unwrap_or(0),
-                head,
-            }),
-            None => Err(Failure::Error(
-                "the source answered 410 without X-Head-Cursor".to_owned(),
-            )),
-        },
-        Ok(response) if response.header("X-Next-Cursor").is_none() => Err(Failure::NoCursors),
-        Ok(response) => match number(&response, "X-Head-Cursor") {
-            Some(head) => Ok(Bounds {
-                min: number(&response, "X-Min-Cursor").unwrap_or(0),
-                head,
-            }),
-            None => Err(Failure::Error(
-                "the source sent no X-Head-Cursor".to_owned(),
-            )),
-        },
-        Err(ureq::Error::Status(code, _)) => Err(Failure::Error(format!(
+    let bounds = |head| Bounds {
+        min: number("X-Min-Cursor").unwrap_or(0),
+        head,
+    };
+    match answer.status() {
+        410 => number("X-Head-Cursor").map(bounds).ok_or_else(|| {
+            Failure::Error("the source answered 410 without X-Head-Cursor".to_owned())
+        }),
+        200..=299 if answer.header("X-Next-Cursor").ok().flatten().is_none() => {
+            Err(Failure::NoCursors)
+        }
+        200..=299 => number("X-Head-Cursor")
+            .map(bounds)
+            .ok_or_else(|| Failure::Error("the source sent no X-Head-Cursor".to_owned())),
+        code => Err(Failure::Error(format!(
             "the source answered HTTP {code} to a cursor beyond its head"
         ))),
-        Err(ureq::Error::Transport(err)) => {
-            Err(Failure::Error(format!("cannot reach the source: {err}")))
-        }
     }
 }
 

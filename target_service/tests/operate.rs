@@ -15,22 +15,16 @@ const TOKEN: &str = "operator-token-1";
 
 /// `GET` with an optional bearer token: status, `WWW-Authenticate`, body.
 fn get_as(url: &str, token: Option<&str>) -> (u16, Option<String>, Value) {
-    let mut request = ureq::get(url).timeout(Duration::from_secs(10));
-    if let Some(token) = token {
-        request = request.set("Authorization", &format!("Bearer {token}"));
-    }
-    let response = match request.call() {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(err) => panic!("GET {url}: {err}"),
-    };
-    let status = response.status();
-    let challenge = response.header("WWW-Authenticate").map(str::to_owned);
-    let body = response.into_string().unwrap_or_default();
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .iter()
+        .map(|value| ("Authorization", value.as_str()))
+        .collect();
+    let answer = get_with(url, &headers);
     (
-        status,
-        challenge,
-        serde_json::from_str(&body).unwrap_or(Value::Null),
+        answer.status,
+        answer.header("WWW-Authenticate").map(str::to_owned),
+        serde_json::from_str(&answer.body).unwrap_or(Value::Null),
     )
 }
 
@@ -193,12 +187,14 @@ fn the_status_page_and_the_api_document_are_served() {
     let db = TestDb::new();
     let source = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z")]).source();
     let target = start_target(&db, &source.url, &[]);
-    let page = ureq::get(&format!("http://{}/", target.addr))
-        .call()
-        .unwrap();
-    assert!(page.content_type().starts_with("text/html"));
+    let page = get_with(&format!("http://{}/", target.addr), &[]);
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/html"));
     assert!(page.header("Content-Security-Policy").is_some());
-    let html = page.into_string().unwrap();
+    let html = page.body;
     assert!(html.contains("fetch(\"status\""));
     let (status, body) = get(&format!("http://{}/openapi.json", target.addr));
     assert_eq!(status, 200);

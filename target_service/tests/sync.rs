@@ -3,7 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io::Write;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -789,6 +791,82 @@ fn a_source_down_at_start_is_a_fetch_error_not_a_crash() {
     wait_until("ready", Duration::from_secs(10), || {
         get(&format!("http://{}/readyz", target.addr)).0 == 200
     });
+    target.shutdown();
+}
+
+/// A source that answers every request by writing to the socket itself,
+/// given the request's head: its URL. Each connection is served on a
+/// thread of its own.
+fn raw_source(answer: fn(&str, &mut std::net::TcpStream)) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/users/changes", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            thread::spawn(move || {
+                // The request head, then the answer.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match std::io::Read::read(&mut stream, &mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                answer(&String::from_utf8_lossy(&head), &mut stream);
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_chunk_size_line_without_end_is_a_fetch_error_at_once() {
+    // Read into memory until the timeout, it would take gigabytes.
+    let url = raw_source(|_, stream| {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Next-Cursor: 1\r\n\r\n";
+        if stream.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let zeros = [b'0'; 64 * 1024];
+        while stream.write_all(&zeros).is_ok() {}
+    });
+    let db = TestDb::new();
+    let target = start_target(&db, &url, &[("HTTP_TIMEOUT_SECS", "60")]);
+    let started = Instant::now();
+    wait_until("fetch error counted", Duration::from_secs(10), || {
+        target.metrics.fetch_errors.get() >= 1
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state"),
+        0
+    );
+    target.shutdown();
+}
+
+#[test]
+fn an_interim_1xx_answer_before_the_page_is_skipped() {
+    let url = raw_source(|request, stream| {
+        let page = if request.contains("since=0") {
+            format!("[{}]", profile(1, "2025-07-01T10:00:00Z"))
+        } else {
+            "[]".to_owned()
+        };
+        let answer = format!(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n\
+             HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Next-Cursor: 1\r\n\
+             X-Head-Cursor: 1\r\nX-Source-Epoch: e\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        );
+        let _ = stream.write_all(answer.as_bytes());
+    });
+    let db = TestDb::new();
+    let target = start_target(&db, &url, &[]);
+    wait_until("synced", Duration::from_secs(10), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") == 1
+    });
+    assert!(user_row(&db, 1).is_some());
+    assert_eq!(target.metrics.fetch_errors.get(), 0);
     target.shutdown();
 }
 

@@ -62,10 +62,17 @@ pub fn start(adjust: impl FnOnce(&mut Config)) -> TestApp {
     }
 }
 
-pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
+/// A client that takes any status as an answer, bounded by `timeout`.
+pub fn agent_with_timeout(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
         .build()
+        .into()
+}
+
+pub fn agent() -> ureq::Agent {
+    agent_with_timeout(Duration::from_secs(30))
 }
 
 /// A response of any status.
@@ -124,27 +131,30 @@ impl Reply {
 }
 
 pub fn get(agent: &ureq::Agent, url: &str) -> Reply {
-    let response = match agent.get(url).call() {
-        Ok(response) => response,
-        Err(ureq::Error::Status(_, response)) => response,
-        Err(e) => panic!("GET {url}: {e}"),
-    };
+    let response = agent
+        .get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
     into_reply(response)
 }
 
-pub fn into_reply(response: ureq::Response) -> Reply {
-    let status = response.status();
-    let content_type = response.header("Content-Type").unwrap_or("").to_string();
+pub fn into_reply(response: ureq::http::Response<ureq::Body>) -> Reply {
+    let status = response.status().as_u16();
+    let text =
+        |value: &ureq::http::HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned();
+    let content_type = response
+        .headers()
+        .get("Content-Type")
+        .map(text)
+        .unwrap_or_default();
     let headers = response
-        .headers_names()
-        .into_iter()
-        .filter_map(|name| {
-            let value = response.header(&name)?.to_string();
-            Some((name, value))
-        })
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), text(value)))
         .collect();
     let mut body = Vec::new();
     response
+        .into_body()
         .into_reader()
         .take(64 * 1024 * 1024)
         .read_to_end(&mut body)

@@ -361,17 +361,43 @@ pub fn rejected(target: &Running, reason: &str) -> u64 {
     target.metrics.rejected.with_label_values(&[reason]).get()
 }
 
-pub fn get(url: &str) -> (u16, String) {
-    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
-        Ok(response) => (
-            response.status(),
-            response.into_string().unwrap_or_default(),
-        ),
-        Err(ureq::Error::Status(code, response)) => {
-            (code, response.into_string().unwrap_or_default())
-        }
-        Err(err) => panic!("GET {url}: {err}"),
+/// An HTTP answer as a test reads it.
+pub struct Answer {
+    pub status: u16,
+    pub headers: ureq::http::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
     }
+}
+
+/// `GET url` with the request headers given; any status is an answer.
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = request
+        .call()
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    let answer = get_with(url, &[]);
+    (answer.status, answer.body)
 }
 
 /// A valid profile with a fixed id seed, timestamp and contact details.
