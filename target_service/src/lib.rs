@@ -59,13 +59,16 @@ use crate::pool::DbPool;
 use crate::status::StatusBoard;
 
 /// Logs to standard error at `level`, every line through
-/// [`secrets::redact`].
+/// [`secrets::redact`]: the service's own lines and those of its HTTP
+/// server (refused connections, descriptors running out), not the
+/// libraries' chatter.
 pub fn init_logging(level: log::LevelFilter) {
     let config = simplelog::ConfigBuilder::new()
         .set_time_format_rfc3339()
         .set_thread_level(log::LevelFilter::Off)
         .set_target_level(log::LevelFilter::Off)
         .add_filter_allow_str("target_service")
+        .add_filter_allow_str("http_server")
         .build();
     let inner = simplelog::TermLogger::new(
         level,

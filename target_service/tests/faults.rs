@@ -259,6 +259,93 @@ fn a_dot_env_line_that_cannot_be_parsed_is_named_without_its_value() {
 }
 
 #[test]
+fn a_flood_of_connections_past_the_descriptor_limit_leaves_health_answered() {
+    let db = TestDb::new();
+    let source = backlog(10).source();
+    let mut command = Command::new("sh");
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .current_dir(std::env::temp_dir())
+        .arg("-c")
+        .arg("ulimit -n 128 && exec \"$0\"")
+        .arg(env!("CARGO_BIN_EXE_target_service"));
+    /// Killed if the test fails, so that no target outlives it.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Child(
+        command
+            .env("DATABASE_URL", &db.url)
+            .env("SOURCE_SERVICE_URL", &source.url)
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.0.stderr.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the target logs its address");
+        if let Some((_, rest)) = line.split_once("metrics and health on http://") {
+            break rest.split(';').next().unwrap_or_default().to_owned();
+        }
+    };
+    wait_until("rows synced", Duration::from_secs(20), || {
+        db.count("SELECT count(*) FROM users") == 10
+    });
+    // Far more connections than descriptors: the target runs out, closes
+    // the ones waiting longest, and drains what queues behind them.
+    let socket: std::net::SocketAddr = addr.parse().unwrap();
+    let flood: Vec<std::net::TcpStream> = (0..1000)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&socket, Duration::from_millis(200)).ok()
+        })
+        .collect();
+    assert!(flood.len() > 500, "{} connections opened", flood.len());
+    let started = Instant::now();
+    let (status, _) = get(&format!("http://{addr}/healthz"));
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "healthz took {:?}",
+        started.elapsed()
+    );
+    drop(flood);
+    assert_eq!(
+        child.0.try_wait().unwrap(),
+        None,
+        "the target keeps running"
+    );
+    let pid = child.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+    let logged: Vec<String> = lines.iter().collect();
+    assert!(
+        logged
+            .iter()
+            .any(|line| line.contains("accepting a connection failed")),
+        "running out is logged: {logged:?}"
+    );
+}
+
+#[test]
 fn sigterm_stops_the_binary_with_exit_0_and_the_password_is_never_logged() {
     let db = TestDb::new();
     let source = backlog(50).source();
