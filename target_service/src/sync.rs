@@ -256,7 +256,7 @@ impl Syncer {
                 Some(_) => {}
                 None => {
                     epoch = Some(page.epoch.clone());
-                    if stored.epoch.is_some() && page.epoch != stored.epoch {
+                    if restarts(&stored, page.epoch.as_deref()) {
                         warn!(
                             "the source restarted (epoch {:?} -> {:?}); its cursors start again from 0",
                             stored.epoch.as_deref().unwrap_or(""),
@@ -626,6 +626,15 @@ fn retrying<T>(
     }
 }
 
+/// Whether a round's first page, of `epoch`, sends the cursor back to 0:
+/// the cursor was stored with another epoch, or with none (an epoch not
+/// known) and the page carries one. A source that never sends an epoch
+/// keeps its cursor, and a cursor of 0 has nothing to go back over.
+fn restarts(stored: &SyncState, epoch: Option<&str>) -> bool {
+    let nothing_stored = stored.epoch.is_none() && stored.cursor == 0;
+    stored.epoch.as_deref() != epoch && !nothing_stored
+}
+
 /// What makes a page impossible from a source that keeps its contract.
 fn misbehaviour(
     cursor: u64,
@@ -677,7 +686,25 @@ fn texts_to_ask_about<'a>(changes: &'a [Change], encoding: &Encoding) -> Vec<&'a
 
 #[cfg(test)]
 mod tests {
-    use super::misbehaviour;
+    use super::{misbehaviour, restarts};
+    use crate::store::SyncState;
+
+    #[test]
+    fn a_page_of_another_epoch_than_the_stored_one_restarts_the_cursor() {
+        let stored = |epoch: Option<&str>, cursor| SyncState {
+            epoch: epoch.map(str::to_owned),
+            cursor,
+        };
+        assert!(restarts(&stored(Some("e1"), 4), Some("e2")), "a new epoch");
+        assert!(restarts(&stored(Some("e1"), 4), None), "the epoch gone");
+        assert!(restarts(&stored(None, 4), Some("e2")), "an epoch announced");
+        assert!(!restarts(&stored(Some("e1"), 4), Some("e1")), "the same");
+        assert!(!restarts(&stored(None, 4), None), "a source without epochs");
+        assert!(
+            !restarts(&stored(None, 0), Some("e1")),
+            "nothing stored yet"
+        );
+    }
 
     #[test]
     fn a_page_no_source_keeping_its_contract_sends_is_named() {

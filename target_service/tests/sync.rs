@@ -715,6 +715,63 @@ fn a_new_source_epoch_restarts_the_cursor_from_zero() {
 }
 
 #[test]
+fn an_epoch_announced_where_none_was_stored_restarts_the_cursor_from_zero() {
+    let db = TestDb::new();
+    let t = "2025-07-01T10:00:00Z";
+    let log = CursorLog::new((1..=4).map(|n| profile(n, t)).collect());
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("first epoch synced", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 4
+    });
+    // Answers without X-Source-Epoch: the cursor is stored with none.
+    let without_epoch = log.clone();
+    source.set_handler(move |query| {
+        let mut reply = without_epoch.answer(query);
+        reply.headers.retain(|(name, _)| name != "X-Source-Epoch");
+        reply
+    });
+    wait_until(
+        "cursor stored without an epoch",
+        Duration::from_secs(10),
+        || {
+            db.count("SELECT count(*) FROM sync_state WHERE source_epoch IS NULL AND cursor = 4")
+                == 1
+        },
+    );
+    // None stored and none sent: the cursor stays where it is, round after
+    // round (the 4 changes were read again once, on leaving epoch-1).
+    wait_rounds(&target, 3);
+    assert_eq!(target.metrics.fetched.get(), 8);
+    assert_eq!(db.count("SELECT cursor FROM sync_state"), 4);
+
+    // The source restarts, announcing an epoch again, with 6 new users.
+    let restarted = CursorLog::new((101..=106).map(|n| profile(n, t)).collect());
+    *restarted.epoch.lock().unwrap() = "epoch-2".to_owned();
+    source.set_handler(move |query| restarted.answer(query));
+    wait_until("cursor in the new epoch", Duration::from_secs(10), || {
+        db.count("SELECT count(*) FROM sync_state WHERE source_epoch = 'epoch-2' AND cursor = 6")
+            == 1
+    });
+    wait_rounds(&target, 1);
+    for n in 101..=106 {
+        assert!(user_row(&db, n).is_some(), "user {n} of epoch-2 synced");
+    }
+    assert_eq!(db.count("SELECT count(*) FROM users"), 10);
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 0);
+    assert_eq!(target.metrics.synced.get(), 10);
+    assert_eq!(target.metrics.fetch_errors.get(), 0);
+    let status: Value =
+        serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap();
+    assert_eq!(
+        (&status["epoch"], &status["cursor"]),
+        (&json!("epoch-2"), &json!(6))
+    );
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
 fn a_source_without_cursors_is_read_whole_whatever_fetch_limit_says() {
     // The original hands out batches of four to ten, and is given no limit.
     let db = TestDb::new();
