@@ -308,7 +308,10 @@ impl Syncer {
         Err(RoundError(why))
     }
 
-    /// One fetch without parameters, for a source like the original.
+    /// One fetch without parameters, for a source like the original. A
+    /// cursor source answers it with a fresh batch and X-Next-Cursor, which
+    /// may lie beyond changes the stored cursor has not reached: that page
+    /// is not applied, and the next round pages from the stored cursor.
     fn sync_without_cursor(&mut self, round: &mut Round) -> Result<(), RoundError> {
         let page = match self.fetcher.fetch(None) {
             Ok(page) => page,
@@ -317,9 +320,13 @@ impl Syncer {
                 return Err(RoundError(err.to_string()));
             }
         };
-        if page.next_cursor.is_some() {
-            info!("the source now sends cursors; paging with since from the next round");
+        if let Some(next) = page.next_cursor {
             self.source_without_cursor = false;
+            let why = format!(
+                "the source answered with cursors to a request without them (X-Next-Cursor {next}); \
+                 its page is not applied, and the next round pages from the stored cursor"
+            );
+            return self.fetch_failed(round, why);
         }
         let page = Fetched::ingest(page, self.config.max_future_skew);
         self.dispatch(round, page.changes, None)?;

@@ -787,6 +787,90 @@ fn a_source_without_cursors_is_read_whole_whatever_fetch_limit_says() {
     target.shutdown();
 }
 
+/// What `/status` reports as the last error, if any.
+fn last_error(target: &Running) -> Option<String> {
+    let body: Value =
+        serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap_or_default();
+    body["last_error"].as_str().map(str::to_owned)
+}
+
+#[test]
+fn a_page_fetched_without_parameters_that_carries_cursors_is_left_for_the_stored_cursor() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let db = TestDb::new();
+    let (t0, t1) = ("2025-07-01T10:00:00Z", "2025-07-01T11:00:00Z");
+    let log = CursorLog::new(vec![with_email(1, t0, "x@example.com")]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("SYNC_INTERVAL", "1")]);
+    wait_until("first change stored", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 1
+    });
+
+    // A cursor source that answers one since request without X-Next-Cursor;
+    // asked without parameters, it logs a fresh batch and returns it with
+    // cursors, as source_service does.
+    let (bare, answered_without) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (fake, bare_requests) = (log.clone(), Arc::clone(&bare));
+    source.set_handler(move |query| {
+        if !query.contains_key("since") {
+            bare_requests.fetch_add(1, Ordering::SeqCst);
+            let mut changes = fake.changes.lock().unwrap();
+            let before = changes.len();
+            // User 2 claims x, which change 2 (not fetched yet) frees.
+            changes.push(with_email(2, t1, "x@example.com"));
+            drop(changes);
+            return fake.answer(&[("since".to_owned(), before.to_string())].into());
+        }
+        if !answered_without.swap(true, Ordering::SeqCst) {
+            return Reply::json(200, &json!([]));
+        }
+        fake.answer(query)
+    });
+    // Change 2: user 1 moves off x.
+    log.changes
+        .lock()
+        .unwrap()
+        .push(with_email(1, t1, "moved@example.com"));
+
+    let mut error_shown = None;
+    wait_until("both changes stored", Duration::from_secs(15), || {
+        if error_shown.is_none() {
+            error_shown = last_error(&target);
+        }
+        db.count("SELECT cursor FROM sync_state") == 3
+    });
+    wait_rounds(&target, 1);
+    // Decided in sequence order: user 1 gives x up, then user 2 takes it.
+    assert_eq!(
+        user_row(&db, 1).map(|r| r.1).as_deref(),
+        Some("moved@example.com")
+    );
+    assert_eq!(
+        user_row(&db, 2).map(|r| (r.1, r.4)),
+        Some(("x@example.com".to_owned(), "synced".to_owned()))
+    );
+    assert_eq!(rejection_reasons(&db), Vec::<String>::new());
+    assert_eq!(target.metrics.synced.get(), 3);
+    assert_eq!(
+        bare.load(Ordering::SeqCst),
+        1,
+        "asked without parameters once"
+    );
+    assert_eq!(target.metrics.fetch_errors.get(), 1);
+    let error = error_shown.expect("/status showed the fetch error");
+    assert!(
+        error.contains("with cursors to a request without them"),
+        "{error}"
+    );
+    assert_invariant(&target);
+    target.shutdown();
+}
+
 #[test]
 fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
     let db = TestDb::new();
