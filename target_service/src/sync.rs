@@ -642,7 +642,10 @@ fn restarts(stored: &SyncState, epoch: Option<&str>) -> bool {
     stored.epoch.as_deref() != epoch && !nothing_stored
 }
 
-/// What makes a page impossible from a source that keeps its contract.
+/// What makes a page impossible from a source that keeps its contract. Its
+/// sequence numbers are gapless, and X-Next-Cursor is that of the last
+/// change sent, so a page of `count` changes after `cursor` ends at
+/// `cursor + count`.
 fn misbehaviour(
     cursor: u64,
     next: u64,
@@ -660,12 +663,18 @@ fn misbehaviour(
             "the source sent a full page whose X-Next-Cursor {next} does not move forward"
         ));
     }
-    match head {
-        Some(head) if next > head => Some(format!(
+    if let Some(head) = head.filter(|&head| next > head) {
+        return Some(format!(
             "the source's X-Next-Cursor {next} lies beyond its X-Head-Cursor {head}"
-        )),
-        _ => None,
+        ));
     }
+    let ends_at = u128::from(cursor) + count as u128;
+    if u128::from(next) != ends_at {
+        return Some(format!(
+            "the source's X-Next-Cursor {next} is not {ends_at}, since={cursor} plus the {count} changes of its page"
+        ));
+    }
+    None
 }
 
 /// The latest `last_updated_at` accepted now.
@@ -727,5 +736,17 @@ mod tests {
         );
         assert!(misbehaviour(10, 15, Some(50), 5, 5).is_none());
         assert!(misbehaviour(10, 15, None, 5, 5).is_none());
+        assert!(misbehaviour(10, 13, Some(50), 3, 5).is_none(), "short");
+        assert!(misbehaviour(10, 14, Some(50), 5, 5).is_some(), "repeats");
+        assert!(misbehaviour(10, 16, Some(50), 5, 5).is_some(), "a gap");
+        assert!(
+            misbehaviour(10, 11, Some(50), 0, 5).is_some(),
+            "empty, moving"
+        );
+        let why = misbehaviour(0, 1, Some(3), 2, 1000).unwrap();
+        assert!(
+            why.contains("X-Next-Cursor 1") && why.contains("is not 2"),
+            "{why}"
+        );
     }
 }

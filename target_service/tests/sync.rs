@@ -1440,6 +1440,91 @@ fn a_misbehaving_source_ends_the_round_as_a_fetch_error() {
 }
 
 #[test]
+fn a_page_whose_next_cursor_is_not_since_plus_its_length_is_not_applied() {
+    let db = TestDb::new();
+    let (t0, t1) = ("2025-07-01T10:00:00Z", "2025-07-01T11:00:00Z");
+    let log = CursorLog::new(vec![with_email(1, t0, "x@example.com")]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("first change stored", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 1
+    });
+
+    // Change 2 creates user 3, change 3 moves user 1 off x, change 4 gives
+    // x to user 2. The source sends 2 and 4 with X-Next-Cursor 2, then 3
+    // and 4 with X-Next-Cursor 4.
+    let (c2, c3, c4) = (
+        profile(3, t0),
+        with_email(1, t1, "moved@example.com"),
+        with_email(2, t1, "x@example.com"),
+    );
+    let paged = |changes: Vec<Value>, next: u64| {
+        let mut reply = Reply::json(200, &Value::Array(changes));
+        reply.headers = vec![
+            ("X-Next-Cursor".to_owned(), next.to_string()),
+            ("X-Head-Cursor".to_owned(), "4".to_owned()),
+            ("X-Source-Epoch".to_owned(), "epoch-1".to_owned()),
+        ];
+        reply
+    };
+    let (first, second) = (
+        paged(vec![c2.clone(), c4.clone()], 2),
+        paged(vec![c3.clone(), c4.clone()], 4),
+    );
+    let honest = log.clone();
+    source.set_handler(move |query| match query.get("since").map(String::as_str) {
+        Some("1") => first.clone(),
+        Some("2") => second.clone(),
+        _ => honest.answer(query),
+    });
+    log.changes.lock().unwrap().extend([c2, c3, c4]);
+    wait_until(
+        "fetch errors, or a cursor moved",
+        Duration::from_secs(10),
+        || target.metrics.fetch_errors.get() >= 2 || db.count("SELECT cursor FROM sync_state") != 1,
+    );
+    assert_eq!(
+        db.count("SELECT cursor FROM sync_state"),
+        1,
+        "the cursor stays"
+    );
+    assert!(user_row(&db, 3).is_none(), "nothing of the page is applied");
+    assert_eq!(
+        user_row(&db, 1).map(|r| r.1).as_deref(),
+        Some("x@example.com")
+    );
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 0);
+    assert_eq!(target.metrics.fetched.get(), 1);
+    let error = last_error(&target).unwrap_or_default();
+    assert!(
+        error.contains("X-Next-Cursor 2 is not 3") && error.contains("since=1"),
+        "{error}"
+    );
+
+    // The source pages as it should again: 3 before 4.
+    let honest = log.clone();
+    source.set_handler(move |query| honest.answer(query));
+    wait_until("caught up", Duration::from_secs(10), || {
+        db.count("SELECT cursor FROM sync_state") == 4
+    });
+    wait_rounds(&target, 1);
+    assert!(user_row(&db, 3).is_some());
+    assert_eq!(
+        user_row(&db, 1).map(|r| r.1).as_deref(),
+        Some("moved@example.com")
+    );
+    assert_eq!(
+        user_row(&db, 2).map(|r| r.1).as_deref(),
+        Some("x@example.com")
+    );
+    assert_eq!(rejection_reasons(&db), Vec::<String>::new());
+    assert_eq!(target.metrics.synced.get(), 4);
+    assert_eq!(last_error(&target), None);
+    assert_invariant(&target);
+    target.shutdown();
+}
+
+#[test]
 fn on_a_latin1_database_what_it_cannot_hold_is_recorded_escaped_and_the_rest_syncs() {
     let db = TestDb::with_encoding("LATIN1");
     let mut bad_email = profile(1, "2025-07-01T10:00:00Z");
