@@ -274,6 +274,7 @@ pub struct Statements {
     read_high_water: Statement,
     upsert_users: Statement,
     insert_rejections: Statement,
+    supersede_early_records: Statement,
     mark_users: Statement,
 }
 
@@ -286,6 +287,7 @@ impl Statements {
             read_high_water: client.prepare(READ_HIGH_WATER)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
             insert_rejections: client.prepare(INSERT_REJECTIONS)?,
+            supersede_early_records: client.prepare(SUPERSEDE_EARLY_RECORDS)?,
             mark_users: client.prepare(MARK_USERS)?,
         })
     }
@@ -336,6 +338,15 @@ const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
           (profile_id, outcome, reason, message, payload, changed_at, change_key) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bytea[]) \
      ON CONFLICT (profile_id, change_key) DO NOTHING";
+
+/// A text recorded when it came too early, decided again once due, and now
+/// a conflict or `db_error`: its one record says so, as the high-water mark
+/// of its id reads it ([`READ_HIGH_WATER`]). Only `future_timestamp` can
+/// change so: every other rule decides a text the same way each time.
+const SUPERSEDE_EARLY_RECORDS: &str = "UPDATE sync_rejections AS r \
+     SET outcome = s.outcome, reason = s.reason, message = s.message \
+     FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::text[]) AS s(id, key, outcome, reason, message) \
+     WHERE r.profile_id = s.id AND r.change_key = s.key AND r.reason = 'future_timestamp'";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
@@ -504,7 +515,9 @@ pub fn upsert_users(
 }
 
 /// Records rejections; one whose element text is recorded already is left
-/// alone, so a replay records nothing twice.
+/// alone, so a replay records nothing twice, unless it was recorded as
+/// `future_timestamp` and is now a conflict or `db_error`: that record is
+/// brought up to date.
 pub fn insert_rejections(
     client: &mut impl GenericClient,
     statements: &Statements,
@@ -526,6 +539,23 @@ pub fn insert_rejections(
             &ids, &outcomes, &reasons, &messages, &payloads, &times, &keys,
         ],
     )?;
+    // A conflict's text may be recorded already, from when it came too
+    // early; the insert left that record as it was.
+    let bars: Vec<&&RejectionWrite> = rejections
+        .iter()
+        .filter(|r| r.reason.befalls_a_valid_change() && r.profile_id.is_some())
+        .collect();
+    if !bars.is_empty() {
+        let ids: Vec<Option<Uuid>> = bars.iter().map(|r| r.profile_id).collect();
+        let keys: Vec<&[u8]> = bars.iter().map(|r| &r.key[..]).collect();
+        let outcomes: Vec<&str> = bars.iter().map(|r| r.outcome).collect();
+        let reasons: Vec<&str> = bars.iter().map(|r| r.reason.as_str()).collect();
+        let messages: Vec<&str> = bars.iter().map(|r| r.message.as_str()).collect();
+        client.execute(
+            &statements.supersede_early_records,
+            &[&ids, &keys, &outcomes, &reasons, &messages],
+        )?;
+    }
     Ok(())
 }
 

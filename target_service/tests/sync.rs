@@ -574,6 +574,53 @@ fn a_change_fetched_before_it_was_due_syncs_once_it_is() {
 }
 
 #[test]
+fn a_conflict_of_a_text_first_recorded_too_early_bars_older_changes_in_later_rounds() {
+    // X's change comes too early and is recorded as future_timestamp. Once
+    // due, the same text is a conflict (Y holds the email), and an older
+    // change of X after it is stale: in the same page, and just as much in
+    // a later round, which reads the conflict back from its record.
+    let db = TestDb::new();
+    let due = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let early =
+        (due - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let due = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let conflict = with_email(2, &due, "shared@example.com");
+    let log = CursorLog::new(vec![
+        with_email(1, "2025-07-01T10:00:00Z", "shared@example.com"),
+        conflict.clone(),
+    ]);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[("MAX_FUTURE_SKEW_SECS", "0")]);
+    wait_rounds(&target, 1);
+    wait_until("recorded as future", Duration::from_secs(10), || {
+        rejection_reasons(&db) == ["future_timestamp"]
+    });
+    thread::sleep(Duration::from_millis(2500));
+    log.changes.lock().unwrap().push(conflict);
+    wait_until(
+        "the same text, now a conflict",
+        Duration::from_secs(10),
+        || rejected(&target, "email_taken") == 1,
+    );
+    wait_rounds(&target, 1);
+    log.changes
+        .lock()
+        .unwrap()
+        .push(with_email(2, &early, "free@example.com"));
+    wait_until("cursor at 4", Duration::from_secs(10), || {
+        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") == 4
+    });
+    assert_eq!(rejected(&target, "stale"), 1, "older than the conflict");
+    assert!(user_row(&db, 2).is_none());
+    assert_eq!(
+        rejection_reasons(&db),
+        ["email_taken"],
+        "the text's one record says what it is now"
+    );
+    target.shutdown();
+}
+
+#[test]
 fn a_batch_that_gives_up_an_email_and_claims_it_for_another_id_keeps_both_changes() {
     // B holds y. Then, in one writer's batch: A is created with a, B moves
     // from y to z, A takes y. Written one change at a time, all three sync;
