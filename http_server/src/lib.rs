@@ -43,6 +43,7 @@
 //!   their client, lets responses in flight finish within `Settings::grace`,
 //!   then closes the rest.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -960,6 +961,26 @@ pub fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
     std::hint::black_box(difference) == 0
 }
 
+/// The request target in origin form (`/path?query`). HTTP/1.1 servers must
+/// also accept the absolute form (`http://host:port/path?query`, RFC 9112
+/// §3.2.2), which proxies send; its scheme and authority are dropped here
+/// (the service answers for any host). Anything else is returned unchanged.
+pub fn origin_form(url: &str) -> Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Cow::Borrowed(url);
+    };
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return Cow::Borrowed(url);
+    }
+    let path_and_query = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
+    if path_and_query.starts_with('/') {
+        Cow::Borrowed(path_and_query)
+    } else {
+        // `http://host` and `http://host?q` name the root path.
+        Cow::Owned(format!("/{path_and_query}"))
+    }
+}
+
 /// Client input echoed in an error body, cut to 100 characters so error
 /// bodies stay small.
 pub fn shorten(text: &str) -> String {
@@ -980,6 +1001,16 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"ab"));
         assert!(!constant_time_eq(b"ab", b"abc"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn the_absolute_form_is_read_as_the_origin_form() {
+        assert_eq!(origin_form("/healthz?x=1"), "/healthz?x=1");
+        assert_eq!(origin_form("http://127.0.0.1:8080/healthz"), "/healthz");
+        assert_eq!(origin_form("HTTPS://[::1]:8080/a?b=c"), "/a?b=c");
+        assert_eq!(origin_form("http://host?q"), "/?q");
+        assert_eq!(origin_form("http://host"), "/");
+        assert_eq!(origin_form("ftp://host/x"), "ftp://host/x");
     }
 
     #[test]

@@ -12,10 +12,9 @@
 //! `GET` describe the batch it generates for a reader that is caught up, so a
 //! `HEAD` could only tell the truth by generating, which a `HEAD` must not do.
 
-use std::borrow::Cow;
 use std::time::Instant;
 
-use http_server::{constant_time_eq, shorten};
+use http_server::{constant_time_eq, origin_form, shorten};
 use serde_json::json;
 
 use crate::change_log::{Gone, Page};
@@ -322,26 +321,6 @@ impl Handler {
             ("X-Source-Epoch", self.epoch.clone()),
         ];
         reply
-    }
-}
-
-/// The request target in origin form (`/path?query`). HTTP/1.1 servers must
-/// also accept the absolute form (`http://host:port/path?query`, RFC 9112
-/// §3.2.2), which proxies send; its scheme and authority are dropped here
-/// (the service answers for any host). Anything else is returned unchanged.
-fn origin_form(url: &str) -> Cow<'_, str> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Cow::Borrowed(url);
-    };
-    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
-        return Cow::Borrowed(url);
-    }
-    let path_and_query = &rest[rest.find(['/', '?']).unwrap_or(rest.len())..];
-    if path_and_query.starts_with('/') {
-        Cow::Borrowed(path_and_query)
-    } else {
-        // `http://host` and `http://host?q` name the root path.
-        Cow::Owned(format!("/{path_and_query}"))
     }
 }
 

@@ -8,7 +8,7 @@
 //! which reads PostgreSQL through a pool of its own with short timeouts
 //! ([`crate::rejections`]): a stuck database cannot stall a scrape.
 
-use http_server::shorten;
+use http_server::{origin_form, shorten};
 use serde_json::json;
 
 use crate::admin::{self, AdminToken};
@@ -75,8 +75,8 @@ pub fn route(
     status: &StatusBoard,
     admin: &Admin,
 ) -> Reply {
-    let url = request.url;
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let url = origin_form(request.url);
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let path = path.split('#').next().unwrap_or(path);
     if !PATHS.contains(&path) {
         return json_reply(
@@ -89,7 +89,10 @@ pub fn route(
         );
     }
     if request.method != "GET" && request.method != "HEAD" {
-        let mut reply = json_reply(405, json!({ "error": format!("{path} only answers GET") }));
+        let mut reply = json_reply(
+            405,
+            json!({ "error": format!("{path} only answers GET and HEAD") }),
+        );
         reply.headers.push(("Allow", "GET, HEAD".to_owned()));
         return reply;
     }
@@ -270,6 +273,24 @@ mod tests {
         assert_eq!(reply.status, 405);
         assert_eq!(reply.header("Allow"), Some("GET, HEAD"));
         assert_eq!(reply.content_type, "application/json");
+        let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"], "/metrics only answers GET and HEAD");
+    }
+
+    #[test]
+    fn absolute_form_targets_are_routed_by_their_path() {
+        let status = StatusBoard::default();
+        for url in [
+            "http://127.0.0.1:2112/healthz",
+            "HTTP://target.example/healthz?x=1",
+        ] {
+            assert_eq!(
+                call("GET", url, &status),
+                (200, json!({"status": "ok"})),
+                "{url}"
+            );
+        }
+        assert_eq!(call("GET", "http://target.example/nope", &status).0, 404);
     }
 
     #[test]
