@@ -626,7 +626,7 @@ fn refuse(stream: &TcpStream) {
         &mut out,
         &error(503, "the server is busy; try again"),
         false,
-        true,
+        Some("close"),
     );
     let _ = (&*stream).write(&out);
     let _ = stream.shutdown(Shutdown::Both);
@@ -774,8 +774,16 @@ fn respond(
     if shared.stopping.load(Ordering::SeqCst) {
         keep_alive = false;
     }
+    // HTTP/1.1 keeps a connection unless told otherwise; an HTTP/1.0
+    // client keeps it only when the answer says so, else it waits for the
+    // close.
+    let connection_header = match (keep_alive, parsed.version) {
+        (false, _) => Some("close"),
+        (true, Some(1)) => None,
+        (true, _) => Some("keep-alive"),
+    };
     // A large body is sent from where the handler made it, not copied.
-    let body: &[u8] = if encode(out, &response, is_head, !keep_alive) || is_head {
+    let body: &[u8] = if encode(out, &response, is_head, connection_header) || is_head {
         &[]
     } else {
         &response.body
@@ -801,7 +809,7 @@ fn respond(
 /// Answers an error that ends the connection.
 fn fail(connection: &Connection, shared: &Shared, out: &mut Vec<u8>, status: u16, message: &str) {
     connection.set(SENDING, shared);
-    encode(out, &error(status, message), false, true);
+    encode(out, &error(status, message), false, Some("close"));
     if send(&connection.stream, &[out], shared.settings.io_timeout).is_ok() {
         close_gently(connection, shared);
     }
@@ -877,7 +885,7 @@ fn send(stream: &TcpStream, parts: &[&[u8]], timeout: Duration) -> io::Result<()
 /// Serialises a response into `out` (cleared first): its head, and its body
 /// when small (one write is one segment) and not for `HEAD`. Returns whether
 /// the body went in.
-fn encode(out: &mut Vec<u8>, response: &Response, is_head: bool, close: bool) -> bool {
+fn encode(out: &mut Vec<u8>, response: &Response, is_head: bool, connection: Option<&str>) -> bool {
     out.clear();
     let status = response.status;
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", reason(status));
@@ -894,8 +902,8 @@ fn encode(out: &mut Vec<u8>, response: &Response, is_head: bool, close: bool) ->
         let _ = write!(out, "{name}: {value}\r\n");
     }
     let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
+    if let Some(connection) = connection {
+        let _ = write!(out, "Connection: {connection}\r\n");
     }
     out.extend_from_slice(b"\r\n");
     let copy = !is_head && response.body.len() <= COPY_BODY;
@@ -1022,7 +1030,7 @@ mod tests {
 
     fn encoded(response: &Response, is_head: bool, close: bool) -> String {
         let mut out = Vec::new();
-        encode(&mut out, response, is_head, close);
+        encode(&mut out, response, is_head, close.then_some("close"));
         String::from_utf8(out).unwrap()
     }
 

@@ -194,3 +194,26 @@ fn a_slow_handler_holds_the_others_back_no_longer_than_the_patience() {
     );
     assert!(read_response(&mut slow, 4).ends_with("slow"));
 }
+
+#[test]
+fn an_http_1_0_client_is_told_whether_its_connection_is_kept() {
+    let server = start(Settings::default());
+    let mut kept = connect(server.addr());
+    for n in 0..2 {
+        kept.write_all(b"GET /x HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .unwrap();
+        let response = read_response(&mut kept, "GET /x".len());
+        assert!(
+            response.contains("Connection: keep-alive\r\n"),
+            "{n}: {response}"
+        );
+        assert!(response.ends_with("GET /x"), "{n}: {response}");
+    }
+    let mut closed = connect(server.addr());
+    closed.write_all(b"GET /y HTTP/1.0\r\n\r\n").unwrap();
+    let started = Instant::now();
+    let response = read_to_close(&mut closed);
+    assert!(response.contains("Connection: close\r\n"), "{response}");
+    assert!(response.ends_with("GET /y"), "{response}");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once");
+}
