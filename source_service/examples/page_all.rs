@@ -33,6 +33,7 @@ fn main() -> ExitCode {
 fn page_all(base: &str, limit: u64) -> Result<(), Box<dyn std::error::Error>> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        .proxy(None)
         .build()
         .into();
     // Start at the oldest change kept: since=0 is gone once the log is full.

@@ -13,6 +13,7 @@ fn get(url: &str, timeout: Duration) -> Option<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
+        .proxy(None)
         .build()
         .into();
     let mut response = agent.get(url).call().ok()?;

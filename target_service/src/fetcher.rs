@@ -106,6 +106,9 @@ impl Fetcher {
             .max_redirects(0)
             // Every status is an answer to judge here, not a transport error.
             .http_status_as_error(false)
+            // ureq would take ALL_PROXY, HTTPS_PROXY or HTTP_PROXY from the
+            // environment; the source is reached directly, as configured.
+            .proxy(None)
             .user_agent("target_service");
         if let Some(roots) = &config.source_roots {
             agent = agent.tls_config(tls::ureq_tls_config(roots));

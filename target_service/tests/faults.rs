@@ -259,6 +259,34 @@ fn a_dot_env_line_that_cannot_be_parsed_is_named_without_its_value() {
 }
 
 #[test]
+fn proxy_variables_in_the_environment_are_not_used_to_reach_the_source() {
+    let db = TestDb::new();
+    let source = backlog(10).source();
+    // Nothing listens on port 9: through any of these, nothing would sync
+    // (and an https:// proxy would need TLS set up that is not there).
+    let mut child = target_binary()
+        .env("DATABASE_URL", &db.url)
+        .env("SOURCE_SERVICE_URL", &source.url)
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("SYNC_INTERVAL", "0.2")
+        .env("ALL_PROXY", "https://127.0.0.1:9")
+        .env("HTTPS_PROXY", "https://127.0.0.1:9")
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let synced = Instant::now();
+    while db.count("SELECT count(*) FROM users") < 10 && synced.elapsed() < Duration::from_secs(20)
+    {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let rows = db.count("SELECT count(*) FROM users");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(rows, 10, "synced straight from the source");
+}
+
+#[test]
 fn a_flood_of_connections_past_the_descriptor_limit_leaves_health_answered() {
     let db = TestDb::new();
     let source = backlog(10).source();

@@ -379,6 +379,7 @@ pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
+        .proxy(None)
         .build()
         .into();
     let mut request = agent.get(url);
