@@ -27,10 +27,11 @@
 //!   `Settings::io_timeout` (10 s) each, measured as deadlines, so trickling
 //!   a byte at a time does not extend them;
 //! - at most `Settings::max_connections` connections are open (by default
-//!   three quarters of `RLIMIT_NOFILE`); at the cap, and when `accept` fails
-//!   for lack of descriptors, the connection waiting longest for its client
-//!   is closed to make room, so idle connections never block new ones; no
-//!   accept error ends the accept loop;
+//!   three quarters of `RLIMIT_NOFILE`); at the cap the connection waiting
+//!   longest for its client is closed to make room, and when `accept` fails
+//!   for lack of descriptors so is it and an eighth of the others waiting
+//!   for their next request (at least 7), so idle connections never block
+//!   new ones; no accept error ends the accept loop;
 //! - a connection waiting for its client costs a thread with a small stack
 //!   and an 8 KiB buffer, never a handler: at most `Settings::handlers`
 //!   requests are being handled at once (or, with
@@ -539,10 +540,17 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
                 if out_of_descriptors {
                     let registry = shared.registry();
-                    let room = (registry.open.len() / 8).max(EVICTED_PER_SHORTAGE);
-                    for _ in 0..room {
-                        if !shared.evict_one(&registry) {
-                            break;
+                    // One as ever (a response being sent, if nothing else
+                    // can go), the others only among those waiting.
+                    if shared.evict_one(&registry) {
+                        let more = (registry.open.len() / 8).max(EVICTED_PER_SHORTAGE) - 1;
+                        for _ in 0..more {
+                            if shared
+                                .evict(&registry, |_, state| state == WAITING)
+                                .is_none()
+                            {
+                                break;
+                            }
                         }
                     }
                 }
