@@ -346,7 +346,8 @@ const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
 const SUPERSEDE_EARLY_RECORDS: &str = "UPDATE sync_rejections AS r \
      SET outcome = s.outcome, reason = s.reason, message = s.message \
      FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::text[]) AS s(id, key, outcome, reason, message) \
-     WHERE r.profile_id = s.id AND r.change_key = s.key AND r.reason = 'future_timestamp'";
+     WHERE r.profile_id = s.id AND r.change_key = s.key AND r.reason = 'future_timestamp' \
+       AND r.resolved_at IS NULL";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
