@@ -573,6 +573,12 @@ fn source_url(vars: &Vars<'_>) -> Result<String, ConfigError> {
     {
         return Err(problem("is not an http:// or https:// URL with a host"));
     }
+    // What the HTTP client reads: a host of ASCII only, say.
+    if let Err(err) = text.parse::<ureq::http::Uri>() {
+        return Err(problem(&format!(
+            "cannot be fetched ({err}; write a host that is not ASCII in punycode, xn--…, and other characters as %XX)"
+        )));
+    }
     Ok(text)
 }
 
@@ -720,6 +726,7 @@ mod tests {
             ("METRICS_ADDR", "not an address"),
             ("SOURCE_SERVICE_URL", "ftp://example.com/x"),
             ("SOURCE_SERVICE_URL", "localhost:8080"),
+            ("SOURCE_SERVICE_URL", "http://bücher.example/users/changes"),
             ("DATABASE_URL", "postgres://user:pw@host:notaport/db"),
             ("LOG_LEVEL", "verbose"),
         ] {

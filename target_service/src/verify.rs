@@ -108,7 +108,12 @@ fn probe(config: &Config) -> Result<Bounds, Failure> {
         410 => number("X-Head-Cursor").map(bounds).ok_or_else(|| {
             Failure::Error("the source answered 410 without X-Head-Cursor".to_owned())
         }),
-        200..=299 if answer.header("X-Next-Cursor").ok().flatten().is_none() => {
+        200..=299
+            if answer
+                .header("X-Next-Cursor")
+                .map_err(|err| Failure::Error(err.to_string()))?
+                .is_none() =>
+        {
             Err(Failure::NoCursors)
         }
         200..=299 => number("X-Head-Cursor")
