@@ -158,11 +158,7 @@ impl Fetcher {
         let status = answer.status();
         if status == 410 {
             // Where to start again, when the source says.
-            let min_cursor = answer
-                .header("X-Min-Cursor")
-                .ok()
-                .flatten()
-                .and_then(|value| value.trim().parse().ok());
+            let min_cursor = answer.number("X-Min-Cursor").ok().flatten();
             return Err(FetchError::Gone { min_cursor });
         }
         // With redirects off, a 3xx is an answer too.
@@ -204,11 +200,7 @@ impl Fetcher {
                 self.max_response_bytes
             ))
         };
-        let declared: Option<u64> = answer
-            .header("Content-Length")
-            .ok()
-            .flatten()
-            .and_then(|v| v.trim().parse().ok());
+        let declared = answer.number("Content-Length").ok().flatten();
         if declared.is_some_and(|length| length > self.max_response_bytes) {
             return Err(too_large());
         }

@@ -93,13 +93,7 @@ fn probe(config: &Config) -> Result<Bounds, Failure> {
     let answer = Fetcher::new(config)
         .get(&[("since", &beyond), ("limit", "1")])
         .map_err(|err| Failure::Error(err.to_string()))?;
-    let number = |name: &str| -> Option<u64> {
-        answer
-            .header(name)
-            .ok()
-            .flatten()
-            .and_then(|v| v.trim().parse().ok())
-    };
+    let number = |name: &str| answer.number(name).ok().flatten();
     let bounds = |head| Bounds {
         min: number("X-Min-Cursor").unwrap_or(0),
         head,
