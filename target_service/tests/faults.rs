@@ -290,14 +290,7 @@ fn proxy_variables_in_the_environment_are_not_used_to_reach_the_source() {
 fn a_flood_of_connections_past_the_descriptor_limit_leaves_health_answered() {
     let db = TestDb::new();
     let source = backlog(10).source();
-    let mut command = Command::new("sh");
-    command
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .current_dir(std::env::temp_dir())
-        .arg("-c")
-        .arg("ulimit -n 128 && exec \"$0\"")
-        .arg(env!("CARGO_BIN_EXE_target_service"));
+    let mut command = target_binary_with_descriptor_limit(128);
     /// Killed if the test fails, so that no target outlives it.
     struct Child(std::process::Child);
     impl Drop for Child {

@@ -808,8 +808,7 @@ fn an_epoch_announced_where_none_was_stored_restarts_the_cursor_from_zero() {
     assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 0);
     assert_eq!(target.metrics.synced.get(), 10);
     assert_eq!(target.metrics.fetch_errors.get(), 0);
-    let status: Value =
-        serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap();
+    let status = status_json(&target);
     assert_eq!(
         (&status["epoch"], &status["cursor"]),
         (&json!("epoch-2"), &json!(6))
@@ -832,13 +831,6 @@ fn a_source_without_cursors_is_read_whole_whatever_fetch_limit_says() {
     });
     assert_eq!(target.metrics.fetch_errors.get(), 0);
     target.shutdown();
-}
-
-/// What `/status` reports as the last error, if any.
-fn last_error(target: &Running) -> Option<String> {
-    let body: Value =
-        serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap_or_default();
-    body["last_error"].as_str().map(str::to_owned)
 }
 
 #[test]

@@ -20,7 +20,7 @@ use serde_json::json;
 use target_service::config::Config;
 use target_service::{pool, App, Running};
 
-use common::{get, profile, wait_until, OwnCluster, TestDb};
+use common::{get, last_error, profile, wait_until, OwnCluster, TestDb};
 
 /// A CA, and a server certificate it signed for `localhost` only.
 struct Pki {
@@ -136,13 +136,6 @@ fn page() -> serde_json::Value {
     ])
 }
 
-fn last_error(target: &Running) -> String {
-    target.status.to_json(&target.metrics)["last_error"]
-        .as_str()
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn users(config: &Config) -> i64 {
     pool::connect(&config.database)
         .and_then(|mut client| client.query_one("SELECT count(*) FROM users", &[]))
@@ -239,9 +232,9 @@ fn a_wrong_ca_or_host_name_fails_clearly_and_readyz_says_503() {
         );
         let (_, target) = target_against(&url, &source.url);
         wait_until("the connection error", Duration::from_secs(20), || {
-            !last_error(&target).is_empty()
+            last_error(&target).is_some_and(|error| !error.is_empty())
         });
-        let error = last_error(&target);
+        let error = last_error(&target).unwrap_or_default();
         assert!(
             error
                 .to_ascii_lowercase()
@@ -268,9 +261,9 @@ fn disable_against_a_tls_only_server_fails_clearly() {
         &source.url,
     );
     wait_until("the connection error", Duration::from_secs(20), || {
-        !last_error(&target).is_empty()
+        last_error(&target).is_some_and(|error| !error.is_empty())
     });
-    let error = last_error(&target);
+    let error = last_error(&target).unwrap_or_default();
     assert!(error.contains("no pg_hba.conf entry"), "{error}");
     assert!(error.contains("no encryption"), "{error}");
     assert!(error.contains("sslmode"), "says what to change: {error}");
@@ -387,9 +380,10 @@ fn an_https_source_is_trusted_through_source_ca_file_and_only_then() {
     ]);
     let target = App::start(untrusted).expect("target starts");
     wait_until("a fetch error", Duration::from_secs(20), || {
-        target.metrics.fetch_errors.get() > 0 && !last_error(&target).is_empty()
+        target.metrics.fetch_errors.get() > 0
+            && last_error(&target).is_some_and(|error| !error.is_empty())
     });
-    let error = last_error(&target);
+    let error = last_error(&target).unwrap_or_default();
     assert!(error.contains("certificate"), "{error}");
     assert!(error.contains("UnknownIssuer"), "{error}");
     assert_eq!(db.count("SELECT count(*) FROM users"), 0);

@@ -442,11 +442,24 @@ pub fn rejection_reasons(db: &TestDb) -> Vec<String> {
         .collect()
 }
 
+/// What `/status` answers, as JSON (`null` if it is not JSON).
+pub fn status_json(target: &Running) -> Value {
+    serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap_or_default()
+}
+
 /// The state `/status` reports: `syncing`, `idle`, `standby`…
 pub fn state_of(target: &Running) -> String {
-    let body: Value =
-        serde_json::from_str(&get(&format!("http://{}/status", target.addr)).1).unwrap_or_default();
-    body["state"].as_str().unwrap_or_default().to_owned()
+    status_json(target)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What `/status` reports as the last error, if any.
+pub fn last_error(target: &Running) -> Option<String> {
+    status_json(target)["last_error"]
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// A valid profile of id `n` with the given email.
@@ -470,7 +483,21 @@ pub fn emails(db: &TestDb) -> Vec<(String, String)> {
 /// run from the temporary directory (so no `.env` of the working tree is
 /// read): what it does then comes from what the test sets alone.
 pub fn target_binary() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_target_service"));
+    with_nothing_inherited(Command::new(env!("CARGO_BIN_EXE_target_service")))
+}
+
+/// As [`target_binary`], the binary run by `sh` with at most `descriptors`
+/// open files (`ulimit -n`).
+pub fn target_binary_with_descriptor_limit(descriptors: u32) -> Command {
+    let mut command = with_nothing_inherited(Command::new("sh"));
+    command
+        .arg("-c")
+        .arg(format!("ulimit -n {descriptors} && exec \"$0\""))
+        .arg(env!("CARGO_BIN_EXE_target_service"));
+    command
+}
+
+fn with_nothing_inherited(mut command: Command) -> Command {
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
