@@ -14,11 +14,12 @@ CREATE TABLE IF NOT EXISTS users (
     sync_message TEXT
 );
 
--- One row per element that was not synced (every outcome but stale).
+-- One row per element that failed validation or was a conflict (skipped
+-- changes, inactive or stale, are counted, not recorded).
 CREATE TABLE IF NOT EXISTS sync_rejections (
     id BIGSERIAL PRIMARY KEY,
     profile_id UUID,                    -- the change's id, when it is a UUID
-    outcome VARCHAR(50) NOT NULL,       -- failed_validation | skipped | conflict
+    outcome VARCHAR(50) NOT NULL,       -- failed_validation | conflict
     reason VARCHAR(50) NOT NULL,        -- reason code, e.g. invalid_email
     message TEXT NOT NULL,              -- what was wrong, for people
     payload TEXT NOT NULL,              -- the element's exact text (\uXXXX-escaped only where the encoding lacks a character)
@@ -35,10 +36,6 @@ CREATE TABLE IF NOT EXISTS sync_rejections (
 -- text without a UUID id is recorded once as well).
 CREATE UNIQUE INDEX IF NOT EXISTS sync_rejections_element
     ON sync_rejections (profile_id, change_key) NULLS NOT DISTINCT;
--- The rejections that count toward a user's high-water mark (changes that
--- got past the stale rule but did not sync): few, read for every page.
-CREATE INDEX IF NOT EXISTS sync_rejections_high_water ON sync_rejections (profile_id, changed_at)
-    WHERE outcome = 'conflict' OR reason = 'db_error';
 
 -- Where syncing stands, one row per source URL.
 CREATE TABLE IF NOT EXISTS sync_state (

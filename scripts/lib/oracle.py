@@ -15,26 +15,16 @@ computed from the source itself, in two steps:
       Replays the dumps in order, one change at a time, the way the contract
       decides them, and writes CSV files for psql's \\copy into OUT_DIR:
         users.csv      id,name,email,mobile,status,last_updated_at,sync_status
-                       the exact rows of every id whose outcome is certain
-        ambiguous.csv  id — ids whose outcome depends on page boundaries
-        allowed.csv    id,name,email,mobile,status,last_updated_at — the
-                       versions an ambiguous id may end up with (or none)
-        sequential.csv the rows of ambiguous ids had every change come alone
-        must.csv       profile_id,changed_at,outcome,reason — rejections
+                       the exact row of every id
+        must.csv       profile_id,changed_at,outcome,reason — the rejections
                        that must be in sync_rejections
-        may.csv        the same, for rejections that may be there
+        ambiguous.csv, allowed.csv, sequential.csv, may.csv
+                       empty: applied one at a time, in sequence order, every
+                       outcome is exact (SPEC §3), whatever the page cuts
       Prints one line of figures as key=value pairs.
 
-Why some ids are ambiguous: inside one page the target keeps only the newest
-valid change of an id (the others are stale, SPEC §3) before it looks for
-email and mobile conflicts. When that newest change is a conflict, an older
-change of the same page that would have been synced is dropped with it, so
-the result depends on where pages begin and end. That only happens when an
-id's newest valid change is a conflict; for every other id the outcome is
-exact. Conflicts are judged against the simulated table; this is exact when
-every conflict is against a row that no longer changes (as after a source
-restart, whose counters start again and repeat the old epoch's emails), which
-is the only way the drills (SOURCE_INVALID_RATE=0) produce conflicts.
+Conflicts are judged against the simulated table, which is exact: the target
+decides every change against the state the changes before it left.
 
 Standard library only: the drills run where jq may be missing.
 """
@@ -138,7 +128,6 @@ def judge(element, now):
 
 
 OUTCOME = {
-    "inactive_status": "skipped",
     "email_taken": "conflict",
     "mobile_taken": "conflict",
 }
@@ -160,8 +149,6 @@ def expect(out_dir, dumps):
     now = dt.datetime.now(dt.timezone.utc)
     rows = {}  # id -> [name, email, mobile, status, instant, sync_status]
     email_owner, mobile_owner = {}, {}
-    newest = {}  # id -> (instant, conflicted) of its newest valid change
-    conflicts = []  # (id, instant, reason) of every conflict, in order
     seen = set()  # every id that parsed
     must, stats = [], dict.fromkeys(
         ("changes", "invalid", "inactive", "stale", "conflicts", "synced"), 0)
@@ -176,19 +163,21 @@ def expect(out_dir, dumps):
         reason, pid, at = judge(element, now)
         if pid is not None:
             seen.add(pid)
+        if reason == "inactive_status":
+            # A filter, not an error: nothing recorded, no row marked.
+            stats["inactive"] += 1
+            continue
         if reason is not None:
             outcome = OUTCOME.get(reason, "failed_validation")
-            stats["inactive" if reason == "inactive_status" else "invalid"] += 1
+            stats["invalid"] += 1
             must.append((pid or "", ts_text(at), outcome, reason))
             if pid is not None:
                 mark(pid, at, outcome)
             continue
-        best = newest.get(pid)
         row = rows.get(pid)
+        # Stale against the row alone: a rejected change leaves no mark.
         if row is not None and at <= row[4]:
             stats["stale"] += 1
-            if best is None or at > best[0]:
-                newest[pid] = (at, False)
             continue
         email, mobile = element["email"], element["mobile"]
         taken = None
@@ -196,11 +185,9 @@ def expect(out_dir, dumps):
             taken = "email_taken"
         elif mobile_owner.get(mobile, pid) != pid:
             taken = "mobile_taken"
-        if best is None or at > best[0]:
-            newest[pid] = (at, taken is not None)
         if taken is not None:
             stats["conflicts"] += 1
-            conflicts.append((pid, at, taken))
+            must.append((pid, ts_text(at), "conflict", taken))
             mark(pid, at, "conflict")
             continue
         stats["synced"] += 1
@@ -213,23 +200,8 @@ def expect(out_dir, dumps):
         mobile_owner[mobile] = pid
         rows[pid] = [element["name"], email, mobile, element["status"], at, "synced"]
 
-    ambiguous = {pid for pid, (_, conflicted) in newest.items() if conflicted}
-    may = []
-    for pid, at, reason in conflicts:
-        record = (pid, ts_text(at), "conflict", reason)
-        if pid in ambiguous and newest[pid][0] == at:
-            must.append(record)
-        else:
-            may.append(record)
-
-    # Second pass: the versions an ambiguous id may end up with.
-    conflicted = {(pid, at) for pid, at, _ in conflicts}
-    allowed = []
-    if ambiguous:
-        for element in changes(dumps):
-            reason, pid, at = judge(element, now)
-            if reason is None and pid in ambiguous and (pid, at) not in conflicted:
-                allowed.append([pid] + [element[f] for f in FIELDS[1:5]] + [ts_text(at)])
+    # Applied one at a time, every outcome is exact: no id is ambiguous.
+    ambiguous, allowed, may = set(), [], []
 
     os.makedirs(out_dir, exist_ok=True)
 

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::fetcher::Page;
-use crate::profile::{Profile, Rejection};
+use crate::profile::{Profile, Reason, Rejection};
 
 /// SHA-256 of an element's exact text: a rejection's identity. The same
 /// text is the same change, wherever and however often it arrives.
@@ -51,6 +51,10 @@ impl Element {
 #[derive(Debug, Clone)]
 pub enum Parsed {
     Valid(Profile),
+    /// Valid, but with a status other than `active`/`pending`: the source's
+    /// business filter. It is skipped and counted, and nothing is written or
+    /// read for it.
+    Inactive,
     Invalid(Rejection),
 }
 
@@ -66,6 +70,7 @@ impl Change {
         let key = change_key(element.text());
         let parsed = match parsed {
             Ok(profile) => Parsed::Valid(profile),
+            Err(rejection) if rejection.reason == Reason::InactiveStatus => Parsed::Inactive,
             Err(rejection) => Parsed::Invalid(rejection),
         };
         Change {
@@ -83,9 +88,12 @@ impl Change {
         )
     }
 
+    /// The id of a change that can write something: none for an inactive
+    /// one, which never does.
     pub fn id(&self) -> Option<Uuid> {
         match &self.parsed {
             Parsed::Valid(profile) => Some(profile.id),
+            Parsed::Inactive => None,
             Parsed::Invalid(rejection) => rejection.profile_id,
         }
     }
@@ -132,5 +140,19 @@ mod tests {
         assert_eq!(change.element.text(), "[1]");
         assert!(matches!(change.parsed, Parsed::Invalid(_)));
         assert_eq!(change.key, change_key("[1]"));
+    }
+
+    #[test]
+    fn an_inactive_change_is_filtered_not_rejected() {
+        let text = r#"{"id":"7d0f0c3e-3f0a-4c4e-9a53-0b1e6d9c0a11","name":"N","email":"n@x.io","mobile":"1234","status":"inactive","last_updated_at":"2025-01-01T00:00:00Z"}"#;
+        let change = Change::from_text(text, Utc::now());
+        assert!(matches!(change.parsed, Parsed::Inactive));
+        assert_eq!(change.id(), None, "it writes nothing, so it has no writer");
+        let bad_email = text.replace("n@x.io", "bad");
+        let change = Change::from_text(&bad_email, Utc::now());
+        assert!(
+            matches!(&change.parsed, Parsed::Invalid(r) if r.reason == Reason::InvalidEmail),
+            "validation comes before the status filter"
+        );
     }
 }

@@ -9,9 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
-use uuid::Uuid;
 
-use crate::change::{Change, ChangeKey, Parsed};
+use crate::change::Change;
 use crate::metrics::Counted;
 use crate::overlay::Overlay;
 use crate::plan::{plan, Decision, Storage};
@@ -21,8 +20,7 @@ use crate::writer;
 
 /// Decides `elements` (raw element texts, in the order they are to be
 /// applied) as fresh changes against the table now: their own earlier
-/// rejections do not count as "recorded already", nor toward their ids'
-/// high-water marks (every other recorded conflict does). Unless `dry_run`, writes
+/// rejections do not count as "recorded already". Unless `dry_run`, writes
 /// the users rows of those that sync, in one transaction (a savepoint when
 /// `client` is a transaction already), and nothing for
 /// the rest (their rejections stay as they were). Returns each element's
@@ -40,16 +38,10 @@ pub fn decide_afresh(
         .collect();
     let nothing_in_flight = Overlay::default();
     let (stored, _) = nothing_in_flight.read_rows(client, &statements, &changes)?;
-    // Each element's own rejection is what is decided again: its id's
-    // high-water mark is read without it.
-    let own: Vec<(Uuid, ChangeKey)> = (changes.iter())
-        .filter(|change| matches!(change.parsed, Parsed::Valid(_)))
-        .filter_map(|change| Some((change.id()?, change.key)))
-        .collect();
-    let besides_own = store::read_high_water_besides_own(client, &statements, &own)?;
     let encoding = store::server_encoding(client)?;
-    let mut view = nothing_in_flight.view(&changes, stored, Vec::new(), Vec::new());
-    view.high_water_besides_own.extend(besides_own);
+    // Nothing counts as recorded: each element's own rejection is what is
+    // decided again.
+    let mut view = nothing_in_flight.view(&changes, stored, Vec::new());
     // Where only PostgreSQL can tell, a name is taken to fit; if it does
     // not, the write fails and the call reports it.
     let can_store = |text: &str| encoding.holds(text).unwrap_or(true);

@@ -7,12 +7,9 @@
 //! before the read that replaces it began ([`Overlay::forget_committed`] is
 //! called between draining the writers' reports and reading), so no
 //! decision is ever made against a state older than the one before it.
-//! That includes the high-water marks of ids whose conflicts are not yet
-//! recorded in `sync_rejections` ([`crate::plan::View`]).
 
 use foldhash::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 use uuid::Uuid;
 
@@ -30,14 +27,10 @@ pub struct Reads {
     /// change past the stale rule claims and its id's row does not hold.
     pub emails: Vec<String>,
     pub mobiles: Vec<String>,
-    /// The element texts whose record is to be read: invalid ones that may
-    /// mark a row or be recorded already (see [`Overlay::reads_for`]), that
-    /// the overlay does not know, each with its id when that is a UUID.
+    /// The element texts whose record is to be read (see
+    /// [`Overlay::reads_for`]) that the overlay does not know, each with its
+    /// id when that is a UUID.
     pub keys: Vec<(Option<Uuid>, ChangeKey)>,
-    /// The ids whose high-water marks are to be read: the id of every valid
-    /// change past the stale rule, whatever the overlay holds (the later of
-    /// the table's mark and the overlay's counts).
-    pub high_water: Vec<Uuid>,
 }
 
 #[derive(Debug, Default)]
@@ -46,14 +39,11 @@ pub struct Overlay {
     emails: HashMap<String, Uuid>,
     mobiles: HashMap<String, Uuid>,
     recorded: HashMap<ChangeKey, (Reason, Tag)>,
-    /// High-water marks raised by conflicts whose rejections are pending,
-    /// with the tag of the newest of them.
-    high_water: HashMap<Uuid, (DateTime<Utc>, Tag)>,
 }
 
 impl Overlay {
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty() && self.recorded.is_empty() && self.high_water.is_empty()
+        self.rows.is_empty() && self.recorded.is_empty()
     }
 
     pub fn clear(&mut self) {
@@ -78,8 +68,6 @@ impl Overlay {
         });
         self.recorded
             .retain(|_, (_, tag)| !tag.committed(committed));
-        self.high_water
-            .retain(|_, (_, tag)| !tag.committed(committed));
     }
 
     /// The ids of `changes` whose rows are to be read: those the overlay
@@ -97,23 +85,28 @@ impl Overlay {
     /// What else to read for `changes`, given `stored`, the rows read of
     /// [`Overlay::ids_to_read`]. A valid change not newer than its id's row
     /// before the page is stale whatever else holds (rows only get newer),
-    /// so nothing is read for it. The holder of an email or mobile is read
-    /// unless the id's own row holds it (then the id is its holder: both
-    /// are unique).
+    /// so nothing is read for it. For the others: the holder of the email
+    /// and of the mobile it claims, unless the id's own row holds them (then
+    /// the id is their holder: both are unique), and whether its text is
+    /// recorded (a conflict recorded in an earlier round has no further
+    /// effect, even once the email is free).
     ///
-    /// Whether an element's text is recorded is read for invalid elements
-    /// only: a valid text recorded as a conflict or `db_error` raised its
-    /// id's high-water mark to its own instant, so it is stale already. An
-    /// invalid element's record decides whether it marks its row, and spares
-    /// writing it again; it is not read for an id that has no row and no
-    /// valid change before it in the page, since no row can be marked and
-    /// the insert skips a text recorded already.
+    /// An invalid element's record decides whether it marks its row, and
+    /// spares writing it again; it is not read for an id that has no row and
+    /// no valid change before it in the page, since no row can be marked and
+    /// the insert skips a text recorded already. Nothing is read for an
+    /// inactive change.
     pub fn reads_for(&self, changes: &[Change], stored: &[(Uuid, Row)]) -> Reads {
         let stored: HashMap<Uuid, &Row> = stored.iter().map(|(id, row)| (*id, row)).collect();
         let row_before =
             |id: &Uuid| (self.rows.get(id).map(|(row, _)| row)).or_else(|| stored.get(id).copied());
         let mut reads = Reads::default();
         let mut valid_so_far: HashSet<Uuid> = HashSet::default();
+        let mut read_key = |id: Option<Uuid>, key: ChangeKey| {
+            if !self.recorded.contains_key(&key) {
+                reads.keys.push((id, key));
+            }
+        };
         for change in changes {
             match &change.parsed {
                 Parsed::Valid(profile) => {
@@ -129,14 +122,15 @@ impl Overlay {
                     if row.is_none_or(|row| row.mobile != profile.mobile.as_str()) {
                         reads.mobiles.push(profile.mobile.as_str().to_owned());
                     }
-                    reads.high_water.push(profile.id);
+                    read_key(Some(profile.id), change.key);
                 }
+                Parsed::Inactive => {}
                 Parsed::Invalid(rejection) => {
                     let rowless = rejection
                         .profile_id
                         .is_some_and(|id| row_before(&id).is_none() && !valid_so_far.contains(&id));
-                    if !rowless && !self.recorded.contains_key(&change.key) {
-                        reads.keys.push((rejection.profile_id, change.key));
+                    if !rowless {
+                        read_key(rejection.profile_id, change.key);
                     }
                 }
             }
@@ -145,8 +139,6 @@ impl Overlay {
             list.sort_unstable();
             list.dedup();
         }
-        reads.high_water.sort_unstable();
-        reads.high_water.dedup();
         reads.keys.sort_unstable();
         reads.keys.dedup();
         reads
@@ -176,7 +168,7 @@ impl Overlay {
     }
 
     /// The view `changes` are decided against: the rows (of their ids and
-    /// of the holders read), records and high-water marks read for them
+    /// of the holders read) and the records read for them
     /// ([`Overlay::ids_to_read`], [`Overlay::reads_for`]), with the overlay
     /// laid over them.
     pub fn view(
@@ -184,13 +176,13 @@ impl Overlay {
         changes: &[Change],
         stored: Vec<(Uuid, Row)>,
         recorded: Vec<(ChangeKey, Reason)>,
-        high_water: Vec<(Uuid, DateTime<Utc>)>,
     ) -> View {
         let in_overlay = |id: &Uuid| self.rows.contains_key(id);
         let mut view = View::of_rows(stored.into_iter().filter(|(id, _)| !in_overlay(id)));
         for change in changes {
-            if let Some((row, _)) = change.id().and_then(|id| self.rows.get(&id)) {
-                view.set_row(change.id().unwrap_or_default(), row.clone());
+            if let Some((id, (row, _))) = change.id().and_then(|id| Some((id, self.rows.get(&id)?)))
+            {
+                view.set_row(id, row.clone());
             }
             if let Parsed::Valid(profile) = &change.parsed {
                 if let Some(owner) = self.emails.get(profile.email.as_str()) {
@@ -205,15 +197,8 @@ impl Overlay {
             if let Some((reason, _)) = self.recorded.get(&change.key) {
                 view.recorded.insert(change.key, *reason);
             }
-            if let Some((at, _)) = change.id().and_then(|id| self.high_water.get(&id)) {
-                view.raise_high_water(change.id().unwrap_or_default(), *at);
-            }
         }
         view.recorded.extend(recorded);
-        // Both only ever rise: the later of the two is the mark.
-        for (id, at) in high_water {
-            view.raise_high_water(id, at);
-        }
         view
     }
 
@@ -239,18 +224,6 @@ impl Overlay {
         }
         if let Some(rejection) = &decision.rejection {
             self.recorded.insert(rejection.key, (rejection.reason, tag));
-            // Only a change past the stale rule is refused for these
-            // reasons; once recorded, the table holds its instant.
-            if let (true, Some(id), Some(at)) = (
-                rejection.reason.befalls_a_valid_change(),
-                rejection.profile_id,
-                rejection.changed_at,
-            ) {
-                let mark = self.high_water.entry(id).or_insert((at, tag));
-                if mark.0 <= at {
-                    *mark = (at, tag);
-                }
-            }
         }
     }
 }
@@ -275,7 +248,7 @@ mod tests {
     fn a_pending_give_up_frees_the_email_the_table_still_shows_taken() {
         let mut overlay = Overlay::default();
         let first = vec![change(1, "2025-01-01T00:00:00Z", "e@x.io")];
-        let mut view = overlay.view(&first, Vec::new(), Vec::new(), Vec::new());
+        let mut view = overlay.view(&first, Vec::new(), Vec::new());
         let decided = plan(first, &mut view, &Storage::unicode());
         let tag = Tag { writer: 0, seq: 1 };
         overlay.remember(&decided[0], tag);
@@ -288,7 +261,7 @@ mod tests {
         let reads = overlay.reads_for(&moves, &[]);
         assert_eq!(reads.emails, ["f@x.io"], "e@x is the id's own");
         assert!(reads.mobiles.is_empty(), "the mobile is the id's own");
-        let mut view = overlay.view(&moves, Vec::new(), Vec::new(), Vec::new());
+        let mut view = overlay.view(&moves, Vec::new(), Vec::new());
         let decided = plan(moves, &mut view, &Storage::unicode());
         overlay.remember(&decided[0], Tag { writer: 0, seq: 2 });
         let stored_row = Row {
@@ -300,7 +273,7 @@ mod tests {
         };
         let id1 = Uuid::from_bytes([1; 16]);
         let claim = vec![change(2, "2025-01-01T00:00:00Z", "e@x.io")];
-        let mut view = overlay.view(&claim, vec![(id1, stored_row)], Vec::new(), Vec::new());
+        let mut view = overlay.view(&claim, vec![(id1, stored_row)], Vec::new());
         let decided = plan(claim, &mut view, &Storage::unicode());
         assert_eq!(decided[0].outcome, Counted::Synced);
         // Once both writes are committed the overlay is empty.
@@ -330,14 +303,25 @@ mod tests {
             change(1, "2025-01-02T00:00:00Z", "other@x.io"),
         ];
         assert_eq!(overlay.reads_for(&stale, &stored), Reads::default());
-        // Newer: its claim of another email and its mark; a record of its
-        // text would have raised that mark past it.
+        // Newer: its claim of another email, and whether its text is
+        // recorded (a conflict of an earlier round has no further effect).
         let newer = vec![change(1, "2025-01-03T00:00:00Z", "other@x.io")];
         let reads = overlay.reads_for(&newer, &stored);
         assert_eq!(reads.emails, ["other@x.io"]);
         assert!(reads.mobiles.is_empty(), "its row holds its mobile");
-        assert!(reads.keys.is_empty());
-        assert_eq!(reads.high_water, [id1]);
+        assert_eq!(reads.keys, [(Some(id1), newer[0].key)]);
+        // Inactive: nothing at all, not even its row.
+        let inactive = Change::from_text(
+            &json!({
+                "id": Uuid::from_bytes([9; 16]).to_string(), "name": "N", "email": "i@x.io",
+                "mobile": "9000", "status": "inactive", "last_updated_at": "2025-01-05T00:00:00Z",
+            })
+            .to_string(),
+            Utc::now(),
+        );
+        let inactive = vec![inactive];
+        assert!(overlay.ids_to_read(&inactive).is_empty());
+        assert_eq!(overlay.reads_for(&inactive, &[]), Reads::default());
         // An invalid element's record is read where its id has a row, or a
         // valid change before it in the page; not for an id with neither.
         let invalid = |n: u8| {
@@ -357,8 +341,9 @@ mod tests {
         ];
         let keys = overlay.reads_for(&page, &stored).keys;
         let (id3, idless_key) = (Uuid::from_bytes([3; 16]), page[4].key);
-        assert_eq!(keys.len(), 3);
+        assert_eq!(keys.len(), 4);
         assert!(keys.contains(&(Some(id1), page[0].key)));
+        assert!(keys.contains(&(Some(id3), page[2].key)), "a valid change");
         assert!(keys.contains(&(Some(id3), page[3].key)));
         assert!(
             keys.contains(&(None, idless_key)),
@@ -367,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pending_conflict_holds_its_id_s_high_water_mark_until_it_commits() {
+    fn a_pending_conflict_s_record_holds_until_it_commits_then_the_table_s_does() {
         let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().into();
         let holder = Uuid::from_bytes([1; 16]);
         let held = Row {
@@ -377,23 +362,29 @@ mod tests {
         };
         let mut overlay = Overlay::default();
         let claim = vec![change(2, "2025-01-02T00:00:00Z", "e@x.io")];
-        let mut view = overlay.view(&claim, vec![(holder, held)], Vec::new(), Vec::new());
-        let decided = plan(claim, &mut view, &Storage::unicode());
+        let mut view = overlay.view(&claim, vec![(holder, held)], Vec::new());
+        let decided = plan(claim.clone(), &mut view, &Storage::unicode());
         assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::EmailTaken));
         overlay.remember(&decided[0], Tag { writer: 0, seq: 1 });
-        // The next page: the table shows no rejection yet.
-        let again = vec![change(2, "2025-01-02T00:00:00Z", "free@x.io")];
-        let reads = overlay.reads_for(&again, &[]);
-        assert_eq!(reads.high_water, [Uuid::from_bytes([2; 16])]);
-        let mut view = overlay.view(&again, Vec::new(), Vec::new(), Vec::new());
-        let decided = plan(again.clone(), &mut view, &Storage::unicode());
-        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::Stale));
-        // Committed, the mark is the table's to tell.
+        // The same element again, the email now free: the overlay knows it
+        // is recorded, so it is not read and has no further effect.
+        assert!(overlay.reads_for(&claim, &[]).keys.is_empty());
+        let mut view = overlay.view(&claim, Vec::new(), Vec::new());
+        let decided = plan(claim.clone(), &mut view, &Storage::unicode());
+        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::EmailTaken));
+        assert!(!decided[0].writes());
+        // Committed, the record is the table's to tell.
         overlay.forget_committed(&[1]);
         assert!(overlay.is_empty());
-        let stored = vec![(Uuid::from_bytes([2; 16]), at("2025-01-02T00:00:00Z"))];
-        let mut view = overlay.view(&again, Vec::new(), Vec::new(), stored);
-        let decided = plan(again, &mut view, &Storage::unicode());
-        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::Stale));
+        let reads = overlay.reads_for(&claim, &[]);
+        assert_eq!(
+            reads.keys,
+            [(Some(Uuid::from_bytes([2; 16])), claim[0].key)]
+        );
+        let recorded = vec![(claim[0].key, Reason::EmailTaken)];
+        let mut view = overlay.view(&claim, Vec::new(), recorded);
+        let decided = plan(claim, &mut view, &Storage::unicode());
+        assert_eq!(decided[0].outcome, Counted::NotSynced(Reason::EmailTaken));
+        assert!(!decided[0].writes());
     }
 }

@@ -27,30 +27,15 @@ pub struct Row {
 }
 
 /// The state the next change is decided against: the rows of the ids it may
-/// touch, who holds each email and mobile it may claim, which element
+/// touch, who holds each email and mobile it may claim, and which element
 /// texts are recorded as rejections (with the reason they were recorded
-/// with), and each id's high-water mark. An id missing from `rows` has no
-/// row.
-///
-/// The high-water mark of an id is the instant of the newest earlier change
-/// of it that got past the stale rule and was not synced (a conflict or a
-/// `db_error`). Applied one at a time, such a change was already "a newer
-/// change for the same id" (SPEC §3), so a later change of the id must be
-/// strictly newer than it as well as than the row. It lives in
-/// `sync_rejections` (and, until their writes commit, in the overlay), so
-/// page cuts and restarts do not change it.
+/// with). An id missing from `rows` has no row.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct View {
     pub rows: HashMap<Uuid, Row>,
     pub email_owner: HashMap<String, Uuid>,
     pub mobile_owner: HashMap<String, Uuid>,
     pub recorded: HashMap<ChangeKey, Reason>,
-    /// Each id's high-water mark, where it has one.
-    pub high_water: HashMap<Uuid, DateTime<Utc>>,
-    /// For an element decided afresh (a redrive), the high-water mark of its
-    /// id from every recorded rejection but its own: its own rejection is
-    /// what is being decided again, so it cannot count against it.
-    pub high_water_besides_own: HashMap<ChangeKey, DateTime<Utc>>,
 }
 
 impl View {
@@ -80,22 +65,13 @@ impl View {
         self.rows.insert(id, row);
     }
 
-    /// Raises the high-water mark of `id` to `at`, if it is lower.
-    pub fn raise_high_water(&mut self, id: Uuid, at: DateTime<Utc>) {
-        let mark = self.high_water.entry(id).or_insert(at);
-        *mark = (*mark).max(at);
-    }
-
-    /// Whether a change of `id` at `at`, with element key `key`, is stale:
-    /// not strictly newer than the row nor than the high-water mark.
-    fn stale(&self, id: Uuid, key: &ChangeKey, at: DateTime<Utc>) -> bool {
-        let row = self.rows.get(&id).map(|row| row.last_updated_at);
-        let bars = [
-            row,
-            self.high_water.get(&id).copied(),
-            self.high_water_besides_own.get(key).copied(),
-        ];
-        bars.into_iter().flatten().any(|bar| at <= bar)
+    /// Whether a change of `id` at `at` is stale: not strictly newer than
+    /// the id's row. Only the row counts: a change that was rejected or
+    /// skipped leaves nothing that bars an older one.
+    fn stale(&self, id: Uuid, at: DateTime<Utc>) -> bool {
+        self.rows
+            .get(&id)
+            .is_some_and(|row| at <= row.last_updated_at)
     }
 }
 
@@ -226,12 +202,11 @@ impl Decision {
 }
 
 /// Decides `changes`, in order, against `view`, which ends as the state
-/// they leave. SPEC §3: the first rule that fails decides; a stale change
-/// (not strictly newer than its id's row or its id's high-water mark)
-/// writes nothing; an element whose exact text is recorded already has no
-/// further effect (a valid change only when it was recorded with a reason a
-/// valid change can get: one recorded as, say, `future_timestamp` when it
-/// came too early is decided afresh).
+/// they leave. SPEC §3: the first rule that fails decides; an inactive
+/// change is skipped and writes nothing; a stale change (not strictly newer
+/// than its id's row) writes nothing; an element whose exact text is
+/// recorded already has no further effect, whatever it would be decided now
+/// (deciding recorded rejections again is `redrive`'s job).
 pub fn plan(changes: Vec<Change>, view: &mut View, storage: &Storage<'_>) -> Vec<Decision> {
     changes
         .into_iter()
@@ -246,6 +221,9 @@ fn decide(change: Change, view: &mut View, storage: &Storage<'_>) -> Decision {
         key,
     } = change;
     let profile = match parsed {
+        Parsed::Inactive => {
+            return Decision::nothing(Counted::NotSynced(Reason::InactiveStatus), key, None)
+        }
         Parsed::Invalid(rejection) => {
             let id = rejection.profile_id;
             if view.recorded.contains_key(&key) {
@@ -265,14 +243,11 @@ fn decide(change: Change, view: &mut View, storage: &Storage<'_>) -> Decision {
     };
     let id = profile.id;
     let at = profile.last_updated_at.as_datetime();
-    if view.stale(id, &key, at) {
+    if view.stale(id, at) {
         return Decision::nothing(Counted::NotSynced(Reason::Stale), key, Some(id));
     }
     if let Some(&reason) = view.recorded.get(&key) {
-        if reason.befalls_a_valid_change() {
-            view.raise_high_water(id, at);
-            return Decision::nothing(Counted::NotSynced(reason), key, Some(id));
-        }
+        return Decision::nothing(Counted::NotSynced(reason), key, Some(id));
     }
     let taken = |owner: Option<&Uuid>| owner.is_some_and(|owner| *owner != id);
     let refusal = if taken(view.email_owner.get(profile.email.as_str())) {
@@ -299,7 +274,6 @@ fn decide(change: Change, view: &mut View, storage: &Storage<'_>) -> Decision {
         None
     };
     if let Some((reason, message)) = refusal {
-        view.raise_high_water(id, at);
         let rejected = Rejected {
             key,
             id: Some(id),
@@ -504,26 +478,29 @@ mod tests {
     }
 
     #[test]
-    fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale() {
-        let mut view = View::of_rows([(id(1), row(T1, "a@x.io", "111"))]);
+    fn a_conflict_leaves_nothing_that_makes_an_older_change_of_its_id_stale() {
+        // Row X at T1; a conflict for X at T3; a valid change for X at T2.
+        let mut view = View::of_rows([
+            (id(1), row(T1, "x@x.io", "111")),
+            (id(2), row(T1, "taken@x.io", "222")),
+        ]);
         let decisions = plan(
             vec![
-                valid(2, T2, "a@x.io", "222"),
-                valid(2, T2, "free@x.io", "222"),
-                valid(2, T1, "free@x.io", "222"),
-                valid(2, T3, "free@x.io", "222"),
+                valid(1, T3, "taken@x.io", "111"),
+                valid(1, T2, "y@x.io", "111"),
+                valid(1, T2, "z@x.io", "111"),
             ],
             &mut view,
             &Storage::unicode(),
         );
-        assert_eq!(outcomes(&decisions), [TAKEN, STALE, STALE, SYNCED]);
-        assert!(decisions[1..3].iter().all(|d| !d.writes()));
-        assert_eq!(view.high_water[&id(2)], at(T2));
-        assert_eq!(view.rows[&id(2)], row(T3, "free@x.io", "222"));
+        assert_eq!(outcomes(&decisions), [TAKEN, SYNCED, STALE]);
+        let mark = decisions[0].mark.as_ref().unwrap();
+        assert_eq!((mark.id, mark.outcome), (id(1), "conflict"));
+        assert_eq!(view.rows[&id(1)], row(T2, "y@x.io", "111"));
     }
 
     #[test]
-    fn a_db_error_raises_the_high_water_mark_like_a_conflict() {
+    fn a_db_error_leaves_nothing_that_makes_a_change_of_its_instant_stale() {
         let refused_change = valid(1, T2, "a@x.io", "111");
         let refused: HashMap<_, _> = [(refused_change.key, "value too long".to_owned())]
             .into_iter()
@@ -540,34 +517,33 @@ mod tests {
         );
         assert_eq!(
             outcomes(&decisions),
-            [Counted::NotSynced(Reason::DbError), STALE]
+            [Counted::NotSynced(Reason::DbError), SYNCED]
         );
     }
 
     #[test]
-    fn a_high_water_mark_read_from_the_table_counts_and_only_it_rises() {
-        let mut view = View::default();
-        view.high_water.insert(id(1), at(T2));
-        view.raise_high_water(id(1), at(T1));
-        assert_eq!(view.high_water[&id(1)], at(T2), "never lowered");
+    fn an_inactive_change_writes_nothing_and_leaves_the_row_to_decide() {
+        let text = |when: &str| {
+            json!({
+                "id": id(1).to_string(), "name": "User 1", "email": "a@x.io",
+                "mobile": "111", "status": "inactive", "last_updated_at": when,
+            })
+            .to_string()
+        };
+        let mut view = View::of_rows([(id(1), row(T1, "a@x.io", "111"))]);
         let decisions = plan(
-            vec![valid(1, T2, "a@x.io", "111"), valid(1, T3, "a@x.io", "111")],
+            vec![
+                Change::from_text(&text(T3), Utc::now()),
+                valid(1, T2, "a@x.io", "111"),
+            ],
             &mut view,
             &Storage::unicode(),
         );
-        assert_eq!(outcomes(&decisions), [STALE, SYNCED]);
-    }
-
-    #[test]
-    fn decided_afresh_an_element_s_own_rejection_does_not_make_it_stale() {
-        let own = valid(1, T2, "a@x.io", "111");
-        let other = valid(1, T2, "b@x.io", "111");
-        let mut view = View::default();
-        // Its id's mark from every rejection but its own: nothing for `own`,
-        // `own`'s instant for `other`.
-        view.high_water_besides_own.insert(other.key, at(T2));
-        let decisions = plan(vec![other, own], &mut view, &Storage::unicode());
-        assert_eq!(outcomes(&decisions), [STALE, SYNCED]);
+        assert_eq!(
+            outcomes(&decisions),
+            [Counted::NotSynced(Reason::InactiveStatus), SYNCED]
+        );
+        assert!(!decisions[0].writes(), "no record, no mark");
     }
 
     #[test]
@@ -645,12 +621,21 @@ mod tests {
     }
 
     #[test]
-    fn a_valid_change_recorded_for_a_reason_time_can_change_is_decided_afresh() {
+    fn a_valid_change_recorded_for_any_reason_has_no_further_effect() {
+        // Recorded when it came too early; now due, and its email free.
         let due = valid(1, T1, "a@x.io", "111");
+        // Recorded as a conflict; the email is free now.
+        let freed = valid(2, T1, "b@x.io", "222");
         let mut view = View::default();
         view.recorded.insert(due.key, Reason::FutureTimestamp);
-        let decisions = plan(vec![due], &mut view, &Storage::unicode());
-        assert_eq!(outcomes(&decisions), [SYNCED]);
+        view.recorded.insert(freed.key, Reason::EmailTaken);
+        let decisions = plan(vec![due, freed], &mut view, &Storage::unicode());
+        assert_eq!(
+            outcomes(&decisions),
+            [Counted::NotSynced(Reason::FutureTimestamp), TAKEN]
+        );
+        assert!(decisions.iter().all(|d| !d.writes()));
+        assert!(view.rows.is_empty());
     }
 
     #[test]

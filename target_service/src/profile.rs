@@ -98,15 +98,6 @@ impl Reason {
         }
     }
 
-    /// Whether a change that passed validation can end with this reason:
-    /// a conflict, or a row PostgreSQL refused.
-    pub fn befalls_a_valid_change(self) -> bool {
-        matches!(
-            self,
-            Reason::EmailTaken | Reason::MobileTaken | Reason::DbError
-        )
-    }
-
     /// The outcome each reason belongs to.
     pub fn outcome(self) -> Outcome {
         match self {

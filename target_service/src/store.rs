@@ -271,10 +271,8 @@ pub struct Statements {
     read_rows: Statement,
     read_holders: Statement,
     read_recorded: Statement,
-    read_high_water: Statement,
     upsert_users: Statement,
     insert_rejections: Statement,
-    supersede_early_records: Statement,
     mark_users: Statement,
 }
 
@@ -284,10 +282,8 @@ impl Statements {
             read_rows: client.prepare(READ_ROWS)?,
             read_holders: client.prepare(READ_HOLDERS)?,
             read_recorded: client.prepare(READ_RECORDED)?,
-            read_high_water: client.prepare(READ_HIGH_WATER)?,
             upsert_users: client.prepare(UPSERT_USERS)?,
             insert_rejections: client.prepare(INSERT_REJECTIONS)?,
-            supersede_early_records: client.prepare(SUPERSEDE_EARLY_RECORDS)?,
             mark_users: client.prepare(MARK_USERS)?,
         })
     }
@@ -310,20 +306,6 @@ const READ_RECORDED: &str = "SELECT r.change_key, r.reason \
      UNION ALL SELECT change_key, reason FROM sync_rejections \
      WHERE profile_id IS NULL AND change_key = ANY($3)";
 
-/// Per `(id, key)` asked about, the newest instant of the id's rejections
-/// that got past the stale rule (conflicts and `db_error`), leaving out the
-/// rejection whose element key is `key` (none when `key` is NULL). Its
-/// condition on `outcome` and `reason` is the predicate of the partial
-/// index `sync_rejections_high_water` (schema.sql), word for word, so that
-/// PostgreSQL looks in that small index only; `LATERAL` makes it one look-up
-/// per id whatever the planner's statistics say of the index's size.
-const READ_HIGH_WATER: &str = "SELECT e.id, e.key, m.at \
-     FROM unnest($1::uuid[], $2::bytea[]) AS e(id, key) \
-     CROSS JOIN LATERAL (SELECT max(r.changed_at) AS at FROM sync_rejections r \
-          WHERE r.profile_id = e.id AND (r.outcome = 'conflict' OR r.reason = 'db_error') \
-            AND r.changed_at IS NOT NULL AND r.change_key IS DISTINCT FROM e.key) AS m \
-     WHERE m.at IS NOT NULL";
-
 const UPSERT_USERS: &str = "INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message) \
      SELECT c.id, c.name, c.email, c.mobile, c.status, c.last_updated_at, 'synced', c.message \
      FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[]) \
@@ -338,16 +320,6 @@ const INSERT_REJECTIONS: &str = "INSERT INTO sync_rejections \
           (profile_id, outcome, reason, message, payload, changed_at, change_key) \
      SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::bytea[]) \
      ON CONFLICT (profile_id, change_key) DO NOTHING";
-
-/// A text recorded when it came too early, decided again once due, and now
-/// a conflict or `db_error`: its one record says so, as the high-water mark
-/// of its id reads it ([`READ_HIGH_WATER`]). Only `future_timestamp` can
-/// change so: every other rule decides a text the same way each time.
-const SUPERSEDE_EARLY_RECORDS: &str = "UPDATE sync_rejections AS r \
-     SET outcome = s.outcome, reason = s.reason, message = s.message \
-     FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::text[]) AS s(id, key, outcome, reason, message) \
-     WHERE r.profile_id = s.id AND r.change_key = s.key AND r.reason = 'future_timestamp' \
-       AND r.resolved_at IS NULL";
 
 const MARK_USERS: &str = "UPDATE users AS u SET sync_status = m.outcome, sync_message = m.message \
      FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[]) AS m(id, changed_at, outcome, message) \
@@ -430,63 +402,6 @@ pub fn read_recorded(
     Ok(recorded)
 }
 
-/// The high-water marks of `ids` (see [`crate::plan::View`]): per id, the
-/// newest instant of its recorded conflicts and `db_error`s.
-pub fn read_high_water(
-    client: &mut impl GenericClient,
-    statements: &Statements,
-    ids: &[Uuid],
-) -> Result<Vec<(Uuid, DateTime<Utc>)>, postgres::Error> {
-    let of: Vec<(Uuid, Option<ChangeKey>)> = ids.iter().map(|&id| (id, None)).collect();
-    let marks = read_high_water_of(client, statements, &of)?;
-    Ok(marks.into_iter().map(|(id, _, at)| (id, at)).collect())
-}
-
-/// The high-water marks of elements decided afresh, each `(id, key)` from
-/// every recorded rejection of `id` but the one of `key` itself.
-pub fn read_high_water_besides_own(
-    client: &mut impl GenericClient,
-    statements: &Statements,
-    of: &[(Uuid, ChangeKey)],
-) -> Result<Vec<(ChangeKey, DateTime<Utc>)>, postgres::Error> {
-    let of: Vec<(Uuid, Option<ChangeKey>)> = of.iter().map(|&(id, key)| (id, Some(key))).collect();
-    let marks = read_high_water_of(client, statements, &of)?;
-    Ok(marks
-        .into_iter()
-        .filter_map(|(_, key, at)| Some((key?, at)))
-        .collect())
-}
-
-/// An id, the element left out of its mark (if any), and the mark.
-type HighWater = (Uuid, Option<ChangeKey>, DateTime<Utc>);
-
-fn read_high_water_of(
-    client: &mut impl GenericClient,
-    statements: &Statements,
-    of: &[(Uuid, Option<ChangeKey>)],
-) -> Result<Vec<HighWater>, postgres::Error> {
-    if of.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<Uuid> = of.iter().map(|(id, _)| *id).collect();
-    let keys: Vec<Option<&[u8]>> = of
-        .iter()
-        .map(|(_, key)| key.as_ref().map(|k| &k[..]))
-        .collect();
-    let rows = client.query(&statements.read_high_water, &[&ids, &keys])?;
-    let mut marks = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let key: Option<&[u8]> = row.try_get(1)?;
-        let at: Option<DateTime<Utc>> = row.try_get(2)?;
-        let Some(at) = at else { continue };
-        match key.map(ChangeKey::try_from) {
-            Some(Err(_)) => continue,
-            key => marks.push((row.try_get(0)?, key.and_then(Result::ok), at)),
-        }
-    }
-    Ok(marks)
-}
-
 /// Inserts or updates `users` rows, each only if strictly newer than the
 /// stored row, in the order given (so a row that gives up an email comes
 /// before the row that claims it); returns the ids written. No id may occur
@@ -516,9 +431,7 @@ pub fn upsert_users(
 }
 
 /// Records rejections; one whose element text is recorded already is left
-/// alone, so a replay records nothing twice, unless it was recorded as
-/// `future_timestamp` and is now a conflict or `db_error`: that record is
-/// brought up to date.
+/// alone, so a replay records nothing twice.
 pub fn insert_rejections(
     client: &mut impl GenericClient,
     statements: &Statements,
@@ -540,23 +453,6 @@ pub fn insert_rejections(
             &ids, &outcomes, &reasons, &messages, &payloads, &times, &keys,
         ],
     )?;
-    // A conflict's text may be recorded already, from when it came too
-    // early; the insert left that record as it was.
-    let bars: Vec<&&RejectionWrite> = rejections
-        .iter()
-        .filter(|r| r.reason.befalls_a_valid_change() && r.profile_id.is_some())
-        .collect();
-    if !bars.is_empty() {
-        let ids: Vec<Option<Uuid>> = bars.iter().map(|r| r.profile_id).collect();
-        let keys: Vec<&[u8]> = bars.iter().map(|r| &r.key[..]).collect();
-        let outcomes: Vec<&str> = bars.iter().map(|r| r.outcome).collect();
-        let reasons: Vec<&str> = bars.iter().map(|r| r.reason.as_str()).collect();
-        let messages: Vec<&str> = bars.iter().map(|r| r.message.as_str()).collect();
-        client.execute(
-            &statements.supersede_early_records,
-            &[&ids, &keys, &outcomes, &reasons, &messages],
-        )?;
-    }
     Ok(())
 }
 

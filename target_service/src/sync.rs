@@ -402,7 +402,6 @@ impl Syncer {
                 }
                 let (stored, reads) = overlay.read_rows(&mut tx, statements, &changes)?;
                 let recorded = store::read_recorded(&mut tx, statements, &reads.keys)?;
-                let high_water = store::read_high_water(&mut tx, statements, &reads.high_water)?;
                 tx.commit()?;
                 // Outside the transaction: a refusal would abort it.
                 let mut cannot_hold = HashSet::new();
@@ -411,16 +410,16 @@ impl Syncer {
                         cannot_hold.insert(text.to_owned());
                     }
                 }
-                Ok(Some((stored, recorded, high_water, cannot_hold)))
+                Ok(Some((stored, recorded, cannot_hold)))
             },
         )?;
-        let Some((stored, recorded, high_water, cannot_hold)) = read else {
+        let Some((stored, recorded, cannot_hold)) = read else {
             return Err(RoundError(
                 "PostgreSQL restarted during the round; what it may have lost is fetched again from the stored cursor"
                     .to_owned(),
             ));
         };
-        let mut view = (self.pipeline.overlay()).view(&changes, stored, recorded, high_water);
+        let mut view = (self.pipeline.overlay()).view(&changes, stored, recorded);
         let can_store = |text: &str| {
             encoding
                 .holds(text)
@@ -690,10 +689,12 @@ fn latest_allowed(skew: Duration) -> DateTime<Utc> {
 fn texts_to_ask_about<'a>(changes: &'a [Change], encoding: &Encoding) -> Vec<&'a str> {
     let mut texts = Vec::new();
     for change in changes {
-        texts.push(change.element.text());
         match &change.parsed {
-            Parsed::Valid(profile) => texts.push(profile.name.as_str()),
-            Parsed::Invalid(rejection) => texts.push(rejection.message.as_str()),
+            Parsed::Valid(profile) => texts.extend([change.element.text(), profile.name.as_str()]),
+            Parsed::Inactive => {}
+            Parsed::Invalid(rejection) => {
+                texts.extend([change.element.text(), rejection.message.as_str()])
+            }
         }
     }
     texts.retain(|text| encoding.holds(text).is_none());

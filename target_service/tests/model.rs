@@ -554,18 +554,82 @@ fn a_row_created_and_updated_in_one_page_says_updated() {
 }
 
 /// Id 1's first change is a conflict; its second, at the same instant, is
-/// not strictly newer than a change of its id already seen, so it is stale,
-/// a page apart as in one page.
+/// stale against no row (id 1 has none), so it syncs: a rejected change
+/// leaves no mark that bars its id, a page apart as in one page.
 #[test]
-fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale() {
+fn a_change_as_old_as_an_earlier_conflict_of_its_id_syncs_when_newer_than_its_row() {
+    for fetch_limit in [1, 3] {
+        check(Case {
+            fetch_limit,
+            writers: 1,
+            channel: 4096,
+            log: vec![
+                change(0, 0, 0, 0).into(),
+                change(1, 1, 0, 1).into(),
+                change(1, 0, 1, 1).into(),
+            ],
+            steps: vec![],
+        });
+    }
+}
+
+/// Row X at T1, a conflict for X at T3, a valid change for X at T2: the T2
+/// change is newer than the row, so it syncs.
+#[test]
+fn an_older_change_after_a_newer_conflict_of_its_id_syncs() {
+    for fetch_limit in [1, 4] {
+        check(Case {
+            fetch_limit,
+            writers: 2,
+            channel: 4096,
+            log: vec![
+                change(0, 0, 0, 1).into(),
+                change(1, 1, 1, 1).into(),
+                change(0, 1, 0, 3).into(),
+                change(0, 2, 0, 2).into(),
+            ],
+            steps: vec![],
+        });
+    }
+}
+
+/// A conflict, then its email set free; the source restarts and serves the
+/// same log again: the recorded conflict has no further effect (it does not
+/// sync now that the email is free), nor does any other replayed change.
+#[test]
+fn a_replayed_conflict_does_not_sync_once_its_email_is_free() {
     check(Case {
-        fetch_limit: 1,
-        writers: 1,
+        fetch_limit: 2,
+        writers: 2,
         channel: 4096,
         log: vec![
             change(0, 0, 0, 0).into(),
-            change(1, 1, 0, 1).into(),
             change(1, 0, 1, 1).into(),
+            change(0, 1, 0, 2).into(),
+        ],
+        steps: vec![
+            settle(3),
+            Step {
+                after: 3,
+                action: Action::NewEpoch,
+            },
+        ],
+    });
+}
+
+/// Inactive changes are skipped: nothing recorded, no row marked, even when
+/// newer than the row; the id's next change is decided against the row.
+#[test]
+fn inactive_changes_are_skipped_without_a_record_or_a_mark() {
+    check(Case {
+        fetch_limit: 2,
+        writers: 2,
+        channel: 4096,
+        log: vec![
+            change(0, 0, 0, 1).into(),
+            change(0, 1, 1, 5).with(Fault::Inactive(0)).into(),
+            change(0, 2, 0, 3).into(),
+            change(1, 3, 3, 2).with(Fault::Inactive(1)).into(),
         ],
         steps: vec![],
     });
@@ -622,10 +686,11 @@ fn sixty_seconds_and_the_next_minute_in_one_page_are_equal_and_the_first_wins() 
     });
 }
 
-/// Work for one id's writer: `count` inactive changes of `id` at instant
-/// 0 (older than its row, so they mark nothing), each a text of its own.
+/// Work for one id's writer: `count` rejected changes (a bad mobile) of
+/// `id` at instant 0 (not newer than its row, so they mark nothing), each a
+/// text of its own, so each is recorded.
 fn busy(id: u8, count: u16) -> impl Iterator<Item = Element> {
-    (0..count).map(move |k| change(id, 100 + k, 0, 0).with(Fault::Inactive(0)).into())
+    (0..count).map(move |k| change(id, 100 + k, 0, 0).with(Fault::BadMobile(0)).into())
 }
 
 fn after_a_restart(after: u8) -> Step {

@@ -106,15 +106,24 @@ fn rejections_answer_only_the_admin_token() {
 fn rejections_are_filtered_and_paged_newest_first() {
     let db = TestDb::new();
     let mut changes: Vec<Value> = (1..=250).map(bad_email).collect();
-    let mut inactive = profile(300, "2025-07-01T10:00:00Z");
+    let mut inactive = profile(299, "2025-07-01T10:00:00Z");
     inactive["status"] = json!("inactive");
     changes.push(inactive);
+    changes.push(profile(300, "2025-07-01T10:00:00Z"));
+    let mut thief = profile(301, "2025-07-01T10:00:00Z");
+    thief["email"] = json!("user300@example.com");
+    changes.push(thief);
     let source = CursorLog::new(changes).source();
     let target = start_target(&db, &source.url, &[("ADMIN_TOKEN", TOKEN)]);
     let base = format!("http://{}/rejections", target.addr);
-    wait_until("all recorded", Duration::from_secs(20), || {
-        db.count("SELECT count(*) FROM sync_rejections") == 251
+    wait_until("all handled", Duration::from_secs(20), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() == 253
     });
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections"),
+        251,
+        "the inactive change is not recorded"
+    );
 
     // Paging through the 250 invalid emails, 100 at a time.
     let mut ids: Vec<i64> = Vec::new();
@@ -147,10 +156,10 @@ fn rejections_are_filtered_and_paged_newest_first() {
     // Default limit, and the other filters.
     let (_, _, body) = get_as(&base, Some(TOKEN));
     assert_eq!(body["rejections"].as_array().unwrap().len(), 100);
-    let (_, _, body) = get_as(&format!("{base}?outcome=skipped"), Some(TOKEN));
-    let skipped = body["rejections"].as_array().unwrap();
-    assert_eq!(skipped.len(), 1);
-    assert_eq!(skipped[0]["reason"], "inactive_status");
+    let (_, _, body) = get_as(&format!("{base}?outcome=conflict"), Some(TOKEN));
+    let conflicts = body["rejections"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0]["reason"], "email_taken");
     let (_, _, body) = get_as(&format!("{base}?profile_id={}", id(7)), Some(TOKEN));
     let one = body["rejections"].as_array().unwrap();
     assert_eq!(one.len(), 1);

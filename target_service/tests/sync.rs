@@ -81,10 +81,12 @@ fn every_row_of_the_validation_table_ends_as_the_contract_says() {
         "invalid_name",
         "invalid_mobile",
         "future_timestamp",
-        "inactive_status",
     ];
     expected.sort();
-    assert_eq!(reasons, expected);
+    assert_eq!(
+        reasons, expected,
+        "an inactive change is skipped, not recorded"
+    );
     assert_eq!(db.count("SELECT count(*) FROM users"), 2);
     assert_eq!(
         user_row(&db, 1).unwrap(),
@@ -104,7 +106,13 @@ fn every_row_of_the_validation_table_ends_as_the_contract_says() {
     );
     assert_eq!(
         db.count("SELECT count(*) FROM sync_rejections WHERE outcome = 'skipped'"),
-        1
+        0
+    );
+    assert_eq!(rejected(&target, "inactive_status"), 1);
+    assert_eq!(
+        target.metrics.skipped.get(),
+        14,
+        "13 rejected and 1 inactive"
     );
     // The raw element is kept as JSON text; the NUL stays escaped.
     assert_eq!(
@@ -261,19 +269,18 @@ fn rows_a_batch_did_not_read_still_get_exactly_the_contract_s_outcomes() {
     };
     assert_eq!(status(1), synced("Updated", "updated"));
     assert_eq!(status(2), synced("User 2", "created"), "stale: untouched");
-    let marked = status(3).unwrap();
     assert_eq!(
-        (marked.0.as_str(), marked.1.as_str()),
-        ("User 3", "skipped"),
-        "a newer inactive change marks the row and leaves its data"
+        status(3),
+        synced("User 3", "created"),
+        "a newer inactive change is skipped: it marks nothing"
     );
-    assert!(marked.2.unwrap().contains("inactive"));
     assert_eq!(status(4), synced("User 4", "created"), "older: not marked");
     assert_eq!(status(6), synced("User 6", "created"));
     assert_eq!(status(7), None);
     assert_eq!(
-        db.count("SELECT count(*) FROM sync_rejections WHERE reason = 'inactive_status'"),
-        3
+        db.count("SELECT count(*) FROM sync_rejections"),
+        0,
+        "inactive changes are counted, not recorded"
     );
 
     // A claim on the email of a row the batch did not read, next to a change
@@ -370,7 +377,12 @@ fn a_replayed_page_changes_nothing_and_records_nothing_twice() {
     let target = start_target(&db, &source.url, &[]);
     wait_rounds(&target, 4);
     assert_eq!(db.count("SELECT count(*) FROM users"), 1);
-    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 2);
+    assert_eq!(
+        db.count("SELECT count(*) FROM sync_rejections"),
+        1,
+        "the bad mobile, once; the inactive change is never recorded"
+    );
+    assert!(rejected(&target, "inactive_status") >= 4);
     assert_eq!(target.metrics.synced.get(), 1);
     assert!(rejected(&target, "stale") >= 3);
     assert!(source.requests.load(std::sync::atomic::Ordering::SeqCst) >= 4);
@@ -498,10 +510,11 @@ fn a_replayed_conflict_stays_a_conflict_after_its_email_was_given_up() {
 }
 
 #[test]
-fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale_across_pages_and_restarts() {
-    // 1 holds shared@; 2 claims it at t1 (a conflict). Applied one at a time,
-    // 2's later changes must be strictly newer than t1 to count, whichever
-    // page they come in and whatever restarts lie between.
+fn a_conflict_leaves_no_mark_that_makes_older_changes_of_its_id_stale() {
+    // 1 holds shared@; 2 claims it at t1 (a conflict). Applied one at a
+    // time, staleness is against 2's row alone: 2 has none, so its next
+    // change syncs even at the conflict's own instant, whichever page it
+    // comes in and whatever restarts lie between.
     let db = TestDb::new();
     let (t0, t1, t2) = (
         "2025-07-01T10:00:00Z",
@@ -520,75 +533,59 @@ fn a_change_no_newer_than_an_earlier_conflict_of_its_id_is_stale_across_pages_an
     wait_until("cursor at 3", Duration::from_secs(20), || {
         db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 3
     });
-    assert_eq!(rejected(&target, "stale"), 1);
+    wait_rounds(&target, 1);
+    assert_eq!(rejected(&target, "stale"), 0);
+    assert_eq!(target.metrics.synced.get(), 2);
     target.shutdown();
-    assert!(user_row(&db, 2).is_none());
+    let row = user_row(&db, 2).unwrap();
+    assert_eq!(
+        (row.1.as_str(), row.4.as_str(), row.5.as_deref()),
+        ("free1@example.com", "synced", Some("created"))
+    );
     assert_eq!(rejection_reasons(&db), ["email_taken"]);
 
-    // After a restart: as new as the conflict, then older, then newer.
-    let mut renamed = with_email(2, t1, "free2@example.com");
-    renamed["name"] = json!("Renamed");
+    // After a restart: 1 claims a conflict at t2 on 2's email, then a
+    // change of 1 older than that conflict but newer than 1's row syncs.
     log.changes.lock().unwrap().extend([
-        renamed,
+        with_email(1, t2, "free1@example.com"),
+        with_email(1, t1, "moved@example.com"),
         with_email(2, t0, "free3@example.com"),
-        with_email(2, t2, "free4@example.com"),
     ]);
     let target = start_target(&db, &source.url, &pages_of_one);
     wait_until("cursor at 6", Duration::from_secs(20), || {
         db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") >= 6
     });
-    assert_eq!(rejected(&target, "stale"), 2);
-    assert_eq!(target.metrics.synced.get(), 1);
-    let row = user_row(&db, 2).unwrap();
-    assert_eq!(
-        (row.1.as_str(), row.5.as_deref()),
-        ("free4@example.com", Some("created")),
-        "only the change newer than the conflict synced"
-    );
-    assert_eq!(rejection_reasons(&db), ["email_taken"]);
     wait_rounds(&target, 1);
+    assert_eq!(rejected(&target, "email_taken"), 1);
+    assert_eq!(
+        rejected(&target, "stale"),
+        1,
+        "2 at t0 is older than its row"
+    );
+    assert_eq!(target.metrics.synced.get(), 1);
+    let row = user_row(&db, 1).unwrap();
+    assert_eq!(
+        (row.1.as_str(), row.4.as_str(), row.5.as_deref()),
+        ("moved@example.com", "synced", Some("updated")),
+        "older than 1's conflict, newer than 1's row: synced"
+    );
+    let mut reasons = rejection_reasons(&db);
+    reasons.sort();
+    assert_eq!(reasons, ["email_taken", "email_taken"]);
     assert_invariant(&target);
     target.shutdown();
 }
 
 #[test]
-fn a_change_fetched_before_it_was_due_syncs_once_it_is() {
-    // A source like the original hands out the same page every round; the
-    // change is recorded as future_timestamp until its time comes.
-    let db = TestDb::new();
-    let due = chrono::Utc::now() + chrono::Duration::seconds(3);
-    let at = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let source = ScriptedSource::fixed_page(json!([profile(1, &at)]));
-    let target = start_target(&db, &source.url, &[("MAX_FUTURE_SKEW_SECS", "0")]);
-    wait_rounds(&target, 1);
-    wait_until("recorded as future", Duration::from_secs(10), || {
-        rejection_reasons(&db) == ["future_timestamp"]
-    });
-    wait_until("synced once due", Duration::from_secs(15), || {
-        user_row(&db, 1).is_some()
-    });
-    // Counted by the round that wrote the row, just after its commit.
-    wait_rounds(&target, 1);
-    assert_eq!(target.metrics.synced.get(), 1);
-    target.shutdown();
-}
-
-#[test]
-fn a_conflict_of_a_text_first_recorded_too_early_bars_older_changes_in_later_rounds() {
-    // X's change comes too early and is recorded as future_timestamp. Once
-    // due, the same text is a conflict (Y holds the email), and an older
-    // change of X after it is stale: in the same page, and just as much in
-    // a later round, which reads the conflict back from its record.
+fn a_change_recorded_as_future_has_no_effect_when_it_comes_again_once_due() {
+    // The change is recorded as future_timestamp. Once its instant has
+    // passed, the source restarts and serves the same log under a new
+    // epoch: the replay is an element recorded already, so it has no
+    // further effect; deciding it again is redrive's job.
     let db = TestDb::new();
     let due = chrono::Utc::now() + chrono::Duration::seconds(2);
-    let early =
-        (due - chrono::Duration::seconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let due = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let conflict = with_email(2, &due, "shared@example.com");
-    let log = CursorLog::new(vec![
-        with_email(1, "2025-07-01T10:00:00Z", "shared@example.com"),
-        conflict.clone(),
-    ]);
+    let at = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let log = CursorLog::new(vec![profile(1, &at)]);
     let source = log.source();
     let target = start_target(&db, &source.url, &[("MAX_FUTURE_SKEW_SECS", "0")]);
     wait_rounds(&target, 1);
@@ -596,27 +593,19 @@ fn a_conflict_of_a_text_first_recorded_too_early_bars_older_changes_in_later_rou
         rejection_reasons(&db) == ["future_timestamp"]
     });
     thread::sleep(Duration::from_millis(2500));
-    log.changes.lock().unwrap().push(conflict);
-    wait_until(
-        "the same text, now a conflict",
-        Duration::from_secs(10),
-        || rejected(&target, "email_taken") == 1,
-    );
-    wait_rounds(&target, 1);
-    log.changes
-        .lock()
-        .unwrap()
-        .push(with_email(2, &early, "free@example.com"));
-    wait_until("cursor at 4", Duration::from_secs(10), || {
-        db.count("SELECT coalesce(max(cursor), 0) FROM sync_state") == 4
+    *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+    wait_until("the replay handled", Duration::from_secs(10), || {
+        rejected(&target, "future_timestamp") == 2
     });
-    assert_eq!(rejected(&target, "stale"), 1, "older than the conflict");
-    assert!(user_row(&db, 2).is_none());
+    wait_rounds(&target, 1);
+    assert!(user_row(&db, 1).is_none(), "the replay did not sync it");
+    assert_eq!(target.metrics.synced.get(), 0);
     assert_eq!(
-        rejection_reasons(&db),
-        ["email_taken"],
-        "the text's one record says what it is now"
+        db.count("SELECT count(*) FROM sync_rejections WHERE resolved_at IS NULL"),
+        1,
+        "its one record stays unresolved, for redrive"
     );
+    assert_invariant(&target);
     target.shutdown();
 }
 
@@ -1572,14 +1561,18 @@ fn on_a_latin1_database_what_it_cannot_hold_is_recorded_escaped_and_the_rest_syn
     emoji_name["name"] = json!("Zo\u{eb} \u{1F600}");
     let mut latin_name = profile(3, "2025-07-01T10:00:00Z");
     latin_name["name"] = json!("Zo\u{eb}");
-    let mut latin_status = profile(5, "2025-07-01T10:00:00Z");
-    latin_status["status"] = json!("inactiv\u{e9}");
+    let mut latin_bad_mobile = profile(5, "2025-07-01T10:00:00Z");
+    latin_bad_mobile["name"] = json!("Zo\u{eb}");
+    latin_bad_mobile["mobile"] = json!("12");
+    let mut emoji_status = profile(6, "2025-07-01T10:00:00Z");
+    emoji_status["status"] = json!("inactive \u{1F600}");
     let elements = [
         bad_email,
         emoji_name,
         latin_name,
         profile(4, "2025-07-01T10:00:00Z"),
-        latin_status,
+        latin_bad_mobile,
+        emoji_status,
     ];
     let texts: Vec<String> = elements.iter().map(Value::to_string).collect();
     let body = format!("[{}]", texts.join(","));
@@ -1602,7 +1595,11 @@ fn on_a_latin1_database_what_it_cannot_hold_is_recorded_escaped_and_the_rest_syn
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let reasons: Vec<&str> = rows.iter().map(|(reason, _)| reason.as_str()).collect();
-    assert_eq!(reasons, ["invalid_email", "db_error", "inactive_status"]);
+    assert_eq!(
+        reasons,
+        ["invalid_email", "db_error", "invalid_mobile"],
+        "the inactive change is skipped, whatever it holds"
+    );
     for ((_, payload), sent) in rows.iter().zip([&texts[0], &texts[1], &texts[4]]) {
         let stored: Value = serde_json::from_str(payload).unwrap();
         let sent: Value = serde_json::from_str(sent).unwrap();
@@ -1681,7 +1678,7 @@ fn record_rejection_of_2(db: &TestDb, text: &str, outcome: &str, reason: &str, a
 }
 
 #[test]
-fn decided_afresh_an_element_s_own_rejection_does_not_make_it_stale_but_another_s_does() {
+fn decided_afresh_no_recorded_rejection_makes_an_element_stale_only_the_row_does() {
     use target_service::decide::decide_afresh;
     use target_service::metrics::Counted;
     use target_service::profile::Reason;
@@ -1694,36 +1691,30 @@ fn decided_afresh_an_element_s_own_rejection_does_not_make_it_stale_but_another_
         "2025-07-01T11:00:00Z",
     );
     let claim = with_email(2, t1, "e@example.com").to_string();
-    let mut other = with_email(2, t1, "e@example.com");
-    other["name"] = json!("Another element, the same instant");
+    let mut other = with_email(2, t2, "e@example.com");
+    other["name"] = json!("Another element, newer");
     let other = other.to_string();
-    let later_invalid = with_email(2, t2, "not-an-email").to_string();
     record_rejection_of_2(&db, &claim, "conflict", "email_taken", t1);
-    // Never past the stale rule: no part of the mark.
-    record_rejection_of_2(
-        &db,
-        &later_invalid,
-        "failed_validation",
-        "invalid_email",
-        t2,
-    );
+    record_rejection_of_2(&db, &other, "conflict", "mobile_taken", t2);
+    let refused = with_email(2, t2, "refused@example.com").to_string();
+    record_rejection_of_2(&db, &refused, "failed_validation", "db_error", t2);
     let now = chrono::Utc::now();
     let decide = |texts: &[&str]| decide_afresh(&mut db.client(), texts, now, true).unwrap();
     let holder = with_email(1, t0, "moved@example.com").to_string();
-    assert_eq!(decide(&[&holder, &claim]), [Counted::Synced; 2]);
-    record_rejection_of_2(&db, &other, "conflict", "mobile_taken", t1);
     assert_eq!(
-        decide(&[&claim]),
-        [Counted::NotSynced(Reason::Stale)],
-        "another conflict of its id, as new, counts"
+        decide(&[&holder, &claim]),
+        [Counted::Synced; 2],
+        "newer conflicts and db_errors of its id do not count"
     );
     let between = with_email(2, "2025-07-01T10:45:00Z", "e@example.com").to_string();
-    assert_eq!(decide(&[&holder, &between]), [Counted::Synced; 2]);
-    let refused = with_email(2, t2, "refused@example.com").to_string();
-    record_rejection_of_2(&db, &refused, "failed_validation", "db_error", t2);
     assert_eq!(
-        decide(&[&holder, &between]),
-        [Counted::Synced, Counted::NotSynced(Reason::Stale)],
-        "a row PostgreSQL refused counts like a conflict"
+        decide(&[&holder, &claim, &between, &claim]),
+        [
+            Counted::Synced,
+            Counted::Synced,
+            Counted::Synced,
+            Counted::NotSynced(Reason::Stale)
+        ],
+        "the row the earlier elements leave does"
     );
 }

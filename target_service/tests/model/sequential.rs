@@ -6,15 +6,18 @@
 //! The rules, as this model reads them:
 //! - validation, then status, then staleness, then conflicts, in the order of
 //!   the table;
-//! - stale: not strictly newer than the newest change of that id already
-//!   seen by the stale rule (a change that synced, or that got past it to be
-//!   a conflict). Only a change that is valid and `active`/`pending` gets
-//!   that far, so only such a change makes later ones stale;
+//! - a status other than `active`/`pending` is skipped: nothing is recorded
+//!   and no row is marked;
+//! - stale: not strictly newer than the id's row as the changes before it
+//!   left it (no row: never stale). A rejected change leaves no trace that
+//!   makes a later, older change of its id stale;
 //! - conflict: the email (first) or the mobile belongs to another id's row
 //!   at that moment;
-//! - an element whose exact text is recorded already has no effect at all;
-//!   otherwise a rejection is recorded, and marks the id's row when the
-//!   change's instant parses and is strictly newer than the row.
+//! - an element whose exact text is recorded already has no effect at all,
+//!   whatever it would be decided now (a valid change recorded as a conflict
+//!   does not sync once the email is free); otherwise a rejection is
+//!   recorded, and marks the id's row when the change's instant parses and
+//!   is strictly newer than the row.
 
 use std::collections::BTreeMap;
 
@@ -114,20 +117,22 @@ impl Expected {
     /// Applies `log` one change at a time.
     pub fn of(log: &[Sent]) -> Expected {
         let mut model = Expected::default();
-        // The newest instant per id that the stale rule has let through.
-        let mut seen: BTreeMap<Uuid, i64> = BTreeMap::new();
         for sent in log {
             let decision = match verdict(&sent.meaning) {
+                Verdict::Rejected {
+                    reason: Reason::InactiveStatus,
+                    ..
+                } => "skipped inactive_status".to_owned(),
                 Verdict::Rejected {
                     reason,
                     profile_id,
                     changed_at,
                 } => model.reject(sent, reason, profile_id, changed_at),
-                Verdict::Candidate(id, at) if seen.get(&id).is_some_and(|&newest| at <= newest) => {
-                    "stale".to_owned()
+                Verdict::Candidate(id, at) if model.row_is_as_new(id, at) => "stale".to_owned(),
+                Verdict::Candidate(..) if model.recorded(sent) => {
+                    "recorded already: no effect".to_owned()
                 }
                 Verdict::Candidate(id, at) => {
-                    seen.insert(id, at);
                     let Meaning::Change(draft) = &sent.meaning else {
                         unreachable!("only a change is a candidate")
                     };
@@ -138,6 +143,18 @@ impl Expected {
         }
         model.rejections.sort();
         model
+    }
+
+    /// Whether `id` has a row at least as new as `at`: the stale rule.
+    fn row_is_as_new(&self, id: Uuid, at: i64) -> bool {
+        self.users
+            .get(&id)
+            .is_some_and(|row| at <= row.last_updated_at)
+    }
+
+    /// Whether the element's exact text is recorded as a rejection.
+    fn recorded(&self, sent: &Sent) -> bool {
+        self.rejections.iter().any(|r| r.payload == sent.text)
     }
 
     fn decide_candidate(&mut self, sent: &Sent, draft: &Draft, id: Uuid, at: i64) -> String {
@@ -180,7 +197,7 @@ impl Expected {
         changed_at: Option<i64>,
     ) -> String {
         let what = format!("{} {}", reason.outcome(), reason.code());
-        if self.rejections.iter().any(|r| r.payload == sent.text) {
+        if self.recorded(sent) {
             return format!("{what}, recorded already: no effect");
         }
         self.rejections.push(Rejected {
