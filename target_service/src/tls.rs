@@ -20,6 +20,7 @@ use rustls::{
 };
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
+use x509_parser::time::ASN1Time;
 
 /// `sslmode`, with libpq's meaning of each value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,15 +189,23 @@ enum HostCheck {
 }
 
 /// `verify-ca` and `verify-full` as libpq (that is, OpenSSL) decide them,
-/// around the WebPKI verifier, whose verdict stands except on a name error
-/// (WebPKI checks the chain, dates and usage before the name, so the rest
-/// was good): fine under `verify-ca`, and under `verify-full` when libpq's
-/// rule, which falls back to the subject's Common Name, finds the host.
+/// around the WebPKI verifier, whose verdict stands except in two cases
+/// that libpq accepts and WebPKI does not:
+///
+/// - a name error (WebPKI checks the chain, dates and usage before the
+///   name, so the rest was good): fine under `verify-ca`, and under
+///   `verify-full` when libpq's rule, which falls back to the subject's
+///   Common Name, finds the host;
+/// - `CaUsedAsEndEntity` for a certificate byte-identical to a trusted root
+///   (the self-signed certificate of the PostgreSQL manual, given as
+///   `sslrootcert`): trusted as itself once its dates, usage and (under
+///   `verify-full`) names are checked here.
 ///
 /// The handshake's signatures are always checked by the WebPKI verifier.
 #[derive(Debug)]
 struct LibpqVerifier {
     webpki: Arc<WebPkiServerVerifier>,
+    roots: Vec<CertificateDer<'static>>,
     host_check: HostCheck,
 }
 
@@ -204,6 +213,7 @@ impl LibpqVerifier {
     fn new(roots: &Roots, host_check: HostCheck) -> Result<LibpqVerifier, String> {
         Ok(LibpqVerifier {
             webpki: webpki(roots)?,
+            roots: roots.certs.clone(),
             host_check,
         })
     }
@@ -226,6 +236,63 @@ impl LibpqVerifier {
         } else {
             Err(refusal)
         }
+    }
+
+    /// The verdict on a server certificate that is one of the trusted roots
+    /// itself, which WebPKI refuses because it is a CA's.
+    fn trusted_as_root(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        server_name: &ServerName<'_>,
+        now: UnixTime,
+        refusal: rustls::Error,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !self
+            .roots
+            .iter()
+            .any(|root| root.as_ref() == end_entity.as_ref())
+        {
+            return Err(refusal);
+        }
+        let Some(cert) = parse(end_entity) else {
+            return Err(refusal);
+        };
+        let now = i64::try_from(now.as_secs())
+            .ok()
+            .and_then(|secs| ASN1Time::from_timestamp(secs).ok())
+            .ok_or(refusal)?;
+        let refused = |why| Err(rustls::Error::InvalidCertificate(why));
+        if now < cert.validity().not_before {
+            return refused(CertificateError::NotValidYet);
+        }
+        if now > cert.validity().not_after {
+            return refused(CertificateError::Expired);
+        }
+        let for_servers = match cert.extended_key_usage() {
+            Ok(None) => true,
+            Ok(Some(usage)) => usage.value.any || usage.value.server_auth,
+            Err(_) => false,
+        };
+        if !for_servers {
+            return refused(CertificateError::InvalidPurpose);
+        }
+        self.check_host_name(
+            end_entity,
+            server_name,
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName),
+        )
+    }
+}
+
+/// Whether WebPKI refused the server's certificate for being a CA's; rustls
+/// passes that cause on as WebPKI's own error.
+fn is_ca_used_as_end_entity(refusal: &rustls::Error) -> bool {
+    match refusal {
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => matches!(
+            other.0.downcast_ref::<webpki::Error>(),
+            Some(webpki::Error::CaUsedAsEndEntity)
+        ),
+        _ => false,
     }
 }
 
@@ -343,6 +410,9 @@ impl ServerCertVerifier for LibpqVerifier {
                     | CertificateError::NotValidForNameContext { .. },
                 ),
             ) => self.check_host_name(end_entity, server_name, refusal),
+            Err(refusal) if is_ca_used_as_end_entity(&refusal) => {
+                self.trusted_as_root(end_entity, server_name, now, refusal)
+            }
             other => other,
         }
     }
@@ -544,5 +614,60 @@ mod tests {
             PresentedNames::of(&cert).unwrap(),
             names(&["db.example"], &[v4], Some("cn.example"))
         );
+    }
+
+    /// A self-signed CA certificate for `localhost`, as `openssl req -x509`
+    /// makes, restricted to `usages` when there are any.
+    fn self_signed_ca(usages: Vec<rcgen::ExtendedKeyUsagePurpose>) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        params.extended_key_usages = usages;
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    fn verdict(
+        root: &CertificateDer<'static>,
+        served: &CertificateDer<'static>,
+        host_check: HostCheck,
+        host_name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let roots = Roots {
+            origin: "the test root".to_owned(),
+            certs: vec![root.clone()],
+        };
+        LibpqVerifier::new(&roots, host_check)
+            .unwrap()
+            .verify_server_cert(served, &[], &host(host_name), &[], UnixTime::now())
+    }
+
+    #[test]
+    fn a_root_served_as_the_certificate_is_trusted_for_servers_and_its_names() {
+        use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let root = self_signed_ca(vec![]);
+        assert!(verdict(&root, &root, HostCheck::Libpq, "localhost").is_ok());
+        assert!(verdict(&root, &root, HostCheck::None, "elsewhere").is_ok());
+        let refusal = verdict(&root, &root, HostCheck::Libpq, "elsewhere").unwrap_err();
+        assert_eq!(
+            refusal,
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
+        );
+
+        let for_servers = self_signed_ca(vec![ServerAuth]);
+        assert!(verdict(&for_servers, &for_servers, HostCheck::Libpq, "localhost").is_ok());
+        let for_clients = self_signed_ca(vec![ClientAuth]);
+        let refusal = verdict(&for_clients, &for_clients, HostCheck::None, "localhost");
+        assert_eq!(
+            refusal.unwrap_err(),
+            rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
+        );
+
+        // A CA's certificate that is not itself a root stays refused.
+        let other = self_signed_ca(vec![]);
+        let refusal = verdict(&root, &other, HostCheck::None, "localhost").unwrap_err();
+        assert!(is_ca_used_as_end_entity(&refusal), "{refusal:?}");
     }
 }

@@ -485,3 +485,57 @@ fn a_certificate_without_subject_alt_name_is_checked_by_its_common_name() {
     let error = assert_refused(&tls_url(&cluster, "localhost", &full), &source.url);
     assert!(error.contains("not valid for name"), "{error}");
 }
+
+/// The PostgreSQL manual's recipe ("Creating Certificates"): a self-signed
+/// certificate, which clients then take as their root certificate.
+fn manuals_self_signed_certificate(files: &TempDir, name: &str) -> ServerCert {
+    let crt = files.0.join(format!("{name}.crt"));
+    let key = files.0.join(format!("{name}.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
+        .arg("-out")
+        .arg(&crt)
+        .arg("-keyout")
+        .arg(&key)
+        .args(["-subj", "/CN=localhost"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl command runs (Debian package openssl)");
+    assert!(made.success(), "openssl req: {made}");
+    ServerCert {
+        cert_pem: std::fs::read_to_string(&crt).unwrap(),
+        key_pem: std::fs::read_to_string(&key).unwrap(),
+    }
+}
+
+#[test]
+fn the_manuals_self_signed_certificate_is_trusted_as_its_own_root_and_only_it() {
+    let files = TempDir::new("profile-sync-tls-self-signed");
+    let server = manuals_self_signed_certificate(&files, "server");
+    let cluster = tls_cluster_serving(&server);
+    let root = files.write("root.crt", &server.cert_pem);
+    let source = common::ScriptedSource::fixed_page(page());
+
+    for (mode, host) in [
+        ("verify-full", "localhost"),
+        ("verify-ca", "127.0.0.1"),
+        // `require` with a root certificate file checks as `verify-ca` does.
+        ("require", "127.0.0.1"),
+    ] {
+        let query = format!("sslmode={mode}&sslrootcert={root}");
+        assert_syncs(&tls_url(&cluster, host, &query), &source.url);
+    }
+
+    // Another self-signed certificate, for the same name, is no root of it.
+    let other = manuals_self_signed_certificate(&files, "other");
+    let other = files.write("other-root.crt", &other.cert_pem);
+    for (mode, host) in [
+        ("verify-full", "localhost"),
+        ("verify-ca", "127.0.0.1"),
+        ("require", "127.0.0.1"),
+    ] {
+        let query = format!("sslmode={mode}&sslrootcert={other}");
+        let error = assert_refused(&tls_url(&cluster, host, &query), &source.url);
+        assert!(error.contains("CaUsedAsEndEntity"), "{mode}: {error}");
+    }
+}
