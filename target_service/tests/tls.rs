@@ -539,3 +539,47 @@ fn the_manuals_self_signed_certificate_is_trusted_as_its_own_root_and_only_it() 
         assert!(error.contains("CaUsedAsEndEntity"), "{mode}: {error}");
     }
 }
+
+#[test]
+fn require_with_a_root_certificate_file_checks_the_chain_as_verify_ca() {
+    let pki = Pki::new();
+    let cluster = tls_cluster(&pki);
+    let files = TempDir::new("profile-sync-tls-ca");
+    let ca = files.write("ca.pem", &pki.ca_pem);
+    let other = files.write("other.pem", &Pki::other_ca_pem());
+    let source = common::ScriptedSource::fixed_page(page());
+
+    let error = assert_refused(
+        &tls_url(
+            &cluster,
+            "127.0.0.1",
+            &format!("sslmode=require&sslrootcert={other}"),
+        ),
+        &source.url,
+    );
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    // So does the default root file, ~/.postgresql/root.crt, when it exists.
+    let home = TempDir::new("profile-sync-tls-home");
+    std::fs::create_dir_all(home.0.join(".postgresql")).unwrap();
+    home.write(".postgresql/root.crt", &Pki::other_ca_pem());
+    let config = config(&[
+        (
+            "DATABASE_URL",
+            &tls_url(&cluster, "127.0.0.1", "sslmode=require"),
+        ),
+        ("SOURCE_SERVICE_URL", &source.url),
+        ("HOME", &home.0.display().to_string()),
+    ]);
+    let refusal = pool::connect(&config.database).map(|_| ()).unwrap_err();
+    let cause = format!("{refusal:?}");
+    assert!(cause.contains("UnknownIssuer"), "{cause}");
+    // The chain, not the name: 127.0.0.1 is not in the certificate.
+    assert_syncs(
+        &tls_url(
+            &cluster,
+            "127.0.0.1",
+            &format!("sslmode=require&sslrootcert={ca}"),
+        ),
+        &source.url,
+    );
+}
