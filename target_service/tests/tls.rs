@@ -24,10 +24,18 @@ use common::{get, last_error, profile, wait_until, OwnCluster, TestDb};
 
 /// A CA, and a server certificate it signed for `localhost` only.
 struct Pki {
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
     ca_pem: String,
     server_der: CertificateDer<'static>,
     server_pem: String,
     key_der: Vec<u8>,
+    key_pem: String,
+}
+
+/// A server certificate and its key, PEM.
+struct ServerCert {
+    cert_pem: String,
     key_pem: String,
 }
 
@@ -47,10 +55,29 @@ impl Pki {
         let server_cert = server.signed_by(&server_key, &ca_cert, &ca_key).unwrap();
         Pki {
             ca_pem: ca_cert.pem(),
+            ca_cert,
+            ca_key,
             server_der: server_cert.der().clone(),
             server_pem: server_cert.pem(),
             key_der: server_key.serialize_der(),
             key_pem: server_key.serialize_pem(),
+        }
+    }
+
+    /// A server certificate signed by the CA, with `dns_names` as its
+    /// subjectAltName (none: no such extension) and `common_name` as its
+    /// subject's CN.
+    fn issue(&self, dns_names: &[&str], common_name: &str) -> ServerCert {
+        let names: Vec<String> = dns_names.iter().map(|name| name.to_string()).collect();
+        let mut server = CertificateParams::new(names).unwrap();
+        server
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let key = KeyPair::generate().unwrap();
+        let cert = server.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 
@@ -91,21 +118,37 @@ impl Drop for TempDir {
 /// to speak only TLS: `ssl = on` with `pki`'s server certificate, and
 /// `hostssl` the only rule of `pg_hba.conf`.
 fn tls_cluster(pki: &Pki) -> OwnCluster {
+    tls_cluster_serving(&ServerCert {
+        cert_pem: pki.server_pem.clone(),
+        key_pem: pki.key_pem.clone(),
+    })
+}
+
+/// [`tls_cluster`] with `server` as the server's certificate.
+fn tls_cluster_serving(server: &ServerCert) -> OwnCluster {
     let cluster = OwnCluster::start("tls");
+    cluster.run(
+        r#"data=$PG_THROWAWAY_DATA &&
+        printf '%s\n' "ssl = on" "ssl_cert_file = 'server.crt'" "ssl_key_file = 'server.key'" \
+          >>"$data/postgresql.conf" &&
+        echo 'hostssl all all 127.0.0.1/32 trust' >"$data/pg_hba.conf""#,
+    );
+    serve(&cluster, server);
+    cluster
+}
+
+/// Restarts `cluster` presenting `server` as its certificate.
+fn serve(cluster: &OwnCluster, server: &ServerCert) {
     let files = TempDir::new("profile-sync-tls-pg");
-    let cert = files.write("server.crt", &pki.server_pem);
-    let key = files.write("server.key", &pki.key_pem);
+    let cert = files.write("server.crt", &server.cert_pem);
+    let key = files.write("server.key", &server.key_pem);
     // The key must belong to the server's user and be private to it.
     cluster.run(&format!(
         r#"data=$PG_THROWAWAY_DATA &&
         install -m 600 '{cert}' "$data/server.crt" && install -m 600 '{key}' "$data/server.key" &&
         if [[ $EUID -eq 0 ]]; then chown postgres: "$data/server.crt" "$data/server.key"; fi &&
-        printf '%s
-' "ssl = on" "ssl_cert_file = 'server.crt'" "ssl_key_file = 'server.key'"           >>"$data/postgresql.conf" &&
-        echo 'hostssl all all 127.0.0.1/32 trust' >"$data/pg_hba.conf" &&
         pg_throwaway_restart_server >&2"#
     ));
-    cluster
 }
 
 fn tls_url(cluster: &OwnCluster, host: &str, query: &str) -> String {
@@ -388,4 +431,155 @@ fn an_https_source_is_trusted_through_source_ca_file_and_only_then() {
     assert!(error.contains("UnknownIssuer"), "{error}");
     assert_eq!(db.count("SELECT count(*) FROM users"), 0);
     target.shutdown();
+}
+
+/// Starts a target with `database_url`, waits until it is ready, checks
+/// the rows are there over its own TLS configuration, and stops it.
+fn assert_syncs(database_url: &str, source: &str) {
+    let (config, target) = target_against(database_url, source);
+    wait_until(database_url, Duration::from_secs(20), || {
+        (target.status.is_ready() && users(&config) == 2)
+            || last_error(&target).is_some_and(|error| !error.is_empty())
+    });
+    let error = last_error(&target).unwrap_or_default();
+    assert_eq!(users(&config), 2, "{database_url}: {error}");
+    assert!(target.status.is_ready(), "{database_url}: {error}");
+    target.shutdown();
+}
+
+/// Starts a target with `database_url`, waits for its connection error,
+/// checks it is a certificate's and `/readyz` says 503, and gives it.
+fn assert_refused(database_url: &str, source: &str) -> String {
+    let (_, target) = target_against(database_url, source);
+    wait_until("the connection error", Duration::from_secs(20), || {
+        last_error(&target).is_some_and(|error| !error.is_empty())
+    });
+    let error = last_error(&target).unwrap_or_default();
+    assert!(error.contains("certificate"), "{database_url}: {error}");
+    let (code, _) = get(&format!("http://{}/readyz", target.addr));
+    assert_eq!(code, 503, "{database_url}: {error}");
+    target.shutdown();
+    error
+}
+
+#[test]
+fn a_certificate_without_subject_alt_name_is_checked_by_its_common_name() {
+    let pki = Pki::new();
+    let cluster = tls_cluster_serving(&pki.issue(&[], "localhost"));
+    let files = TempDir::new("profile-sync-tls-ca");
+    let ca = files.write("ca.pem", &pki.ca_pem);
+    let source = common::ScriptedSource::fixed_page(page());
+    let full = format!("sslmode=verify-full&sslrootcert={ca}");
+
+    assert_syncs(&tls_url(&cluster, "localhost", &full), &source.url);
+    let chain_only = format!("sslmode=verify-ca&sslrootcert={ca}");
+    assert_syncs(&tls_url(&cluster, "127.0.0.1", &chain_only), &source.url);
+
+    // A Common Name that is not the host's is still refused.
+    serve(&cluster, &pki.issue(&[], "elsewhere.example"));
+    let error = assert_refused(&tls_url(&cluster, "localhost", &full), &source.url);
+    assert!(error.contains("not valid for name"), "{error}");
+
+    // With a DNS subjectAltName, the Common Name is not looked at.
+    serve(&cluster, &pki.issue(&["elsewhere.example"], "localhost"));
+    let error = assert_refused(&tls_url(&cluster, "localhost", &full), &source.url);
+    assert!(error.contains("not valid for name"), "{error}");
+}
+
+/// The PostgreSQL manual's recipe ("Creating Certificates"): a self-signed
+/// certificate, which clients then take as their root certificate.
+fn manuals_self_signed_certificate(files: &TempDir, name: &str) -> ServerCert {
+    let crt = files.0.join(format!("{name}.crt"));
+    let key = files.0.join(format!("{name}.key"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-text"])
+        .arg("-out")
+        .arg(&crt)
+        .arg("-keyout")
+        .arg(&key)
+        .args(["-subj", "/CN=localhost"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl command runs (Debian package openssl)");
+    assert!(made.success(), "openssl req: {made}");
+    ServerCert {
+        cert_pem: std::fs::read_to_string(&crt).unwrap(),
+        key_pem: std::fs::read_to_string(&key).unwrap(),
+    }
+}
+
+#[test]
+fn the_manuals_self_signed_certificate_is_trusted_as_its_own_root_and_only_it() {
+    let files = TempDir::new("profile-sync-tls-self-signed");
+    let server = manuals_self_signed_certificate(&files, "server");
+    let cluster = tls_cluster_serving(&server);
+    let root = files.write("root.crt", &server.cert_pem);
+    let source = common::ScriptedSource::fixed_page(page());
+
+    for (mode, host) in [
+        ("verify-full", "localhost"),
+        ("verify-ca", "127.0.0.1"),
+        // `require` with a root certificate file checks as `verify-ca` does.
+        ("require", "127.0.0.1"),
+    ] {
+        let query = format!("sslmode={mode}&sslrootcert={root}");
+        assert_syncs(&tls_url(&cluster, host, &query), &source.url);
+    }
+
+    // Another self-signed certificate, for the same name, is no root of it.
+    let other = manuals_self_signed_certificate(&files, "other");
+    let other = files.write("other-root.crt", &other.cert_pem);
+    for (mode, host) in [
+        ("verify-full", "localhost"),
+        ("verify-ca", "127.0.0.1"),
+        ("require", "127.0.0.1"),
+    ] {
+        let query = format!("sslmode={mode}&sslrootcert={other}");
+        let error = assert_refused(&tls_url(&cluster, host, &query), &source.url);
+        assert!(error.contains("CaUsedAsEndEntity"), "{mode}: {error}");
+    }
+}
+
+#[test]
+fn require_with_a_root_certificate_file_checks_the_chain_as_verify_ca() {
+    let pki = Pki::new();
+    let cluster = tls_cluster(&pki);
+    let files = TempDir::new("profile-sync-tls-ca");
+    let ca = files.write("ca.pem", &pki.ca_pem);
+    let other = files.write("other.pem", &Pki::other_ca_pem());
+    let source = common::ScriptedSource::fixed_page(page());
+
+    let error = assert_refused(
+        &tls_url(
+            &cluster,
+            "127.0.0.1",
+            &format!("sslmode=require&sslrootcert={other}"),
+        ),
+        &source.url,
+    );
+    assert!(error.contains("UnknownIssuer"), "{error}");
+    // So does the default root file, ~/.postgresql/root.crt, when it exists.
+    let home = TempDir::new("profile-sync-tls-home");
+    std::fs::create_dir_all(home.0.join(".postgresql")).unwrap();
+    home.write(".postgresql/root.crt", &Pki::other_ca_pem());
+    let config = config(&[
+        (
+            "DATABASE_URL",
+            &tls_url(&cluster, "127.0.0.1", "sslmode=require"),
+        ),
+        ("SOURCE_SERVICE_URL", &source.url),
+        ("HOME", &home.0.display().to_string()),
+    ]);
+    let refusal = pool::connect(&config.database).map(|_| ()).unwrap_err();
+    let cause = format!("{refusal:?}");
+    assert!(cause.contains("UnknownIssuer"), "{cause}");
+    // The chain, not the name: 127.0.0.1 is not in the certificate.
+    assert_syncs(
+        &tls_url(
+            &cluster,
+            "127.0.0.1",
+            &format!("sslmode=require&sslrootcert={ca}"),
+        ),
+        &source.url,
+    );
 }
