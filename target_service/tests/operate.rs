@@ -477,6 +477,112 @@ fn verify_reads_from_the_oldest_retained_change() {
     );
 }
 
+/// A database synced from a log of ids 1..=10, and the changes of a new
+/// log the source holds after a restart: ids 11..=15 (never synced), then
+/// ids 6..=10 as synced already.
+fn synced_db_and_a_restarted_log() -> (TestDb, Vec<Value>, Vec<Value>) {
+    let db = TestDb::new();
+    let old: Vec<Value> = (1..=10)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let log = CursorLog::new(old.clone());
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("synced", Duration::from_secs(10), || {
+        target.metrics.synced.get() == 10
+    });
+    target.shutdown();
+    let new = (11..=15)
+        .chain(6..=10)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    (db, old, new)
+}
+
+/// A source serving `old` under `epoch-1` that restarts with `new` under
+/// `epoch-2` right after its first page; and whether it has.
+fn restarting_after_the_first_page(
+    old: Vec<Value>,
+    new: Vec<Value>,
+) -> (
+    ScriptedSource,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let log = CursorLog::new(old);
+    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&restarted);
+    let source = ScriptedSource::new(move |query| {
+        let reply = log.answer(query);
+        if reply.status == 200 && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+            *log.changes.lock().unwrap() = new.clone();
+        }
+        reply
+    });
+    (source, restarted)
+}
+
+#[test]
+fn verify_reads_the_new_log_from_its_start_when_the_source_restarts_between_pages() {
+    let (db, old, new) = synced_db_and_a_restarted_log();
+    let (source, restarted) = restarting_after_the_first_page(old, new);
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "5")]);
+    assert!(restarted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "verify: 10 changes read, 10 ids, 5 missing or behind, 0 rows ahead of the source",
+        "{err}"
+    );
+    for n in 11..=15 {
+        assert!(
+            lines.contains(&format!("{} missing", id(n)).as_str()),
+            "{out}"
+        );
+    }
+    assert!(err.contains("restarted"), "{err}");
+}
+
+#[test]
+fn verify_reads_the_new_log_when_a_restart_makes_its_cursor_gone() {
+    let (db, old, _) = synced_db_and_a_restarted_log();
+    // The new log is shorter than the cursor verify reached: a 410.
+    let new = (11..=13)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let (source, restarted) = restarting_after_the_first_page(old, new);
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "5")]);
+    assert!(restarted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some("verify: 3 changes read, 3 ids, 3 missing or behind, 0 rows ahead of the source"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_gives_up_on_a_source_that_restarts_on_every_page() {
+    let (db, old, _) = synced_db_and_a_restarted_log();
+    let log = CursorLog::new(old);
+    let restarts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let (served, count) = (log.clone(), std::sync::Arc::clone(&restarts));
+    let source = ScriptedSource::new(move |query| {
+        let reply = served.answer(query);
+        if reply.status == 200 {
+            let epoch = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            *served.epoch.lock().unwrap() = format!("epoch-{epoch}");
+        }
+        reply
+    });
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "5")]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("keeps restarting"), "{err}");
+    assert!(last.starts_with("verify: "), "{err}");
+}
+
 #[test]
 fn verify_exits_2_against_a_source_without_cursors() {
     let db = TestDb::new();
