@@ -163,9 +163,7 @@ impl Fetcher {
         }
         // With redirects off, a 3xx is an answer too.
         if !(200..300).contains(&status) {
-            return Err(FetchError::Failed(format!(
-                "the source answered HTTP {status}"
-            )));
+            return Err(FetchError::Failed(status_problem(status)));
         }
         let next_cursor = answer.number("X-Next-Cursor")?;
         let head_cursor = answer.number("X-Head-Cursor")?;
@@ -225,6 +223,20 @@ impl Fetcher {
             return Err(too_large());
         }
         Ok(body)
+    }
+}
+
+/// What an answer other than `2xx` or `410` says, for an operator: a `401`
+/// or `403` is the source refusing the token, whatever was asked.
+pub fn status_problem(status: u16) -> String {
+    match status {
+        401 => "the source answered HTTP 401 Unauthorized: it wants a token; set SOURCE_TOKEN \
+                to the source's token, or correct it"
+            .to_owned(),
+        403 => "the source answered HTTP 403 Forbidden: it refuses this client; check \
+                SOURCE_TOKEN and the source's access rules"
+            .to_owned(),
+        _ => format!("the source answered HTTP {status}"),
     }
 }
 

@@ -33,7 +33,7 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::fetcher::{FetchError, Fetcher};
+use crate::fetcher::{self, FetchError, Fetcher};
 use crate::profile::Profile;
 use crate::store;
 
@@ -144,7 +144,8 @@ fn probe(config: &Config) -> Result<Bounds, Failure> {
             .map(bounds)
             .ok_or_else(|| Failure::Error("the source sent no X-Head-Cursor".to_owned())),
         code => Err(Failure::Error(format!(
-            "the source answered HTTP {code} to a cursor beyond its head"
+            "asking the source for its log's bounds: {}",
+            fetcher::status_problem(code)
         ))),
     }
 }

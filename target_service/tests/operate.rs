@@ -660,3 +660,30 @@ fn redrive_beside_a_syncing_target_never_makes_a_row_older() {
     assert_eq!(row.1, "two@example.com");
     target.shutdown();
 }
+
+#[test]
+fn verify_against_a_source_that_wants_a_token_says_so() {
+    let db = TestDb::new();
+    let source = ScriptedSource::new(|_| Reply::json(401, &json!({"error": "unauthorized"})));
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("verify: "), "{err}");
+    assert!(err.contains("HTTP 401 Unauthorized"), "{err}");
+    assert!(err.contains("SOURCE_TOKEN"), "{err}");
+    assert!(!err.contains("beyond its head"), "{err}");
+}
+
+#[test]
+fn a_round_against_a_source_that_wants_a_token_says_so() {
+    let db = TestDb::new();
+    let source = ScriptedSource::new(|_| Reply::json(401, &json!({"error": "unauthorized"})));
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("a fetch error", Duration::from_secs(10), || {
+        target.metrics.fetch_errors.get() > 0 && last_error(&target).is_some()
+    });
+    let why = last_error(&target).unwrap_or_default();
+    target.shutdown();
+    assert!(why.contains("HTTP 401 Unauthorized"), "{why}");
+    assert!(why.contains("SOURCE_TOKEN"), "{why}");
+}
