@@ -301,19 +301,21 @@ fn compare(client: &mut Client, passing: &Passing) -> Result<Report, postgres::E
 /// Runs the command.
 pub fn run(config: &Config) -> Result<Report, Failure> {
     let read = read_log(config)?;
-    let mut client = crate::pool::connect(&config.database).map_err(|err| {
-        Failure::Error(format!(
-            "cannot connect to PostgreSQL at {}: {err}",
-            config.database.description
-        ))
-    })?;
-    let mut report = compare(&mut client, &read.passing).map_err(|err| {
+    let database = |err: postgres::Error| {
         Failure::Error(format!(
             "PostgreSQL at {} failed: {}",
             config.database.description,
-            store::describe(&err)
+            crate::pool::describe(&err)
+        ))
+    };
+    let mut client = crate::pool::connect(&config.database).map_err(|err| {
+        Failure::Error(format!(
+            "cannot connect to PostgreSQL at {}: {}",
+            config.database.description,
+            crate::pool::describe(&err)
         ))
     })?;
+    let mut report = compare(&mut client, &read.passing).map_err(database)?;
     report.changes = read.changes;
     Ok(report)
 }

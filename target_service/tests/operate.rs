@@ -675,6 +675,62 @@ fn verify_against_a_source_that_wants_a_token_says_so() {
 }
 
 #[test]
+fn verify_names_the_reason_postgresql_refuses_the_connection() {
+    let db = TestDb::new();
+    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z")]);
+    let source = log.source();
+    let (_, host) = db.url.split_once('@').expect("a URL with a user");
+    let no_such_role = format!("postgres://nosuchrole_verify@{host}");
+    let (code, out, err) = run(
+        &db,
+        &source.url,
+        &["verify"],
+        &[("DATABASE_URL", &no_such_role)],
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(r#"role "nosuchrole_verify" does not exist"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn redrive_names_the_reason_postgresql_refuses_the_password() {
+    let cluster = OwnCluster::start("password");
+    postgres::Client::connect(&cluster.url, postgres::NoTls)
+        .and_then(|mut admin| admin.batch_execute("ALTER ROLE postgres PASSWORD 'right-pw-5tq'"))
+        .expect("set the password");
+    cluster.run(
+        r#"echo 'host all all 127.0.0.1/32 scram-sha-256' >"$PG_THROWAWAY_DATA/pg_hba.conf" &&
+        pg_throwaway_restart_server >&2"#,
+    );
+    let wrong = format!(
+        "postgres://postgres:wrong-pw-8zu@127.0.0.1:{}/postgres",
+        cluster.port
+    );
+    let mut command = common::target_binary();
+    let output = command
+        .args(["redrive"])
+        .env("DATABASE_URL", &wrong)
+        .output()
+        .expect("run target_service");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("redrive: cannot connect to PostgreSQL"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"password authentication failed for user "postgres""#),
+        "{err}"
+    );
+    assert!(err.contains("correct DB_PASSWORD"), "{err}");
+    assert!(!err.contains("wrong-pw-8zu"), "{err}");
+}
+
+#[test]
 fn a_round_against_a_source_that_wants_a_token_says_so() {
     let db = TestDb::new();
     let source = ScriptedSource::new(|_| Reply::json(401, &json!({"error": "unauthorized"})));
