@@ -174,3 +174,98 @@ fn a_database_that_does_not_exist_is_named_in_every_retry_without_the_password()
     assert_no_secret("/status", &status);
     assert_no_secret("the log", &log);
 }
+
+/// The configuration error the binary gives for these variables: its exit
+/// code and what it printed, standard output and error together.
+fn config_error(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = common::target_binary();
+    command.arg("verify");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let output = command.output().expect("target_service runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), printed)
+}
+
+/// Passwords no URL parser can place, each with its two halves.
+const UNPLACEABLE: &[(&str, &str, &str)] = &[
+    ("pw4k/zq8x", "pw4k", "zq8x"),
+    ("pw4k#zq8x", "pw4k", "zq8x"),
+    ("pw4k?zq8x", "pw4k", "zq8x"),
+    ("pw4k zq8x", "pw4k", "zq8x"),
+    ("pw4k@zq8x", "pw4k", "zq8x"),
+];
+
+#[test]
+fn a_source_url_that_cannot_be_parsed_is_quoted_without_its_password() {
+    for (password, first, second) in UNPLACEABLE {
+        for url in [
+            format!("http://feed:{password}@127.0.0.1:1/users/changes"),
+            format!("http://feed:{password}@127.0.0.1:notaport/users/changes"),
+            format!("ftp://feed:{password}@127.0.0.1:1/users/changes"),
+        ] {
+            let (code, printed) = config_error(&[
+                ("SOURCE_SERVICE_URL", &url),
+                ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+            ]);
+            if code == Some(1) {
+                // A URL read as meant goes on, to fail reaching the source.
+                assert!(printed.contains("cannot reach the source"), "{printed}");
+            } else {
+                assert_eq!(code, Some(2), "{url}: {printed}");
+                assert!(
+                    printed.starts_with("invalid configuration: SOURCE_SERVICE_URL: "),
+                    "{printed}"
+                );
+                assert_eq!(printed.lines().count(), 1, "{printed}");
+            }
+            for part in [*password, first, second] {
+                assert!(!printed.contains(part), "{url} shows {part:?}: {printed}");
+            }
+        }
+    }
+    // A password cut off as a fragment is refused, not sent in the clear.
+    let (code, printed) = config_error(&[
+        (
+            "SOURCE_SERVICE_URL",
+            "http://feed:12#zq8x@127.0.0.1:1/users/changes",
+        ),
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+    ]);
+    assert_eq!(code, Some(2), "{printed}");
+    assert!(
+        printed.contains("http://***@127.0.0.1:1/users/changes"),
+        "{printed}"
+    );
+    assert!(!printed.contains("zq8x"), "{printed}");
+}
+
+#[test]
+fn a_database_url_that_cannot_be_parsed_is_reported_without_its_password() {
+    for (password, first, second) in UNPLACEABLE {
+        for url in [
+            format!("postgres://u:{password}@127.0.0.1:notaport/db"),
+            format!("postgres://u:{password}@127.0.0.1:5432/db?sslmode=nosuchmode"),
+            format!("postgresql://u:{password}@/db?port=x"),
+        ] {
+            let (code, printed) = config_error(&[
+                ("DATABASE_URL", &url),
+                ("SOURCE_SERVICE_URL", "http://127.0.0.1:1/users/changes"),
+            ]);
+            assert_eq!(code, Some(2), "{url}: {printed}");
+            assert!(
+                printed.starts_with("invalid configuration: DATABASE_URL: "),
+                "{printed}"
+            );
+            assert_eq!(printed.lines().count(), 1, "{printed}");
+            for part in [*password, first, second] {
+                assert!(!printed.contains(part), "{url} shows {part:?}: {printed}");
+            }
+        }
+    }
+}
