@@ -269,3 +269,79 @@ fn a_database_url_that_cannot_be_parsed_is_reported_without_its_password() {
         }
     }
 }
+
+/// The value of an unlabelled metric in `/metrics` text, 0 when absent.
+fn metric(base: &str, name: &str) -> f64 {
+    get(&format!("{base}/metrics"))
+        .1
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_password_refused_mid_run_is_named_in_the_log_without_the_password() {
+    let cluster = common::OwnCluster::start("repassword");
+    let admin_with = |password: &str| {
+        postgres::Client::connect(&with_password(&cluster.url, password), postgres::NoTls)
+    };
+    postgres::Client::connect(&cluster.url, postgres::NoTls)
+        .and_then(|mut admin| admin.batch_execute("ALTER ROLE postgres PASSWORD 'first-pw-3kd'"))
+        .expect("set the password");
+    cluster.run(
+        r#"echo 'host all all 127.0.0.1/32 scram-sha-256' >"$PG_THROWAWAY_DATA/pg_hba.conf" &&
+        pg_throwaway_restart_server >&2"#,
+    );
+    let log = common::CursorLog::new(vec![common::profile(1, "2025-07-01T10:00:00Z")]);
+    let source = log.source();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{metrics_addr}");
+    let target = Target::spawn(&[
+        ("DATABASE_URL", &with_password(&cluster.url, "first-pw-3kd")),
+        ("SOURCE_SERVICE_URL", &source.url),
+        ("METRICS_ADDR", &metrics_addr),
+    ]);
+    let synced = || {
+        admin_with("first-pw-3kd")
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM users", &[]))
+            .map(|row| row.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    wait_until("the first change synced", Duration::from_secs(20), || {
+        synced() == 1
+    });
+    // The password changes, and every connection but the sync lock's ends:
+    // the pool must open new ones, which the server refuses.
+    let mut admin = admin_with("first-pw-3kd").expect("admin connection");
+    admin
+        .batch_execute(
+            "ALTER ROLE postgres PASSWORD 'second-pw-6mn';
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+               AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')",
+        )
+        .expect("change the password");
+    let errors_before = metric(&base, "sync_db_errors_total");
+    log.changes
+        .lock()
+        .unwrap()
+        .push(common::profile(2, "2025-07-01T10:00:00Z"));
+    wait_until(
+        "a database error in a round",
+        Duration::from_secs(30),
+        || metric(&base, "sync_db_errors_total") > errors_before,
+    );
+    let log_text = target.stop();
+    let refused = log_text
+        .lines()
+        .find(|line| line.contains("timed out waiting for connection"))
+        .unwrap_or_else(|| panic!("a pool error in the log:\n{log_text}"));
+    assert!(
+        refused.contains(r#"password authentication failed for user "postgres""#),
+        "{refused}"
+    );
+    for password in ["first-pw-3kd", "second-pw-6mn"] {
+        assert!(!log_text.contains(password), "{log_text}");
+    }
+}
