@@ -19,7 +19,7 @@ use std::time::Duration;
 use log::LevelFilter;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::secrets::{percent_decode, redact_urls, Secret};
+use crate::secrets::{mask_url_user_info, percent_decode, redact_urls, url_user_info, Secret};
 use crate::tls::{self, Roots, SslMode};
 
 /// Where and how to reach PostgreSQL, plus a description safe to log.
@@ -554,11 +554,30 @@ fn source_url(vars: &Vars<'_>) -> Result<String, ConfigError> {
     let text = text.trim().to_owned();
     let problem = |why: &str| ConfigError {
         variable: NAME,
-        // User-info in the URL is a credential: never shown.
-        problem: format!("{:?} {why}", redact_urls(&text)),
+        // User-info in the URL is a credential: never shown, however the
+        // URL is broken.
+        problem: format!("{:?} {why}", mask_url_user_info(&text)),
     };
     let parsed = url::Url::parse(&text)
         .map_err(|err| problem(&format!("is not an http:// or https:// URL ({err})")))?;
+    // What the URL's parser takes as user-info must be all up to the last
+    // `@` (a password in `http://u:12#pw@host/` would be a fragment, shown
+    // and never masked).
+    if let Some(user_info) = url_user_info(&text) {
+        let parsed_user_info = match parsed.password() {
+            Some(password) => format!("{}:{password}", parsed.username()),
+            None => parsed.username().to_owned(),
+        };
+        // `u:@host` has an empty password, which the parser drops.
+        let user_info = user_info.strip_suffix(':').unwrap_or(&user_info);
+        if percent_decode(&parsed_user_info) != user_info {
+            return Err(problem(
+                "cannot be read safely: all up to its last @ is the user name and password, \
+                 which must write @ / ? # and spaces as %40 %2F %3F %23 %20 (an @ in the path \
+                 or query, too)",
+            ));
+        }
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(problem(&format!(
             "is not an http:// or https:// URL (scheme {:?})",
@@ -897,6 +916,17 @@ mod tests {
         }
         let err = config(&[("SOURCE_SERVICE_URL", "ftp://user:url-secret@h/x")]).unwrap_err();
         assert!(!err.to_string().contains("url-secret"), "{err}");
+        for accepted in [
+            "http://u:@h/x",
+            "http://u@h/x",
+            "http://u:p%40w@h/x",
+            "http://u:p@w@h/x",
+        ] {
+            assert!(
+                config(&[("SOURCE_SERVICE_URL", accepted)]).is_ok(),
+                "{accepted}"
+            );
+        }
     }
 
     #[test]

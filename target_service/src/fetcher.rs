@@ -163,9 +163,7 @@ impl Fetcher {
         }
         // With redirects off, a 3xx is an answer too.
         if !(200..300).contains(&status) {
-            return Err(FetchError::Failed(format!(
-                "the source answered HTTP {status}"
-            )));
+            return Err(FetchError::Failed(status_problem(status)));
         }
         let next_cursor = answer.number("X-Next-Cursor")?;
         let head_cursor = answer.number("X-Head-Cursor")?;
@@ -225,6 +223,28 @@ impl Fetcher {
             return Err(too_large());
         }
         Ok(body)
+    }
+}
+
+/// What an answer other than `2xx` or `410` says, for an operator: a `401`
+/// or `403` is the source refusing the token, whatever was asked; a `404`
+/// or a redirect, a URL that points elsewhere than the feed.
+pub fn status_problem(status: u16) -> String {
+    match status {
+        300..=399 => format!(
+            "the source answered HTTP {status}, a redirect, which is not followed: set \
+             SOURCE_SERVICE_URL to where it leads"
+        ),
+        404 => "the source answered HTTP 404 Not Found: check the path of SOURCE_SERVICE_URL \
+                (source_service serves /users/changes)"
+            .to_owned(),
+        401 => "the source answered HTTP 401 Unauthorized: it wants a token; set SOURCE_TOKEN \
+                to the source's token, or correct it"
+            .to_owned(),
+        403 => "the source answered HTTP 403 Forbidden: it refuses this client; check \
+                SOURCE_TOKEN and the source's access rules"
+            .to_owned(),
+        _ => format!("the source answered HTTP {status}"),
     }
 }
 
@@ -365,7 +385,28 @@ fn parse_page(body: &str, most: usize) -> Result<Vec<Range<usize>>, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{body_text, parse_page};
+    use super::{body_text, parse_page, status_problem};
+
+    #[test]
+    fn a_status_is_told_for_what_it_means() {
+        for (status, named) in [
+            (
+                401,
+                "HTTP 401 Unauthorized: it wants a token; set SOURCE_TOKEN",
+            ),
+            (403, "HTTP 403 Forbidden"),
+            (
+                404,
+                "HTTP 404 Not Found: check the path of SOURCE_SERVICE_URL",
+            ),
+            (301, "HTTP 301, a redirect, which is not followed"),
+            (503, "the source answered HTTP 503"),
+        ] {
+            let told = status_problem(status);
+            assert!(told.contains(named), "{status}: {told}");
+        }
+        assert!(!status_problem(500).contains("SOURCE_TOKEN"));
+    }
 
     fn nested(depth: usize) -> String {
         format!("{}{}", "[".repeat(depth), "]".repeat(depth))

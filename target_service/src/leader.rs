@@ -100,7 +100,10 @@ impl Leader {
             }
             Err(err) => {
                 *slot = None;
-                Err(format!("taking the sync lock failed: {err}"))
+                Err(format!(
+                    "taking the sync lock failed: {}",
+                    crate::pool::describe(&err)
+                ))
             }
         }
     }

@@ -138,21 +138,40 @@ pub fn lasting_cause(err: &postgres::Error) -> Option<&'static str> {
     None
 }
 
+/// A PostgreSQL error that displays as [`describe`] tells it. The pool
+/// quotes its manager's errors in its own (a checkout that timed out, a
+/// connection it failed to open), and a `postgres::Error` displays as its
+/// kind alone ("db error", "error connecting to server").
+#[derive(Debug)]
+pub struct Described(pub postgres::Error);
+
+impl std::fmt::Display for Described {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+impl std::error::Error for Described {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
 impl ManageConnection for Manager {
     type Connection = Connection;
-    type Error = postgres::Error;
+    type Error = Described;
 
-    fn connect(&self) -> Result<Connection, postgres::Error> {
-        let mut client = self.0.connect()?;
-        store::prepare_session(&mut client)?;
+    fn connect(&self) -> Result<Connection, Described> {
+        let mut client = self.0.connect().map_err(Described)?;
+        store::prepare_session(&mut client).map_err(Described)?;
         Ok(Connection {
             client,
             statements: None,
         })
     }
 
-    fn is_valid(&self, conn: &mut Connection) -> Result<(), postgres::Error> {
-        self.0.is_valid(&mut conn.client)
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), Described> {
+        self.0.is_valid(&mut conn.client).map_err(Described)
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {

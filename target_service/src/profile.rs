@@ -139,12 +139,18 @@ pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
     /// Parses RFC 3339 with a mandatory offset (`Z` or `±hh:mm`) into the
-    /// instant PostgreSQL reads from the same text, so that what is
-    /// compared is what is stored: a second of `60` is second `00` of the
-    /// next minute (fractions included), and what PostgreSQL refuses is
-    /// refused here too — year `0000` (it has none), a time past the end of
-    /// the day (`23:59:60.5`), an offset beyond `±15:59`. Finer than
-    /// microsecond digits are truncated.
+    /// UTC instant it names, read as PostgreSQL reads such text, so that
+    /// what is compared is what is stored: a second of `60` is second `00`
+    /// of the next minute (fractions included), and a time past the end of
+    /// the day (`23:59:60.5`) is refused, as PostgreSQL refuses it. Finer
+    /// than microsecond digits are truncated.
+    ///
+    /// Every date and offset RFC 3339 allows is taken: year `0000` and
+    /// offsets up to `±23:59`, beyond PostgreSQL's text input (no year
+    /// `0000`, offsets to `±15:59`). The instant goes to PostgreSQL in
+    /// binary, where those limits do not apply, and `timestamptz` holds
+    /// every such instant (4713 BC to 294276 AD; the earliest,
+    /// `0000-01-01T00:00:00+23:59`, is `-0001-12-31T00:01:00Z`).
     pub fn parse(text: &str) -> Result<Timestamp, String> {
         static SHAPE: OnceLock<Regex> = OnceLock::new();
         let shape = SHAPE.get_or_init(|| {
@@ -175,9 +181,6 @@ impl Timestamp {
         let (year, month, day) = (number(1), number(2), number(3));
         let (hour, minute, second) = (number(4), number(5), number(6));
         let fraction = parts.get(7).map_or("", |digits| digits.as_str());
-        if year == 0 {
-            return invalid("there is no year 0000");
-        }
         let Some(date) = NaiveDate::from_ymd_opt(year as i32, month, day) else {
             return invalid("there is no such day");
         };
@@ -193,8 +196,8 @@ impl Timestamp {
             None => 0,
             Some(sign) => {
                 let (hours, minutes) = (number(9), number(10));
-                if hours > 15 || minutes > 59 {
-                    return invalid("the offset lies beyond ±15:59");
+                if hours > 23 || minutes > 59 {
+                    return invalid("the offset lies beyond ±23:59");
                 }
                 let minutes = i64::from(hours * 60 + minutes);
                 if sign.as_str() == "-" {
@@ -1365,23 +1368,24 @@ mod tests {
     }
 
     #[test]
-    fn what_postgresql_refuses_is_an_invalid_timestamp() {
+    fn what_rfc3339_refuses_or_postgresql_reads_past_the_day_is_an_invalid_timestamp() {
         for bad in [
-            "0000-01-01T00:00:00Z",
-            "0000-12-31T23:59:59+01:00",
             "2025-07-01T10:13:61Z",
             "2025-07-01T10:60:00Z",
             "2025-07-01T24:00:00Z",
             "2025-12-31T23:59:60.5Z",
             "2025-12-31T23:59:60.000001Z",
             "2025-12-31T23:59:60.0000006Z",
-            "2025-07-01T10:13:04+16:00",
-            "2025-07-01T10:13:04-23:59",
+            "2025-07-01T10:13:04+24:00",
+            "2025-07-01T10:13:04-24:00",
+            "2025-07-01T10:13:04+99:00",
             "2025-07-01T10:13:04+05:60",
+            "2025-07-01T10:13:04-23:60",
             "2025-02-29T10:13:04Z",
             "2025-04-31T10:13:04Z",
             "2025-00-10T10:13:04Z",
             "2025-07-00T10:13:04Z",
+            "0000-02-30T00:00:00Z",
         ] {
             let element = with("last_updated_at", json!(bad));
             assert_eq!(reason_of(&element), Some(Reason::InvalidTimestamp), "{bad}");
@@ -1401,6 +1405,45 @@ mod tests {
                 .unwrap()
                 .to_string(),
             "+10000-01-01T15:59:00.000000Z"
+        );
+    }
+
+    #[test]
+    fn offsets_to_23_59_and_year_0000_are_the_utc_instants_they_name() {
+        let at = |text: &str| Timestamp::parse(text).map(|t| t.to_string());
+        for (text, instant) in [
+            ("2025-07-01T10:13:04+16:00", "2025-06-30T18:13:04.000000Z"),
+            ("2025-07-01T10:13:04-16:00", "2025-07-02T02:13:04.000000Z"),
+            ("2025-07-01T10:13:04+23:59", "2025-06-30T10:14:04.000000Z"),
+            (
+                "2025-07-01T10:13:04.1234567-23:59",
+                "2025-07-02T10:12:04.123456Z",
+            ),
+            ("2025-12-31T23:59:60+23:59", "2025-12-31T00:01:00.000000Z"),
+            ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00.000000Z"),
+            ("0000-02-29T12:00:00+01:00", "0000-02-29T11:00:00.000000Z"),
+            ("0000-12-31T23:59:59-23:59", "0001-01-01T23:58:59.000000Z"),
+            // The earliest instant RFC 3339 can write lies in year -1 (2 BC).
+            ("0000-01-01T00:00:00+23:59", "-0001-12-31T00:01:00.000000Z"),
+            // And the latest, in year 10000.
+            (
+                "9999-12-31T23:59:59.999999-23:59",
+                "+10000-01-01T23:58:59.999999Z",
+            ),
+        ] {
+            assert_eq!(at(text).as_deref(), Ok(instant), "{text}");
+            let element = with("last_updated_at", json!(text));
+            let past = !instant.starts_with('+');
+            let expected = if past {
+                None
+            } else {
+                Some(Reason::FutureTimestamp)
+            };
+            assert_eq!(reason_of(&element), expected, "{text}");
+        }
+        assert_eq!(
+            Timestamp::parse("2025-07-01T10:13:04+23:59").unwrap(),
+            Timestamp::parse("2025-06-30T10:14:04Z").unwrap()
         );
     }
 

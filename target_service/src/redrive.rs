@@ -128,17 +128,20 @@ const PAGE: i64 = 500;
 /// Runs the command: connects, decides every matching rejection, oldest
 /// first, one short transaction each; `dry_run` rolls every one back.
 pub fn run(config: &Config, reasons: &[Reason], dry_run: bool) -> Result<Summary, String> {
+    // A postgres::Error shows only its kind ("db error"): `describe` gives
+    // the server's message or the connection's cause.
     let mut client = crate::pool::connect(&config.database).map_err(|err| {
         format!(
-            "cannot connect to PostgreSQL at {}: {err}",
-            config.database.description
+            "cannot connect to PostgreSQL at {}: {}",
+            config.database.description,
+            crate::pool::describe(&err)
         )
     })?;
     redrive(&mut client, config, reasons, dry_run).map_err(|err| {
         format!(
             "PostgreSQL at {} failed: {}",
             config.database.description,
-            store::describe(&err)
+            crate::pool::describe(&err)
         )
     })
 }

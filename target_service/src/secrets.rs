@@ -105,6 +105,35 @@ pub fn redact_urls(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// One URL, given on its own (a configuration value), fit to quote: all
+/// between the first `//` and the value's *last* `@` masked. Unlike
+/// [`redact_urls`], which must guess where a URL in running text ends, this
+/// knows the whole value is the URL, so a password holding `/`, `?`, `#`
+/// or a space, which no parser can place, is masked whole all the same.
+pub fn mask_url_user_info(url: &str) -> String {
+    let Some(slashes) = url.find("//") else {
+        return url.to_owned();
+    };
+    let authority_start = slashes + 2;
+    match url[authority_start..].rfind('@') {
+        Some(at) => format!(
+            "{}{MASK}{}",
+            &url[..authority_start],
+            &url[authority_start + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// The user-info of a URL given on its own, read as [`mask_url_user_info`]
+/// masks it (all between `//` and the last `@`), percent-decoded; `None`
+/// without an `@`.
+pub fn url_user_info(url: &str) -> Option<String> {
+    let authority_start = url.find("//")? + 2;
+    let at = url[authority_start..].rfind('@')?;
+    Some(percent_decode(&url[authority_start..authority_start + at]))
+}
+
 /// Every byte but the unreserved ones as `%XX`, in upper- or lower-case hex.
 fn percent_encode(text: &str, upper: bool) -> String {
     let mut out = String::with_capacity(text.len());
@@ -158,6 +187,32 @@ mod tests {
         );
         assert_eq!(redact_urls("no url here"), "no url here");
         assert_eq!(redact_urls("http://"), "http://");
+    }
+
+    #[test]
+    fn a_url_given_alone_is_masked_up_to_its_last_at_whatever_the_password_holds() {
+        for password in [
+            "Sec/ret9", "Sec#ret9", "Sec?ret9", "Sec ret9", "Sec@ret9", "Secret9",
+        ] {
+            let url = format!("http://feed:{password}@127.0.0.1:1/users/changes");
+            assert_eq!(
+                mask_url_user_info(&url),
+                "http://***@127.0.0.1:1/users/changes",
+                "{url}"
+            );
+            assert_eq!(url_user_info(&url), Some(format!("feed:{password}")));
+        }
+        assert_eq!(
+            mask_url_user_info("postgres://u:p/w@h/db?x=a@b"),
+            "postgres://***@b"
+        );
+        assert_eq!(mask_url_user_info("http://h:1/x"), "http://h:1/x");
+        assert_eq!(mask_url_user_info("no url"), "no url");
+        assert_eq!(url_user_info("http://h/x"), None);
+        assert_eq!(
+            url_user_info("http://u:p%40w@h/x").as_deref(),
+            Some("u:p@w")
+        );
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! A source that answers without cursor headers is one like the original:
 //! there is no log to read, and the command exits 2.
 //!
+//! A cursor means something only within one `X-Source-Epoch`. When the
+//! source restarts while the log is read (a page of another epoch, or a
+//! `410` that a new epoch explains), what was read of the old log is
+//! dropped and the new log is read from its start, up to its own head; a
+//! source that restarts [`MAX_RESTARTS`] times in one run ends it with an
+//! error, never with a comparison of two logs mixed.
+//!
 //! Each element is read by the service's own parser
 //! ([`Profile::parse_json`]); a change "passes every rule on its own" when
 //! it parses (valid, `active`/`pending`, not in the future). For each id, its
@@ -26,7 +33,7 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::fetcher::{FetchError, Fetcher};
+use crate::fetcher::{self, FetchError, Fetcher};
 use crate::profile::Profile;
 use crate::store;
 
@@ -80,10 +87,28 @@ impl Report {
     }
 }
 
-/// Where the log begins and ends.
+/// Where the log begins and ends, and in which epoch.
 struct Bounds {
     min: u64,
     head: u64,
+    /// `X-Source-Epoch` of the answer that gave the bounds, when sent.
+    epoch: Option<String>,
+}
+
+/// How often the source may restart during one run before verify gives up.
+pub const MAX_RESTARTS: u32 = 3;
+
+/// Why reading the log stopped short.
+enum ReadError {
+    /// The source restarted: its log is another one now.
+    Restarted,
+    Failed(Failure),
+}
+
+impl From<Failure> for ReadError {
+    fn from(failure: Failure) -> ReadError {
+        ReadError::Failed(failure)
+    }
 }
 
 /// Asks for a cursor no log reaches: a source with cursors answers `410`
@@ -94,9 +119,14 @@ fn probe(config: &Config) -> Result<Bounds, Failure> {
         .get(&[("since", &beyond), ("limit", "1")])
         .map_err(|err| Failure::Error(err.to_string()))?;
     let number = |name: &str| answer.number(name).ok().flatten();
+    let epoch = answer
+        .header("X-Source-Epoch")
+        .map_err(|err| Failure::Error(err.to_string()))?
+        .map(str::to_owned);
     let bounds = |head| Bounds {
         min: number("X-Min-Cursor").unwrap_or(0),
         head,
+        epoch: epoch.clone(),
     };
     match answer.status() {
         410 => number("X-Head-Cursor").map(bounds).ok_or_else(|| {
@@ -114,7 +144,8 @@ fn probe(config: &Config) -> Result<Bounds, Failure> {
             .map(bounds)
             .ok_or_else(|| Failure::Error("the source sent no X-Head-Cursor".to_owned())),
         code => Err(Failure::Error(format!(
-            "the source answered HTTP {code} to a cursor beyond its head"
+            "asking the source for its log's bounds: {}",
+            fetcher::status_problem(code)
         ))),
     }
 }
@@ -122,48 +153,114 @@ fn probe(config: &Config) -> Result<Bounds, Failure> {
 /// For each id, the instants of its changes that pass every rule.
 type Passing = HashMap<Uuid, Vec<DateTime<Utc>>>;
 
-/// Reads the log from its oldest change to `bounds.head`.
-fn read_log(config: &Config, bounds: &Bounds) -> Result<(u64, Passing), Failure> {
+/// What was read of one epoch's log.
+#[derive(Default)]
+struct LogRead {
+    changes: u64,
+    passing: Passing,
+}
+
+/// Reads the log, starting over when the source restarts, at most
+/// [`MAX_RESTARTS`] times.
+fn read_log(config: &Config) -> Result<LogRead, Failure> {
+    let mut restarts = 0;
+    loop {
+        let bounds = probe(config)?;
+        match read_epoch(config, &bounds) {
+            Ok(read) => return Ok(read),
+            Err(ReadError::Failed(failure)) => return Err(failure),
+            Err(ReadError::Restarted) if restarts < MAX_RESTARTS => {
+                restarts += 1;
+                eprintln!(
+                    "verify: the source restarted (a new X-Source-Epoch) while its log was read; \
+                     reading its new log from the start"
+                );
+            }
+            Err(ReadError::Restarted) => {
+                return Err(Failure::Error(format!(
+                    "the source keeps restarting (a new X-Source-Epoch {} times while its log \
+                     was read), so nothing was compared; run verify again once the source runs \
+                     steadily",
+                    restarts + 1
+                )))
+            }
+        }
+    }
+}
+
+/// Reads one epoch's log from its oldest change to `bounds.head`.
+fn read_epoch(config: &Config, bounds: &Bounds) -> Result<LogRead, ReadError> {
     let fetcher = Fetcher::new(config);
     let mut since = bounds.min;
-    let mut read = 0u64;
-    let mut passing = Passing::new();
-    let mut restarts = 0;
+    let mut read = LogRead::default();
+    let mut epoch = bounds.epoch.clone();
+    let mut trimmed = 0;
     while since < bounds.head {
         let limit = usize::try_from(bounds.head - since)
             .unwrap_or(usize::MAX)
             .min(config.fetch_limit);
         let page = match fetcher.fetch(Some((since, limit))) {
             Ok(page) => page,
-            // The oldest changes went while we read: go on from the oldest kept.
-            Err(FetchError::Gone {
-                min_cursor: Some(min),
-            }) if min > since && min < bounds.head && restarts < 100 => {
-                restarts += 1;
-                since = min;
+            Err(FetchError::Gone { .. }) if trimmed < 100 => {
+                trimmed += 1;
+                since = after_gone(config, epoch.as_deref(), since, bounds.head)?;
                 continue;
             }
-            Err(err) => return Err(Failure::Error(format!("reading the source's log: {err}"))),
+            Err(err) => {
+                return Err(Failure::Error(format!("reading the source's log: {err}")).into())
+            }
         };
         let Some(next) = page.next_cursor else {
-            return Err(Failure::NoCursors);
+            return Err(Failure::NoCursors.into());
         };
+        match (&epoch, &page.epoch) {
+            (Some(known), Some(sent)) if known != sent => return Err(ReadError::Restarted),
+            (None, Some(sent)) => epoch = Some(sent.clone()),
+            _ => {}
+        }
         if next <= since || next > since + limit as u64 {
             return Err(Failure::Error(format!(
                 "the source's X-Next-Cursor {next} does not follow since={since}"
-            )));
+            ))
+            .into());
         }
         let latest_allowed = Utc::now() + config.max_future_skew;
         for (_, text) in page.elements() {
-            read += 1;
+            read.changes += 1;
             if let Ok(profile) = Profile::parse_json(text, latest_allowed) {
-                (passing.entry(profile.id).or_default())
+                (read.passing.entry(profile.id).or_default())
                     .push(profile.last_updated_at.as_datetime());
             }
         }
         since = next;
     }
-    Ok((read, passing))
+    Ok(read)
+}
+
+/// After a `410` to `since` while reading the log of `epoch`: where that log
+/// goes on (its oldest change kept, when older ones went while it was
+/// read), or that the source restarted.
+fn after_gone(
+    config: &Config,
+    epoch: Option<&str>,
+    since: u64,
+    head: u64,
+) -> Result<u64, ReadError> {
+    let now = probe(config)?;
+    if let (Some(now_epoch), Some(read_epoch)) = (now.epoch.as_deref(), epoch) {
+        if now_epoch != read_epoch {
+            return Err(ReadError::Restarted);
+        }
+    }
+    if now.min > since && now.min < head {
+        return Ok(now.min);
+    }
+    Err(Failure::Error(format!(
+        "reading the source's log: it answered 410 to since={since}, which its log (oldest \
+         {}, head {}) holds",
+        now.min, now.head
+    ))
+    .into())
 }
 
 /// Ids looked up per statement.
@@ -203,21 +300,22 @@ fn compare(client: &mut Client, passing: &Passing) -> Result<Report, postgres::E
 
 /// Runs the command.
 pub fn run(config: &Config) -> Result<Report, Failure> {
-    let bounds = probe(config)?;
-    let (changes, passing) = read_log(config, &bounds)?;
-    let mut client = crate::pool::connect(&config.database).map_err(|err| {
-        Failure::Error(format!(
-            "cannot connect to PostgreSQL at {}: {err}",
-            config.database.description
-        ))
-    })?;
-    let mut report = compare(&mut client, &passing).map_err(|err| {
+    let read = read_log(config)?;
+    let database = |err: postgres::Error| {
         Failure::Error(format!(
             "PostgreSQL at {} failed: {}",
             config.database.description,
-            store::describe(&err)
+            crate::pool::describe(&err)
+        ))
+    };
+    let mut client = crate::pool::connect(&config.database).map_err(|err| {
+        Failure::Error(format!(
+            "cannot connect to PostgreSQL at {}: {}",
+            config.database.description,
+            crate::pool::describe(&err)
         ))
     })?;
-    report.changes = changes;
+    let mut report = compare(&mut client, &read.passing).map_err(database)?;
+    report.changes = read.changes;
     Ok(report)
 }

@@ -486,6 +486,112 @@ fn verify_reads_from_the_oldest_retained_change() {
     );
 }
 
+/// A database synced from a log of ids 1..=10, and the changes of a new
+/// log the source holds after a restart: ids 11..=15 (never synced), then
+/// ids 6..=10 as synced already.
+fn synced_db_and_a_restarted_log() -> (TestDb, Vec<Value>, Vec<Value>) {
+    let db = TestDb::new();
+    let old: Vec<Value> = (1..=10)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let log = CursorLog::new(old.clone());
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("synced", Duration::from_secs(10), || {
+        target.metrics.synced.get() == 10
+    });
+    target.shutdown();
+    let new = (11..=15)
+        .chain(6..=10)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    (db, old, new)
+}
+
+/// A source serving `old` under `epoch-1` that restarts with `new` under
+/// `epoch-2` right after its first page; and whether it has.
+fn restarting_after_the_first_page(
+    old: Vec<Value>,
+    new: Vec<Value>,
+) -> (
+    ScriptedSource,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let log = CursorLog::new(old);
+    let restarted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = std::sync::Arc::clone(&restarted);
+    let source = ScriptedSource::new(move |query| {
+        let reply = log.answer(query);
+        if reply.status == 200 && !flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+            *log.changes.lock().unwrap() = new.clone();
+        }
+        reply
+    });
+    (source, restarted)
+}
+
+#[test]
+fn verify_reads_the_new_log_from_its_start_when_the_source_restarts_between_pages() {
+    let (db, old, new) = synced_db_and_a_restarted_log();
+    let (source, restarted) = restarting_after_the_first_page(old, new);
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "5")]);
+    assert!(restarted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0],
+        "verify: 10 changes read, 10 ids, 5 missing or behind, 0 rows ahead of the source",
+        "{err}"
+    );
+    for n in 11..=15 {
+        assert!(
+            lines.contains(&format!("{} missing", id(n)).as_str()),
+            "{out}"
+        );
+    }
+    assert!(err.contains("restarted"), "{err}");
+}
+
+#[test]
+fn verify_reads_the_new_log_when_a_restart_makes_its_cursor_gone() {
+    let (db, old, _) = synced_db_and_a_restarted_log();
+    // The new log is shorter than the cursor verify reached: a 410.
+    let new = (11..=13)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let (source, restarted) = restarting_after_the_first_page(old, new);
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "5")]);
+    assert!(restarted.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some("verify: 3 changes read, 3 ids, 3 missing or behind, 0 rows ahead of the source"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_gives_up_on_a_source_that_restarts_on_every_page() {
+    let (db, old, _) = synced_db_and_a_restarted_log();
+    let log = CursorLog::new(old);
+    let restarts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let (served, count) = (log.clone(), std::sync::Arc::clone(&restarts));
+    let source = ScriptedSource::new(move |query| {
+        let reply = served.answer(query);
+        if reply.status == 200 {
+            let epoch = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            *served.epoch.lock().unwrap() = format!("epoch-{epoch}");
+        }
+        reply
+    });
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[("FETCH_LIMIT", "5")]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("keeps restarting"), "{err}");
+    assert!(last.starts_with("verify: "), "{err}");
+}
+
 #[test]
 fn verify_exits_2_against_a_source_without_cursors() {
     let db = TestDb::new();
@@ -562,4 +668,87 @@ fn redrive_beside_a_syncing_target_never_makes_a_row_older() {
     let row = user_row(&db, 2).unwrap();
     assert_eq!(row.1, "two@example.com");
     target.shutdown();
+}
+
+#[test]
+fn verify_against_a_source_that_wants_a_token_says_so() {
+    let db = TestDb::new();
+    let source = ScriptedSource::new(|_| Reply::json(401, &json!({"error": "unauthorized"})));
+    let (code, out, err) = run(&db, &source.url, &["verify"], &[]);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("verify: "), "{err}");
+    assert!(err.contains("HTTP 401 Unauthorized"), "{err}");
+    assert!(err.contains("SOURCE_TOKEN"), "{err}");
+    assert!(!err.contains("beyond its head"), "{err}");
+}
+
+#[test]
+fn verify_names_the_reason_postgresql_refuses_the_connection() {
+    let db = TestDb::new();
+    let log = CursorLog::new(vec![profile(1, "2025-07-01T10:00:00Z")]);
+    let source = log.source();
+    let (_, host) = db.url.split_once('@').expect("a URL with a user");
+    let no_such_role = format!("postgres://nosuchrole_verify@{host}");
+    let (code, out, err) = run(
+        &db,
+        &source.url,
+        &["verify"],
+        &[("DATABASE_URL", &no_such_role)],
+    );
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(r#"role "nosuchrole_verify" does not exist"#),
+        "{err}"
+    );
+}
+
+#[test]
+fn redrive_names_the_reason_postgresql_refuses_the_password() {
+    let cluster = OwnCluster::start("password");
+    postgres::Client::connect(&cluster.url, postgres::NoTls)
+        .and_then(|mut admin| admin.batch_execute("ALTER ROLE postgres PASSWORD 'right-pw-5tq'"))
+        .expect("set the password");
+    cluster.run(
+        r#"echo 'host all all 127.0.0.1/32 scram-sha-256' >"$PG_THROWAWAY_DATA/pg_hba.conf" &&
+        pg_throwaway_restart_server >&2"#,
+    );
+    let wrong = format!(
+        "postgres://postgres:wrong-pw-8zu@127.0.0.1:{}/postgres",
+        cluster.port
+    );
+    let mut command = common::target_binary();
+    let output = command
+        .args(["redrive"])
+        .env("DATABASE_URL", &wrong)
+        .output()
+        .expect("run target_service");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("redrive: cannot connect to PostgreSQL"),
+        "{err}"
+    );
+    assert!(
+        err.contains(r#"password authentication failed for user "postgres""#),
+        "{err}"
+    );
+    assert!(err.contains("correct DB_PASSWORD"), "{err}");
+    assert!(!err.contains("wrong-pw-8zu"), "{err}");
+}
+
+#[test]
+fn a_round_against_a_source_that_wants_a_token_says_so() {
+    let db = TestDb::new();
+    let source = ScriptedSource::new(|_| Reply::json(401, &json!({"error": "unauthorized"})));
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("a fetch error", Duration::from_secs(10), || {
+        target.metrics.fetch_errors.get() > 0 && last_error(&target).is_some()
+    });
+    let why = last_error(&target).unwrap_or_default();
+    target.shutdown();
+    assert!(why.contains("HTTP 401 Unauthorized"), "{why}");
+    assert!(why.contains("SOURCE_TOKEN"), "{why}");
 }

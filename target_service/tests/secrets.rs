@@ -174,3 +174,174 @@ fn a_database_that_does_not_exist_is_named_in_every_retry_without_the_password()
     assert_no_secret("/status", &status);
     assert_no_secret("the log", &log);
 }
+
+/// The configuration error the binary gives for these variables: its exit
+/// code and what it printed, standard output and error together.
+fn config_error(vars: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = common::target_binary();
+    command.arg("verify");
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    let output = command.output().expect("target_service runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), printed)
+}
+
+/// Passwords no URL parser can place, each with its two halves.
+const UNPLACEABLE: &[(&str, &str, &str)] = &[
+    ("pw4k/zq8x", "pw4k", "zq8x"),
+    ("pw4k#zq8x", "pw4k", "zq8x"),
+    ("pw4k?zq8x", "pw4k", "zq8x"),
+    ("pw4k zq8x", "pw4k", "zq8x"),
+    ("pw4k@zq8x", "pw4k", "zq8x"),
+];
+
+#[test]
+fn a_source_url_that_cannot_be_parsed_is_quoted_without_its_password() {
+    for (password, first, second) in UNPLACEABLE {
+        for url in [
+            format!("http://feed:{password}@127.0.0.1:1/users/changes"),
+            format!("http://feed:{password}@127.0.0.1:notaport/users/changes"),
+            format!("ftp://feed:{password}@127.0.0.1:1/users/changes"),
+        ] {
+            let (code, printed) = config_error(&[
+                ("SOURCE_SERVICE_URL", &url),
+                ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+            ]);
+            if code == Some(1) {
+                // A URL read as meant goes on, to fail reaching the source.
+                assert!(printed.contains("cannot reach the source"), "{printed}");
+            } else {
+                assert_eq!(code, Some(2), "{url}: {printed}");
+                assert!(
+                    printed.starts_with("invalid configuration: SOURCE_SERVICE_URL: "),
+                    "{printed}"
+                );
+                assert_eq!(printed.lines().count(), 1, "{printed}");
+            }
+            for part in [*password, first, second] {
+                assert!(!printed.contains(part), "{url} shows {part:?}: {printed}");
+            }
+        }
+    }
+    // A password cut off as a fragment is refused, not sent in the clear.
+    let (code, printed) = config_error(&[
+        (
+            "SOURCE_SERVICE_URL",
+            "http://feed:12#zq8x@127.0.0.1:1/users/changes",
+        ),
+        ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/postgres"),
+    ]);
+    assert_eq!(code, Some(2), "{printed}");
+    assert!(
+        printed.contains("http://***@127.0.0.1:1/users/changes"),
+        "{printed}"
+    );
+    assert!(!printed.contains("zq8x"), "{printed}");
+}
+
+#[test]
+fn a_database_url_that_cannot_be_parsed_is_reported_without_its_password() {
+    for (password, first, second) in UNPLACEABLE {
+        for url in [
+            format!("postgres://u:{password}@127.0.0.1:notaport/db"),
+            format!("postgres://u:{password}@127.0.0.1:5432/db?sslmode=nosuchmode"),
+            format!("postgresql://u:{password}@/db?port=x"),
+        ] {
+            let (code, printed) = config_error(&[
+                ("DATABASE_URL", &url),
+                ("SOURCE_SERVICE_URL", "http://127.0.0.1:1/users/changes"),
+            ]);
+            assert_eq!(code, Some(2), "{url}: {printed}");
+            assert!(
+                printed.starts_with("invalid configuration: DATABASE_URL: "),
+                "{printed}"
+            );
+            assert_eq!(printed.lines().count(), 1, "{printed}");
+            for part in [*password, first, second] {
+                assert!(!printed.contains(part), "{url} shows {part:?}: {printed}");
+            }
+        }
+    }
+}
+
+/// The value of an unlabelled metric in `/metrics` text, 0 when absent.
+fn metric(base: &str, name: &str) -> f64 {
+    get(&format!("{base}/metrics"))
+        .1
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_password_refused_mid_run_is_named_in_the_log_without_the_password() {
+    let cluster = common::OwnCluster::start("repassword");
+    let admin_with = |password: &str| {
+        postgres::Client::connect(&with_password(&cluster.url, password), postgres::NoTls)
+    };
+    postgres::Client::connect(&cluster.url, postgres::NoTls)
+        .and_then(|mut admin| admin.batch_execute("ALTER ROLE postgres PASSWORD 'first-pw-3kd'"))
+        .expect("set the password");
+    cluster.run(
+        r#"echo 'host all all 127.0.0.1/32 scram-sha-256' >"$PG_THROWAWAY_DATA/pg_hba.conf" &&
+        pg_throwaway_restart_server >&2"#,
+    );
+    let log = common::CursorLog::new(vec![common::profile(1, "2025-07-01T10:00:00Z")]);
+    let source = log.source();
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let base = format!("http://{metrics_addr}");
+    let target = Target::spawn(&[
+        ("DATABASE_URL", &with_password(&cluster.url, "first-pw-3kd")),
+        ("SOURCE_SERVICE_URL", &source.url),
+        ("METRICS_ADDR", &metrics_addr),
+    ]);
+    let synced = || {
+        admin_with("first-pw-3kd")
+            .and_then(|mut c| c.query_one("SELECT count(*) FROM users", &[]))
+            .map(|row| row.get::<_, i64>(0))
+            .unwrap_or(0)
+    };
+    wait_until("the first change synced", Duration::from_secs(20), || {
+        synced() == 1
+    });
+    // The password changes, and every connection but the sync lock's ends:
+    // the pool must open new ones, which the server refuses.
+    let mut admin = admin_with("first-pw-3kd").expect("admin connection");
+    admin
+        .batch_execute(
+            "ALTER ROLE postgres PASSWORD 'second-pw-6mn';
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
+               AND pid NOT IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory')",
+        )
+        .expect("change the password");
+    let errors_before = metric(&base, "sync_db_errors_total");
+    log.changes
+        .lock()
+        .unwrap()
+        .push(common::profile(2, "2025-07-01T10:00:00Z"));
+    wait_until(
+        "a database error in a round",
+        Duration::from_secs(30),
+        || metric(&base, "sync_db_errors_total") > errors_before,
+    );
+    let log_text = target.stop();
+    let refused = log_text
+        .lines()
+        .find(|line| line.contains("timed out waiting for connection"))
+        .unwrap_or_else(|| panic!("a pool error in the log:\n{log_text}"));
+    assert!(
+        refused.contains(r#"password authentication failed for user "postgres""#),
+        "{refused}"
+    );
+    for password in ["first-pw-3kd", "second-pw-6mn"] {
+        assert!(!log_text.contains(password), "{log_text}");
+    }
+}

@@ -1235,14 +1235,14 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
         at,
     );
     let very_deep = valid_with(6, &format!(r#""deep": {},"#, nest(100_000)), at);
-    // A second of 60 is the next minute; a year PostgreSQL lacks is refused.
+    // A second of 60 is the next minute; a day the calendar lacks is refused.
     let leap = valid_with(7, "", "2025-12-31T23:59:60Z");
-    let year_zero = valid_with(8, "", "0000-06-01T00:00:00Z");
+    let no_such_day = valid_with(8, "", "2025-02-29T00:00:00Z");
     // Bytes that are not UTF-8 inside strings: kept as lone surrogates.
     let junk_extra = valid_with(9, r#""junk": "NOT-UTF-8","#, at);
     let junk_name = valid_with(10, "", at).replace("User 10", "User NOT-UTF-8");
     let body = format!(
-        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep},{leap},{year_zero},{junk_extra},{junk_name}]\r\n",
+        "\u{feff} \n[{},\n  {lone_surrogate} ,{},{taken},{hostile_extras},{very_deep},{leap},{no_such_day},{junk_extra},{junk_name}]\r\n",
         profile(1, at),
         profile(3, at)
     );
@@ -1307,7 +1307,7 @@ fn hostile_elements_are_decided_alone_and_recorded_exactly_as_sent() {
     let (reason, profile_id, _, payload) = &rows[3];
     assert_eq!(reason, "invalid_timestamp");
     assert_eq!(profile_id.map(|u| u.to_string()), Some(id(8)));
-    assert_eq!(payload, &year_zero);
+    assert_eq!(payload, &no_such_day);
     assert_eq!(rejected(&target, "malformed"), 0);
     assert_invariant(&target);
     target.shutdown();
@@ -1717,4 +1717,62 @@ fn decided_afresh_no_recorded_rejection_makes_an_element_stale_only_the_row_does
         ],
         "the row the earlier elements leave does"
     );
+}
+
+/// `last_updated_at` of user `n` as PostgreSQL holds it, in UTC.
+fn stored_instant(db: &TestDb, n: u32) -> chrono::DateTime<chrono::Utc> {
+    db.client()
+        .query_one(
+            "SELECT last_updated_at FROM users WHERE id = $1::text::uuid",
+            &[&id(n)],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn offsets_to_23_59_and_year_0000_are_stored_as_the_utc_instants_they_name() {
+    use chrono::TimeZone;
+    let db = TestDb::new();
+    let mut changes = vec![
+        profile(1, "2025-07-01T10:13:04+23:59"),
+        profile(2, "2025-07-01T10:13:04.1234567-16:00"),
+        profile(3, "0000-01-01T00:00:00+23:59"),
+        profile(4, "0000-06-01T12:00:00Z"),
+    ];
+    // A second before user 1's instant, however it is written: stale.
+    let mut older = profile(1, "2025-06-30T10:14:03Z");
+    older["name"] = json!("Older");
+    changes.push(older);
+    let log = CursorLog::new(changes);
+    let source = log.source();
+    let target = start_target(&db, &source.url, &[]);
+    wait_until("all handled", Duration::from_secs(10), || {
+        target.metrics.synced.get() + target.metrics.skipped.get() == 5
+    });
+    assert_eq!(target.metrics.synced.get(), 4);
+    assert_eq!(rejected(&target, "stale"), 1);
+    assert_eq!(rejected(&target, "invalid_timestamp"), 0);
+    target.shutdown();
+    let utc = |y, mo, d, h, mi, s| chrono::Utc.with_ymd_and_hms(y, mo, d, h, mi, s).unwrap();
+    assert_eq!(stored_instant(&db, 1), utc(2025, 6, 30, 10, 14, 4));
+    assert_eq!(
+        stored_instant(&db, 2),
+        utc(2025, 7, 2, 2, 13, 4) + chrono::Duration::microseconds(123_456)
+    );
+    // Year -1 in chrono's reckoning: 2 BC, which timestamptz holds.
+    assert_eq!(stored_instant(&db, 3), utc(-1, 12, 31, 0, 1, 0));
+    assert_eq!(stored_instant(&db, 4), utc(0, 6, 1, 12, 0, 0));
+    let shown: String = db
+        .client()
+        .query_one(
+            "SELECT to_char(last_updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS BC') \
+             FROM users WHERE id = $1::text::uuid",
+            &[&id(3)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(shown, "0002-12-31 00:01:00 BC");
+    assert_eq!(user_row(&db, 1).unwrap().0, "User 1");
+    assert_eq!(db.count("SELECT count(*) FROM sync_rejections"), 0);
 }
