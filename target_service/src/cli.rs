@@ -61,6 +61,7 @@ Safe while the service syncs.
   --dry-run    report what would happen, write nothing
 
 prints: redrive: N examined, S synced, T stale, R still rejected
+        (followed by \" (dry run)\" with --dry-run)
 exit: 0 done; 1 the database failed; 2 bad argument or configuration";
 
 pub const VERIFY_USAGE: &str = "\

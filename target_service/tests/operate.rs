@@ -255,7 +255,7 @@ fn redrive_syncs_a_conflict_once_the_owner_moved_and_dry_run_writes_nothing() {
         (code, out.trim()),
         (
             0,
-            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected (dry run)"
         ),
         "{err}"
     );
