@@ -232,5 +232,12 @@ fn an_address_in_use_fails_start_up_before_the_preload() {
         "no preload first"
     );
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains(&addr), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("[ERROR]")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].ends_with(&format!(
+            "cannot start: cannot listen on SOURCE_ADDR {addr}: Address already in use (os error 98)"
+        )),
+        "{stderr}"
+    );
 }
