@@ -241,3 +241,33 @@ fn an_address_in_use_fails_start_up_before_the_preload() {
         "{stderr}"
     );
 }
+
+#[test]
+fn version_and_help_are_printed_with_exit_0() {
+    for flag in ["--version", "-V"] {
+        let output = Command::new(BIN).arg(flag).output().expect("binary runs");
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            format!("source_service {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    let output = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(0));
+    let usage = String::from_utf8(output.stdout).unwrap();
+    assert!(usage.starts_with("usage: source_service"), "{usage}");
+    assert!(usage.contains("--version"), "{usage}");
+    let output = Command::new(BIN)
+        .arg("--verbose")
+        .env("SOURCE_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--verbose"), "{stderr}");
+}

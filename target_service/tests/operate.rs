@@ -500,6 +500,19 @@ fn commands_take_help_and_refuse_bad_arguments_in_one_line() {
         assert_eq!(code, 0, "{args:?}");
         assert!(out.starts_with("usage: target_service"), "{args:?}: {out}");
     }
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run(&db, nowhere, &[flag], &[]);
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                0,
+                concat!("target_service ", env!("CARGO_PKG_VERSION"), "\n")
+            ),
+            "{flag}: {err}"
+        );
+    }
+    let (_, usage, _) = run(&db, nowhere, &["--help"], &[]);
+    assert!(usage.contains("--version"), "{usage}");
     for args in [
         &["frobnicate"][..],
         &["redrive", "--reason", "stale"],
