@@ -270,6 +270,7 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
     // Which variables the TLS settings came from, for messages.
     let (mut connection, tls_params, mode_var, root_var) =
         if let Some(url) = vars.get("DATABASE_URL") {
+            check_database_url_form(&url)?;
             let (rest, params) = split_tls_params(&url);
             // The URL may hold the password, so it is never echoed back.
             let connection = postgres::Config::from_str(&rest).map_err(|err| ConfigError {
@@ -331,6 +332,23 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
         ssl_mode,
         tls: MakeRustlsConnect::new(client),
         description,
+    })
+}
+
+/// A `DATABASE_URL` is a `postgres://` or `postgresql://` URL, or libpq's
+/// `key=value` form (`host=… dbname=…`); anything else (`localhost:5432/db`,
+/// `mysql://…`) is refused for what it lacks, without echoing it, since it
+/// may hold the password.
+fn check_database_url_form(text: &str) -> Result<(), ConfigError> {
+    let text = text.trim();
+    let is_url = text.starts_with("postgres://") || text.starts_with("postgresql://");
+    let is_key_value = !text.contains("://") && text.contains('=');
+    if is_url || is_key_value {
+        return Ok(());
+    }
+    Err(ConfigError {
+        variable: "DATABASE_URL",
+        problem: "must start with postgres:// or postgresql://".to_owned(),
     })
 }
 
@@ -749,6 +767,30 @@ mod tests {
         );
         assert!(!line.contains("s3cret"), "{line}");
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_database_url_without_its_scheme_says_so() {
+        for url in [
+            "localhost:5432/db",
+            "user:s3cret@localhost:5432/db",
+            "mysql://user:s3cret@h/db?x=1",
+            "Postgres://user:s3cret@h/db",
+        ] {
+            let err = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "invalid configuration: DATABASE_URL: must start with postgres:// or postgresql://",
+                "{url}"
+            );
+        }
+        for accepted in [
+            "postgres://u@h/db",
+            "postgresql://u@h/db",
+            "host=h user=u dbname=db",
+        ] {
+            assert!(config(&[("DATABASE_URL", accepted)]).is_ok(), "{accepted}");
+        }
     }
 
     #[test]

@@ -174,3 +174,21 @@ fn a_database_that_does_not_exist_is_named_in_every_retry_without_the_password()
     assert_no_secret("/status", &status);
     assert_no_secret("the log", &log);
 }
+
+#[test]
+fn a_database_url_without_a_scheme_says_what_it_lacks_and_exits_2() {
+    let output = common::target_binary()
+        .env(
+            "DATABASE_URL",
+            "postgres:dbpw-s3cret-2ab@localhost:5432/profiles",
+        )
+        .output()
+        .expect("target_service runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr,
+        "invalid configuration: DATABASE_URL: must start with postgres:// or postgresql://\n"
+    );
+}
