@@ -5,7 +5,10 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -566,4 +569,107 @@ fn redrive_beside_a_syncing_target_never_makes_a_row_older() {
     let row = user_row(&db, 2).unwrap();
     assert_eq!(row.1, "two@example.com");
     target.shutdown();
+}
+
+/// The service run as the built binary at `info`, its log lines collected
+/// as they come.
+struct LoggedTarget {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoggedTarget {
+    fn spawn(vars: &[(&str, &str)]) -> LoggedTarget {
+        let mut command = common::target_binary();
+        command
+            .env("LOG_LEVEL", "info")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("SYNC_INTERVAL", "0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("target_service runs");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let collected = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        LoggedTarget { child, lines }
+    }
+
+    /// SIGTERM, the exit, then every line it logged.
+    fn stop(mut self) -> Vec<String> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_until("the target exits", Duration::from_secs(15), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        wait_until("its log is read", Duration::from_secs(5), || {
+            Arc::strong_count(&self.lines) == 1
+        });
+        let lines = self.lines.lock().unwrap().clone();
+        lines
+    }
+}
+
+impl Drop for LoggedTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stored_position(db: &TestDb) -> Option<(Option<String>, i64)> {
+    db.client()
+        .query_opt("SELECT source_epoch, cursor FROM sync_state", &[])
+        .ok()
+        .flatten()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+#[test]
+fn a_source_restart_is_logged_before_the_cursor_going_back_to_0() {
+    let db = TestDb::new();
+    let changes = (1..=5)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let log = CursorLog::new(changes);
+    let source = log.source();
+    let target = LoggedTarget::spawn(&[
+        ("DATABASE_URL", &db.url),
+        ("SOURCE_SERVICE_URL", &source.url),
+    ]);
+    wait_until("cursor 5 stored", Duration::from_secs(20), || {
+        stored_position(&db) == Some((Some("epoch-1".to_owned()), 5))
+    });
+    // A new source: a new epoch and a shorter log, so cursor 5 is a 410.
+    *log.changes.lock().unwrap() = vec![
+        profile(6, "2025-07-01T10:00:00Z"),
+        profile(7, "2025-07-01T10:00:00Z"),
+    ];
+    *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+    wait_until("cursor 2 of the new epoch", Duration::from_secs(20), || {
+        stored_position(&db) == Some((Some("epoch-2".to_owned()), 2))
+    });
+    let lines = target.stop();
+    let restart = lines
+        .iter()
+        .position(|l| l.contains(r#"the source restarted (epoch "epoch-1" -> "epoch-2")"#))
+        .unwrap_or_else(|| panic!("a restart line:\n{}", lines.join("\n")));
+    let back_to_0 = lines
+        .iter()
+        .position(|l| l.contains("again from 0"))
+        .unwrap_or(usize::MAX);
+    assert_eq!(
+        back_to_0,
+        restart,
+        "the restart is the first line about cursor 0:\n{}",
+        lines.join("\n")
+    );
 }
