@@ -32,6 +32,7 @@ pub mod pool;
 pub mod profile;
 pub mod redrive;
 pub mod rejections;
+pub mod round_log;
 pub mod routing;
 pub mod secrets;
 pub mod status;

@@ -147,6 +147,7 @@ impl Syncer {
         self.status.set_state(Activity::Syncing);
         self.rounds += 1;
         let started = Instant::now();
+        let before = crate::round_log::RoundCounts::read(&self.metrics);
         let result = self.sync_pages();
         self.metrics
             .batch_duration
@@ -167,6 +168,7 @@ impl Syncer {
                 self.pipeline.abandon(self.rounds, deadline);
             }
         }
+        crate::round_log::log_round(&before, &self.metrics, started.elapsed());
         let state = if self.gate.leader.holds() {
             Activity::Idle
         } else {

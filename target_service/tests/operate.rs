@@ -673,3 +673,35 @@ fn a_source_restart_is_logged_before_the_cursor_going_back_to_0() {
         lines.join("\n")
     );
 }
+
+#[test]
+fn a_round_that_fetched_changes_logs_one_info_line_and_an_idle_round_none() {
+    let db = TestDb::new();
+    let log = CursorLog::new(vec![
+        profile(1, "2025-07-01T10:00:00Z"),
+        profile(1, "2025-07-01T09:00:00Z"),
+        bad_email(3),
+    ]);
+    let source = log.source();
+    let target = LoggedTarget::spawn(&[
+        ("DATABASE_URL", &db.url),
+        ("SOURCE_SERVICE_URL", &source.url),
+    ]);
+    wait_until("cursor 3 stored", Duration::from_secs(20), || {
+        stored_position(&db).is_some_and(|(_, cursor)| cursor == 3)
+    });
+    let asked = source.requests.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until("three idle rounds", Duration::from_secs(20), || {
+        source.requests.load(std::sync::atomic::Ordering::SeqCst) >= asked + 3
+    });
+    let lines = target.stop();
+    let rounds: Vec<&String> = lines.iter().filter(|l| l.contains("round: ")).collect();
+    assert_eq!(rounds.len(), 1, "{}", lines.join("\n"));
+    assert!(rounds[0].contains("[INFO]"), "{}", rounds[0]);
+    assert!(
+        rounds[0].contains("round: 3 changes, 1 synced, 1 skipped, 1 rejected, cursor 3, "),
+        "{}",
+        rounds[0]
+    );
+    assert!(rounds[0].ends_with(" s"), "{}", rounds[0]);
+}
