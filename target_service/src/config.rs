@@ -37,6 +37,13 @@ pub struct DatabaseConfig {
     pub description: String,
 }
 
+impl DatabaseConfig {
+    /// `host:port/dbname`: where the service looks for its database.
+    pub fn address(&self) -> String {
+        address(&self.connection)
+    }
+}
+
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.description)
@@ -488,6 +495,13 @@ fn resolve_tls(
 }
 
 fn describe(connection: &postgres::Config) -> String {
+    let user = connection.get_user().unwrap_or("postgres");
+    format!("{} as {user}", address(connection))
+}
+
+/// `host:port/dbname`, the database defaulting to the user's name as in
+/// PostgreSQL.
+fn address(connection: &postgres::Config) -> String {
     let host = match connection.get_hosts().first() {
         Some(postgres::config::Host::Tcp(name)) => name.clone(),
         Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
@@ -496,7 +510,7 @@ fn describe(connection: &postgres::Config) -> String {
     let port = connection.get_ports().first().copied().unwrap_or(5432);
     let user = connection.get_user().unwrap_or("postgres");
     let dbname = connection.get_dbname().unwrap_or(user);
-    format!("{host}:{port}/{dbname} as {user}")
+    format!("{host}:{port}/{dbname}")
 }
 
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
