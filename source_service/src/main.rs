@@ -63,6 +63,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    for warning in source_service::config::variable_warnings() {
+        eprintln!("{warning}");
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

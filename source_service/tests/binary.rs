@@ -271,3 +271,23 @@ fn version_and_help_are_printed_with_exit_0() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--verbose"), "{stderr}");
 }
+
+#[test]
+fn a_misspelt_variable_is_warned_about_by_name_and_an_unrelated_one_is_not() {
+    // SOURCE_THREADS=abc ends start-up at once, after the warnings.
+    let output = run_with(&[
+        ("SOURCE_ADR", "127.0.0.1:9999-hidden-value"),
+        ("APP_MODE", "unrelated"),
+        ("SOURCE_THREADS", "abc"),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: SOURCE_ADR is not a variable of source_service; did you mean SOURCE_ADDR?",
+            r#"invalid configuration: SOURCE_THREADS: "abc" is not a whole number from 1 to 1024"#,
+        ]
+    );
+}

@@ -199,6 +199,64 @@ impl Config {
     }
 }
 
+/// Every variable the configuration reads: the names
+/// [`Config::from_lookup`] asks for when nothing is set, so the list is the
+/// code that reads them and cannot drift from it.
+pub fn variable_names() -> Vec<String> {
+    let asked = std::cell::RefCell::new(Vec::<String>::new());
+    let _ = Config::from_lookup(|name| {
+        let mut asked = asked.borrow_mut();
+        if !asked.iter().any(|seen| seen == name) {
+            asked.push(name.to_owned());
+        }
+        None
+    });
+    asked.into_inner()
+}
+
+/// One line for each variable of the environment that looks like a
+/// misspelling of ours, and for each key of `.env` (ours alone) that is not
+/// one of ours. Names only, never a value. Never fatal: a `.env` that
+/// cannot be read is reported by [`Config::from_env`].
+pub fn variable_warnings() -> Vec<String> {
+    let environment: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    let mut dotenv: Vec<(String, usize)> = read_dotenv(Path::new(".env"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, (_, line))| (name, line))
+        .collect();
+    dotenv.sort_by_key(|(_, line)| *line);
+    warnings_for(&variable_names(), &environment, &dotenv)
+}
+
+fn warnings_for(
+    ours: &[String],
+    environment: &[String],
+    dotenv: &[(String, usize)],
+) -> Vec<String> {
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    let not_ours = "is not a variable of target_service";
+    let mut lines = Vec::new();
+    for name in environment {
+        if let Some(meant) = http_server::misspelling::meant(name, &ours) {
+            lines.push(format!("warning: {name} {not_ours}; did you mean {meant}?"));
+        }
+    }
+    for (name, line) in dotenv {
+        if ours.contains(&name.as_str()) {
+            continue;
+        }
+        let hint = http_server::misspelling::meant(name, &ours)
+            .map_or(String::new(), |meant| format!("; did you mean {meant}?"));
+        lines.push(format!(
+            "warning: .env line {line}: {name} {not_ours}{hint}"
+        ));
+    }
+    lines
+}
+
 /// The variables `.env` sets, each with its value and the line that sets
 /// it (the first such line: the first one wins, as the real environment
 /// would keep it).
@@ -953,6 +1011,55 @@ mod tests {
         }
         let err = config(&[("SOURCE_SERVICE_URL", "ftp://user:url-secret@h/x")]).unwrap_err();
         assert!(!err.to_string().contains("url-secret"), "{err}");
+    }
+
+    #[test]
+    fn every_variable_read_is_known() {
+        let names = variable_names();
+        for name in [
+            "DATABASE_URL",
+            "DB_HOST",
+            "DB_PASSWORD",
+            "DB_SSLMODE",
+            "SOURCE_SERVICE_URL",
+            "SOURCE_TOKEN",
+            "SOURCE_CA_FILE",
+            "METRICS_ADDR",
+            "SHUTDOWN_TIMEOUT_SECS",
+            "LOG_LEVEL",
+            "ADMIN_TOKEN",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name}: {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "HOME"), "{names:?}");
+    }
+
+    #[test]
+    fn misspelt_variables_and_unknown_dotenv_keys_are_warned_about_by_name() {
+        let ours = variable_names();
+        let environment = [
+            "METRIC_ADDR",
+            "PATH",
+            "HOME",
+            "APP_MODE",
+            "DB_HOST",
+            "databse_url",
+        ]
+        .map(str::to_owned);
+        let dotenv = [
+            ("WRITER_THREADS".to_owned(), 1),
+            ("SYNC_INTERVALL".to_owned(), 2),
+            ("APP_MODE".to_owned(), 3),
+        ];
+        assert_eq!(
+            warnings_for(&ours, &environment, &dotenv),
+            [
+                "warning: METRIC_ADDR is not a variable of target_service; did you mean METRICS_ADDR?",
+                "warning: databse_url is not a variable of target_service; did you mean DATABASE_URL?",
+                "warning: .env line 2: SYNC_INTERVALL is not a variable of target_service; did you mean SYNC_INTERVAL?",
+                "warning: .env line 3: APP_MODE is not a variable of target_service",
+            ]
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    for warning in target_service::config::variable_warnings() {
+        eprintln!("{warning}");
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {

@@ -705,3 +705,39 @@ fn a_round_that_fetched_changes_logs_one_info_line_and_an_idle_round_none() {
     );
     assert!(rounds[0].ends_with(" s"), "{}", rounds[0]);
 }
+
+#[test]
+fn misspelt_variables_and_unknown_dotenv_keys_are_warned_about_and_nothing_else() {
+    let db = TestDb::new();
+    let dir = std::env::temp_dir().join(format!("typos-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "WRITER_THREADS=2\nSYNC_INTERVALL=0.5\nAPP_SECRET=dotenv-hidden-value\n",
+    )
+    .unwrap();
+    let output = common::target_binary()
+        .arg("redrive")
+        .current_dir(&dir)
+        .env("DATABASE_URL", &db.url)
+        .env("METRIC_ADDR", "127.0.0.1:1-hidden-value")
+        .env("APP_MODE", "unrelated")
+        .output()
+        .expect("run target_service");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "never fatal: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "redrive: 0 examined, 0 synced, 0 stale, 0 still rejected"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: METRIC_ADDR is not a variable of target_service; did you mean METRICS_ADDR?",
+            "warning: .env line 2: SYNC_INTERVALL is not a variable of target_service; did you mean SYNC_INTERVAL?",
+            "warning: .env line 3: APP_SECRET is not a variable of target_service",
+        ]
+    );
+}
