@@ -1,7 +1,9 @@
 //! Operating the target (SPEC §5), against real PostgreSQL and real HTTP:
 //! `GET /rejections` (auth, filters, paging, 400s), the status page,
 //! `/openapi.json`, and the `redrive` and `verify` commands run as the
-//! built binary, checked by their output, exit code and the rows they leave.
+//! built binary, checked by their output, exit code and the rows they leave;
+//! and what the running binary tells its operator: warnings about misspelt
+//! variables, one line per busy round, a source's restart.
 
 mod common;
 

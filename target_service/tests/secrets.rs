@@ -1,7 +1,8 @@
 //! Secrets stay secret: the real binary, given a password (with an
 //! unencoded `@`), URL user-info and a token, shows none of them in its log
 //! (at debug level), `/status`, `/metrics` or its error messages, while the
-//! errors still say what went wrong.
+//! errors still say what went wrong, down to the start-up wait for a
+//! PostgreSQL that refuses or never answers.
 
 mod common;
 
