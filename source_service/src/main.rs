@@ -21,8 +21,8 @@ usage: source_service [--help | --version]
 
 Serves generated user-profile changes at GET /users/changes on SOURCE_ADDR
 (default 0.0.0.0:8080) until SIGTERM or SIGINT. Configuration is read from the
-environment: SOURCE_ADDR, SOURCE_THREADS, SOURCE_SEED, SOURCE_INVALID_RATE,
-SOURCE_PRELOAD, SOURCE_LOG_CAPACITY, SOURCE_TOKEN, LOG_LEVEL.
+environment: SOURCE_ADDR, the other SOURCE_* variables and LOG_LEVEL (see the
+README).
 
   --help, -h      print this text
   --version, -V   print the name and version";
