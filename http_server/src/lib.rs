@@ -44,6 +44,8 @@
 //!   their client, lets responses in flight finish within `Settings::grace`,
 //!   then closes the rest.
 
+pub mod misspelling;
+
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};

@@ -192,6 +192,44 @@ impl Config {
     }
 }
 
+/// Every variable the configuration reads: the names
+/// [`Config::from_lookup`] asks for when nothing is set, so the list is the
+/// code that reads them and cannot drift from it.
+pub fn variable_names() -> Vec<String> {
+    let asked = std::cell::RefCell::new(Vec::<String>::new());
+    let _ = Config::from_lookup(|name| {
+        let mut asked = asked.borrow_mut();
+        if !asked.iter().any(|seen| seen == name) {
+            asked.push(name.to_owned());
+        }
+        None
+    });
+    asked.into_inner()
+}
+
+/// One line for each variable of the environment that looks like a
+/// misspelling of ours (names only, never a value); never fatal.
+pub fn variable_warnings() -> Vec<String> {
+    let environment: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    warnings_for(&variable_names(), &environment)
+}
+
+fn warnings_for(ours: &[String], environment: &[String]) -> Vec<String> {
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    environment
+        .iter()
+        .filter_map(|name| {
+            http_server::misspelling::meant(name, &ours).map(|meant| {
+                format!(
+                    "warning: {name} is not a variable of source_service; did you mean {meant}?"
+                )
+            })
+        })
+        .collect()
+}
+
 /// One variable as found in the environment, before parsing.
 struct Raw {
     var: &'static str,
@@ -222,6 +260,30 @@ impl Raw {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn misspelt_variables_are_warned_about_by_name_and_others_left_alone() {
+        let ours = variable_names();
+        for name in ["SOURCE_ADDR", "SOURCE_SEED", "SOURCE_TOKEN", "LOG_LEVEL"] {
+            assert!(ours.iter().any(|n| n == name), "{name}: {ours:?}");
+        }
+        let environment = [
+            "SOURCE_ADR",
+            "PATH",
+            "HOME",
+            "SOURCE_SEED",
+            "APP_MODE",
+            "LOGLEVEL",
+        ]
+        .map(str::to_owned);
+        assert_eq!(
+            warnings_for(&ours, &environment),
+            [
+                "warning: SOURCE_ADR is not a variable of source_service; did you mean SOURCE_ADDR?",
+                "warning: LOGLEVEL is not a variable of source_service; did you mean LOG_LEVEL?",
+            ]
+        );
+    }
 
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = vars

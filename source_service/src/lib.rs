@@ -73,8 +73,14 @@ impl App {
         // Bind before the preload, which may take a while, so that an address
         // in use is reported at once; listen only after it, so that nobody
         // connects before the service can answer.
-        let socket = http_server::bind(config.addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", config.addr)))?;
+        // Worded as the target words METRICS_ADDR's: the variable to change.
+        let cannot_listen = |e: io::Error| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on SOURCE_ADDR {}: {e}", config.addr),
+            )
+        };
+        let socket = http_server::bind(config.addr).map_err(cannot_listen)?;
         let feed = Feed::new(
             Generator::new(seed, config.invalid_rate),
             ChangeLog::new(config.log_capacity),
@@ -94,9 +100,7 @@ impl App {
         }
 
         let epoch = uuid::Uuid::new_v4().to_string();
-        let listener = http_server::listen(socket).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr))
-        })?;
+        let listener = http_server::listen(socket).map_err(cannot_listen)?;
         let handler = Arc::new(
             Handler::new(feed, metrics, epoch)
                 .with_token(config.token.as_ref().map(|token| token.expose())),

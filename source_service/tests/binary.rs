@@ -232,5 +232,62 @@ fn an_address_in_use_fails_start_up_before_the_preload() {
         "no preload first"
     );
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains(&addr), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("[ERROR]")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].ends_with(&format!(
+            "cannot start: cannot listen on SOURCE_ADDR {addr}: Address already in use (os error 98)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn version_and_help_are_printed_with_exit_0() {
+    for flag in ["--version", "-V"] {
+        let output = Command::new(BIN).arg(flag).output().expect("binary runs");
+        assert_eq!(output.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            format!("source_service {}\n", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    let output = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(0));
+    let usage = String::from_utf8(output.stdout).unwrap();
+    assert!(usage.starts_with("usage: source_service"), "{usage}");
+    assert!(usage.contains("--version"), "{usage}");
+    let output = Command::new(BIN)
+        .arg("--verbose")
+        .env("SOURCE_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("binary runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--verbose"), "{stderr}");
+}
+
+#[test]
+fn a_misspelt_variable_is_warned_about_by_name_and_an_unrelated_one_is_not() {
+    // SOURCE_THREADS=abc ends start-up at once, after the warnings.
+    let output = run_with(&[
+        ("SOURCE_ADR", "127.0.0.1:9999-hidden-value"),
+        ("APP_MODE", "unrelated"),
+        ("SOURCE_THREADS", "abc"),
+    ]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: SOURCE_ADR is not a variable of source_service; did you mean SOURCE_ADDR?",
+            r#"invalid configuration: SOURCE_THREADS: "abc" is not a whole number from 1 to 1024"#,
+        ]
+    );
 }

@@ -3,7 +3,8 @@
 //! does lives in [`crate::redrive`] and [`crate::verify`].
 //!
 //! A bad argument is one line on standard error and exit code 2, like a bad
-//! configuration value; `--help` prints usage and exits 0.
+//! configuration value; `--help` prints usage and `--version` the version,
+//! and both exit 0.
 
 use crate::profile::Reason;
 
@@ -18,12 +19,17 @@ pub const REDRIVABLE: [Reason; 4] = [
 
 pub const DEFAULT_MAX_REPORT: usize = 20;
 
+/// What `--version` prints: the crate's name and version.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"));
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the service.
     Serve,
     /// Print this text and exit 0.
     Help(&'static str),
+    /// Print [`VERSION`] and exit 0.
+    Version,
     Redrive {
         reasons: Vec<Reason>,
         dry_run: bool,
@@ -42,7 +48,8 @@ keeps the users table in step.
 commands:
   redrive [--reason R]... [--dry-run]   decide recorded, unresolved rejections again
   verify [--max-report N]               compare the table with the source's log
-  help                                  print this text
+  help, --help, -h                      print this text
+  --version, -V                         print the name and version
 
 Configuration is read from the environment (and .env), as for the service.
 `target_service COMMAND --help` describes each command.";
@@ -61,6 +68,7 @@ Safe while the service syncs.
   --dry-run    report what would happen, write nothing
 
 prints: redrive: N examined, S synced, T stale, R still rejected
+        (followed by \" (dry run)\" with --dry-run)
 exit: 0 done; 1 the database failed; 2 bad argument or configuration";
 
 pub const VERIFY_USAGE: &str = "\
@@ -89,10 +97,11 @@ where
     };
     match command.as_str() {
         "--help" | "-h" | "help" => Ok(Command::Help(USAGE)),
+        "--version" | "-V" => Ok(Command::Version),
         "redrive" => parse_redrive(rest),
         "verify" => parse_verify(rest),
         other => Err(format!(
-            "unknown command {other:?}; use redrive, verify or --help"
+            "unknown command {other:?}; use redrive, verify, --help or --version"
         )),
     }
 }
@@ -187,6 +196,8 @@ mod tests {
     fn commands_parse() {
         assert_eq!(parse::<[&str; 0], &str>([]), Ok(Command::Serve));
         assert_eq!(parse(["--help"]), Ok(Command::Help(USAGE)));
+        assert_eq!(parse(["--version"]), Ok(Command::Version));
+        assert_eq!(parse(["-V"]), Ok(Command::Version));
         assert_eq!(
             parse(["redrive"]),
             Ok(Command::Redrive {

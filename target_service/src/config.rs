@@ -37,6 +37,13 @@ pub struct DatabaseConfig {
     pub description: String,
 }
 
+impl DatabaseConfig {
+    /// `host:port/dbname`: where the service looks for its database.
+    pub fn address(&self) -> String {
+        address(&self.connection)
+    }
+}
+
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.description)
@@ -192,6 +199,64 @@ impl Config {
     }
 }
 
+/// Every variable the configuration reads: the names
+/// [`Config::from_lookup`] asks for when nothing is set, so the list is the
+/// code that reads them and cannot drift from it.
+pub fn variable_names() -> Vec<String> {
+    let asked = std::cell::RefCell::new(Vec::<String>::new());
+    let _ = Config::from_lookup(|name| {
+        let mut asked = asked.borrow_mut();
+        if !asked.iter().any(|seen| seen == name) {
+            asked.push(name.to_owned());
+        }
+        None
+    });
+    asked.into_inner()
+}
+
+/// One line for each variable of the environment that looks like a
+/// misspelling of ours, and for each key of `.env` (ours alone) that is not
+/// one of ours. Names only, never a value. Never fatal: a `.env` that
+/// cannot be read is reported by [`Config::from_env`].
+pub fn variable_warnings() -> Vec<String> {
+    let environment: Vec<String> = std::env::vars_os()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    let mut dotenv: Vec<(String, usize)> = read_dotenv(Path::new(".env"))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, (_, line))| (name, line))
+        .collect();
+    dotenv.sort_by_key(|(_, line)| *line);
+    warnings_for(&variable_names(), &environment, &dotenv)
+}
+
+fn warnings_for(
+    ours: &[String],
+    environment: &[String],
+    dotenv: &[(String, usize)],
+) -> Vec<String> {
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    let not_ours = "is not a variable of target_service";
+    let mut lines = Vec::new();
+    for name in environment {
+        if let Some(meant) = http_server::misspelling::meant(name, &ours) {
+            lines.push(format!("warning: {name} {not_ours}; did you mean {meant}?"));
+        }
+    }
+    for (name, line) in dotenv {
+        if ours.contains(&name.as_str()) {
+            continue;
+        }
+        let hint = http_server::misspelling::meant(name, &ours)
+            .map_or(String::new(), |meant| format!("; did you mean {meant}?"));
+        lines.push(format!(
+            "warning: .env line {line}: {name} {not_ours}{hint}"
+        ));
+    }
+    lines
+}
+
 /// The variables `.env` sets, each with its value and the line that sets
 /// it (the first such line: the first one wins, as the real environment
 /// would keep it).
@@ -270,6 +335,7 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
     // Which variables the TLS settings came from, for messages.
     let (mut connection, tls_params, mode_var, root_var) =
         if let Some(url) = vars.get("DATABASE_URL") {
+            check_database_url_form(&url)?;
             let (rest, params) = split_tls_params(&url);
             // The URL may hold the password, so it is never echoed back.
             let connection = postgres::Config::from_str(&rest).map_err(|err| ConfigError {
@@ -331,6 +397,23 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
         ssl_mode,
         tls: MakeRustlsConnect::new(client),
         description,
+    })
+}
+
+/// A `DATABASE_URL` is a `postgres://` or `postgresql://` URL, or libpq's
+/// `key=value` form (`host=… dbname=…`); anything else (`localhost:5432/db`,
+/// `mysql://…`) is refused for what it lacks, without echoing it, since it
+/// may hold the password.
+fn check_database_url_form(text: &str) -> Result<(), ConfigError> {
+    let text = text.trim();
+    let is_url = text.starts_with("postgres://") || text.starts_with("postgresql://");
+    let is_key_value = !text.contains("://") && text.contains('=');
+    if is_url || is_key_value {
+        return Ok(());
+    }
+    Err(ConfigError {
+        variable: "DATABASE_URL",
+        problem: "must start with postgres:// or postgresql://".to_owned(),
     })
 }
 
@@ -470,6 +553,13 @@ fn resolve_tls(
 }
 
 fn describe(connection: &postgres::Config) -> String {
+    let user = connection.get_user().unwrap_or("postgres");
+    format!("{} as {user}", address(connection))
+}
+
+/// `host:port/dbname`, the database defaulting to the user's name as in
+/// PostgreSQL.
+fn address(connection: &postgres::Config) -> String {
     let host = match connection.get_hosts().first() {
         Some(postgres::config::Host::Tcp(name)) => name.clone(),
         Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
@@ -478,7 +568,7 @@ fn describe(connection: &postgres::Config) -> String {
     let port = connection.get_ports().first().copied().unwrap_or(5432);
     let user = connection.get_user().unwrap_or("postgres");
     let dbname = connection.get_dbname().unwrap_or(user);
-    format!("{host}:{port}/{dbname} as {user}")
+    format!("{host}:{port}/{dbname}")
 }
 
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -771,6 +861,30 @@ mod tests {
     }
 
     #[test]
+    fn a_database_url_without_its_scheme_says_so() {
+        for url in [
+            "localhost:5432/db",
+            "user:s3cret@localhost:5432/db",
+            "mysql://user:s3cret@h/db?x=1",
+            "Postgres://user:s3cret@h/db",
+        ] {
+            let err = config(&[("DATABASE_URL", url)]).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "invalid configuration: DATABASE_URL: must start with postgres:// or postgresql://",
+                "{url}"
+            );
+        }
+        for accepted in [
+            "postgres://u@h/db",
+            "postgresql://u@h/db",
+            "host=h user=u dbname=db",
+        ] {
+            assert!(config(&[("DATABASE_URL", accepted)]).is_ok(), "{accepted}");
+        }
+    }
+
+    #[test]
     fn empty_values_take_their_defaults() {
         let c = config(&[("WRITER_THREADS", ""), ("LOG_LEVEL", " ")]).unwrap();
         assert_eq!(c.writer_threads, 4);
@@ -927,6 +1041,55 @@ mod tests {
                 "{accepted}"
             );
         }
+    }
+
+    #[test]
+    fn every_variable_read_is_known() {
+        let names = variable_names();
+        for name in [
+            "DATABASE_URL",
+            "DB_HOST",
+            "DB_PASSWORD",
+            "DB_SSLMODE",
+            "SOURCE_SERVICE_URL",
+            "SOURCE_TOKEN",
+            "SOURCE_CA_FILE",
+            "METRICS_ADDR",
+            "SHUTDOWN_TIMEOUT_SECS",
+            "LOG_LEVEL",
+            "ADMIN_TOKEN",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name}: {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "HOME"), "{names:?}");
+    }
+
+    #[test]
+    fn misspelt_variables_and_unknown_dotenv_keys_are_warned_about_by_name() {
+        let ours = variable_names();
+        let environment = [
+            "METRIC_ADDR",
+            "PATH",
+            "HOME",
+            "APP_MODE",
+            "DB_HOST",
+            "databse_url",
+        ]
+        .map(str::to_owned);
+        let dotenv = [
+            ("WRITER_THREADS".to_owned(), 1),
+            ("SYNC_INTERVALL".to_owned(), 2),
+            ("APP_MODE".to_owned(), 3),
+        ];
+        assert_eq!(
+            warnings_for(&ours, &environment, &dotenv),
+            [
+                "warning: METRIC_ADDR is not a variable of target_service; did you mean METRICS_ADDR?",
+                "warning: databse_url is not a variable of target_service; did you mean DATABASE_URL?",
+                "warning: .env line 2: SYNC_INTERVALL is not a variable of target_service; did you mean SYNC_INTERVAL?",
+                "warning: .env line 3: APP_MODE is not a variable of target_service",
+            ]
+        );
     }
 
     #[test]

@@ -12,12 +12,15 @@
 //! - `writer-N` (`WRITER_THREADS`): execute the decided writes, a batch per
 //!   transaction, through the r2d2 pool;
 //! - `lock-watch`: pings the connection holding the sync lock twice a second;
-//! - `db-probe`: checks once a second that PostgreSQL answers, for `/readyz`.
+//! - `db-probe`: checks once a second that PostgreSQL answers, for `/readyz`;
+//! - `db-connect`: at start-up, one attempt at a time to reach PostgreSQL
+//!   ([`db_wait`]).
 
 pub mod admin;
 pub mod change;
 pub mod cli;
 pub mod config;
+pub mod db_wait;
 pub mod decide;
 pub mod fetcher;
 pub mod http;
@@ -32,6 +35,7 @@ pub mod pool;
 pub mod profile;
 pub mod redrive;
 pub mod rejections;
+pub mod round_log;
 pub mod routing;
 pub mod secrets;
 pub mod status;
@@ -353,17 +357,14 @@ fn prepare_database(
     stopping: &AtomicBool,
 ) -> bool {
     let mut delay = Duration::from_millis(250);
-    let mut attempt = 1u32;
+    let mut attempts = db_wait::Attempts::default();
     loop {
         if stopping.load(Ordering::Acquire) {
             return false;
         }
         // A connection of its own, not the pool's: the pool would hide each
         // failed attempt behind its checkout timeout.
-        let result = pool::connect(&config.database)
-            .and_then(|mut client| store::apply_schema(&mut client))
-            .map_err(|err| (pool::describe(&err), pool::lasting_cause(&err).is_some()));
-        match result {
+        match attempts.try_once(&config.database) {
             Ok(()) => {
                 info!(
                     "connected to PostgreSQL at {}; schema applied",
@@ -373,17 +374,14 @@ fn prepare_database(
                 status.set_schema_applied();
                 return true;
             }
-            Err((why, lasting)) => {
+            Err(db_wait::Failure { why, lasting }) => {
                 metrics.db_errors.inc();
                 status.set_database_reachable(false);
                 status.round_failed(&why);
                 // Still retried: the operator may fix the server (create
                 // the database, the role) without restarting the service,
                 // and /readyz and /status keep saying why meanwhile.
-                let line = format!(
-                    "PostgreSQL at {} is not ready (attempt {attempt}), retrying in {delay:?}: {why}",
-                    config.database.description
-                );
+                let line = db_wait::waiting_line(&config.database, &why, delay);
                 if lasting {
                     error!("{line}");
                 } else {
@@ -391,7 +389,6 @@ fn prepare_database(
                 }
                 sleep_unless_stopping(delay, stopping);
                 delay = (delay * 2).min(Duration::from_secs(5));
-                attempt += 1;
             }
         }
     }

@@ -49,9 +49,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Help(usage) = command {
-        println!("{usage}");
-        return ExitCode::SUCCESS;
+    match command {
+        Command::Help(usage) => {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{}", cli::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    for warning in target_service::config::variable_warnings() {
+        eprintln!("{warning}");
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -90,7 +100,7 @@ fn main() -> ExitCode {
                 }
             }
         },
-        Command::Serve | Command::Help(_) => serve(config),
+        Command::Serve | Command::Help(_) | Command::Version => serve(config),
     }
 }
 

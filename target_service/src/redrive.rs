@@ -37,6 +37,8 @@ pub struct Summary {
     pub synced: u64,
     pub stale: u64,
     pub still_rejected: u64,
+    /// Nothing was written: the summary line says so.
+    pub dry_run: bool,
 }
 
 impl fmt::Display for Summary {
@@ -45,7 +47,11 @@ impl fmt::Display for Summary {
             f,
             "redrive: {} examined, {} synced, {} stale, {} still rejected",
             self.examined, self.synced, self.stale, self.still_rejected
-        )
+        )?;
+        if self.dry_run {
+            f.write_str(" (dry run)")?;
+        }
+        Ok(())
     }
 }
 
@@ -154,7 +160,10 @@ fn redrive(
 ) -> Result<Summary, postgres::Error> {
     store::apply_schema(client)?;
     let reasons: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        dry_run,
+        ..Summary::default()
+    };
     let mut after = 0i64;
     loop {
         let ids = store::unresolved_rejections(client, &reasons, after, PAGE)?;

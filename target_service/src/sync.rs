@@ -147,6 +147,7 @@ impl Syncer {
         self.status.set_state(Activity::Syncing);
         self.rounds += 1;
         let started = Instant::now();
+        let before = crate::round_log::RoundCounts::read(&self.metrics);
         let result = self.sync_pages();
         self.metrics
             .batch_duration
@@ -167,6 +168,7 @@ impl Syncer {
                 self.pipeline.abandon(self.rounds, deadline);
             }
         }
+        crate::round_log::log_round(&before, &self.metrics, started.elapsed());
         let state = if self.gate.leader.holds() {
             Activity::Idle
         } else {
@@ -215,6 +217,9 @@ impl Syncer {
         // The epoch of this round's pages, once one arrived.
         let mut epoch: Option<Option<String>> = None;
         let mut gone_in_a_row = 0;
+        // A 410 sent the cursor back to 0: said once the next answer shows
+        // whether the source restarted, so that the cause is logged first.
+        let mut gone_from: Option<u64> = None;
         let mut ahead: Option<ReadAhead> = None;
         loop {
             if stopping(&self.gate.stop) || !self.gate.leader.holds() {
@@ -229,6 +234,12 @@ impl Syncer {
                 Err(FetchError::Gone { min_cursor }) => {
                     gone_in_a_row += 1;
                     self.finish(&mut round)?;
+                    if let Some(lost) = gone_from.take() {
+                        log_gone(lost);
+                    }
+                    if gone_in_a_row == 1 && cursor != 0 {
+                        gone_from = Some(cursor);
+                    }
                     cursor = self.after_gone(cursor, min_cursor, gone_in_a_row)?;
                     continue;
                 }
@@ -253,10 +264,18 @@ impl Syncer {
                     );
                     return self.fetch_failed(&mut round, why);
                 }
-                Some(_) => {}
+                Some(_) => {
+                    if let Some(lost) = gone_from.take() {
+                        log_gone(lost);
+                    }
+                }
                 None => {
                     epoch = Some(page.epoch.clone());
-                    if restarts(&stored, page.epoch.as_deref()) {
+                    let restarted = restarts(&stored, page.epoch.as_deref());
+                    if let Some(lost) = gone_from.take().filter(|_| !restarted) {
+                        log_gone(lost);
+                    }
+                    if restarted {
                         warn!(
                             "the source restarted (epoch {:?} -> {:?}); its cursors start again from 0",
                             stored.epoch.as_deref().unwrap_or(""),
@@ -343,7 +362,7 @@ impl Syncer {
         times: u32,
     ) -> Result<u64, RoundError> {
         if times == 1 && cursor != 0 {
-            warn!("the source no longer knows cursor {cursor}; starting again from 0");
+            // Logged by the caller once it knows whether the source restarted.
             return Ok(0);
         }
         match min_cursor {
@@ -630,6 +649,12 @@ fn retrying<T>(
             }
         }
     }
+}
+
+/// A 410 for `cursor` sent the round back to 0 while the source kept its
+/// epoch: it dropped changes the target had not reached.
+fn log_gone(cursor: u64) {
+    warn!("the source no longer knows cursor {cursor}; started again from 0");
 }
 
 /// Whether a round's first page, of `epoch`, sends the cursor back to 0:

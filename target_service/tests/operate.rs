@@ -1,11 +1,16 @@
 //! Operating the target (SPEC §5), against real PostgreSQL and real HTTP:
 //! `GET /rejections` (auth, filters, paging, 400s), the status page,
 //! `/openapi.json`, and the `redrive` and `verify` commands run as the
-//! built binary, checked by their output, exit code and the rows they leave.
+//! built binary, checked by their output, exit code and the rows they leave;
+//! and what the running binary tells its operator: warnings about misspelt
+//! variables, one line per busy round, a source's restart.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -264,7 +269,7 @@ fn redrive_syncs_a_conflict_once_the_owner_moved_and_dry_run_writes_nothing() {
         (code, out.trim()),
         (
             0,
-            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected"
+            "redrive: 1 examined, 1 synced, 0 stale, 0 still rejected (dry run)"
         ),
         "{err}"
     );
@@ -615,6 +620,19 @@ fn commands_take_help_and_refuse_bad_arguments_in_one_line() {
         assert_eq!(code, 0, "{args:?}");
         assert!(out.starts_with("usage: target_service"), "{args:?}: {out}");
     }
+    for flag in ["--version", "-V"] {
+        let (code, out, err) = run(&db, nowhere, &[flag], &[]);
+        assert_eq!(
+            (code, out.as_str()),
+            (
+                0,
+                concat!("target_service ", env!("CARGO_PKG_VERSION"), "\n")
+            ),
+            "{flag}: {err}"
+        );
+    }
+    let (_, usage, _) = run(&db, nowhere, &["--help"], &[]);
+    assert!(usage.contains("--version"), "{usage}");
     for args in [
         &["frobnicate"][..],
         &["redrive", "--reason", "stale"],
@@ -751,4 +769,175 @@ fn a_round_against_a_source_that_wants_a_token_says_so() {
     target.shutdown();
     assert!(why.contains("HTTP 401 Unauthorized"), "{why}");
     assert!(why.contains("SOURCE_TOKEN"), "{why}");
+}
+
+/// The service run as the built binary at `info`, its log lines collected
+/// as they come.
+struct LoggedTarget {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl LoggedTarget {
+    fn spawn(vars: &[(&str, &str)]) -> LoggedTarget {
+        let mut command = common::target_binary();
+        command
+            .env("LOG_LEVEL", "info")
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("SYNC_INTERVAL", "0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("target_service runs");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let collected = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                collected.lock().unwrap().push(line);
+            }
+        });
+        LoggedTarget { child, lines }
+    }
+
+    /// SIGTERM, the exit, then every line it logged.
+    fn stop(mut self) -> Vec<String> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_until("the target exits", Duration::from_secs(15), || {
+            self.child.try_wait().ok().flatten().is_some()
+        });
+        wait_until("its log is read", Duration::from_secs(5), || {
+            Arc::strong_count(&self.lines) == 1
+        });
+        let lines = self.lines.lock().unwrap().clone();
+        lines
+    }
+}
+
+impl Drop for LoggedTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stored_position(db: &TestDb) -> Option<(Option<String>, i64)> {
+    db.client()
+        .query_opt("SELECT source_epoch, cursor FROM sync_state", &[])
+        .ok()
+        .flatten()
+        .map(|row| (row.get(0), row.get(1)))
+}
+
+#[test]
+fn a_source_restart_is_logged_before_the_cursor_going_back_to_0() {
+    let db = TestDb::new();
+    let changes = (1..=5)
+        .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+        .collect();
+    let log = CursorLog::new(changes);
+    let source = log.source();
+    let target = LoggedTarget::spawn(&[
+        ("DATABASE_URL", &db.url),
+        ("SOURCE_SERVICE_URL", &source.url),
+    ]);
+    wait_until("cursor 5 stored", Duration::from_secs(20), || {
+        stored_position(&db) == Some((Some("epoch-1".to_owned()), 5))
+    });
+    // A new source: a new epoch and a shorter log, so cursor 5 is a 410.
+    *log.changes.lock().unwrap() = vec![
+        profile(6, "2025-07-01T10:00:00Z"),
+        profile(7, "2025-07-01T10:00:00Z"),
+    ];
+    *log.epoch.lock().unwrap() = "epoch-2".to_owned();
+    wait_until("cursor 2 of the new epoch", Duration::from_secs(20), || {
+        stored_position(&db) == Some((Some("epoch-2".to_owned()), 2))
+    });
+    let lines = target.stop();
+    let restart = lines
+        .iter()
+        .position(|l| l.contains(r#"the source restarted (epoch "epoch-1" -> "epoch-2")"#))
+        .unwrap_or_else(|| panic!("a restart line:\n{}", lines.join("\n")));
+    let back_to_0 = lines
+        .iter()
+        .position(|l| l.contains("again from 0"))
+        .unwrap_or(usize::MAX);
+    assert_eq!(
+        back_to_0,
+        restart,
+        "the restart is the first line about cursor 0:\n{}",
+        lines.join("\n")
+    );
+}
+
+#[test]
+fn a_round_that_fetched_changes_logs_one_info_line_and_an_idle_round_none() {
+    let db = TestDb::new();
+    let log = CursorLog::new(vec![
+        profile(1, "2025-07-01T10:00:00Z"),
+        profile(1, "2025-07-01T09:00:00Z"),
+        bad_email(3),
+    ]);
+    let source = log.source();
+    let target = LoggedTarget::spawn(&[
+        ("DATABASE_URL", &db.url),
+        ("SOURCE_SERVICE_URL", &source.url),
+    ]);
+    wait_until("cursor 3 stored", Duration::from_secs(20), || {
+        stored_position(&db).is_some_and(|(_, cursor)| cursor == 3)
+    });
+    let asked = source.requests.load(std::sync::atomic::Ordering::SeqCst);
+    wait_until("three idle rounds", Duration::from_secs(20), || {
+        source.requests.load(std::sync::atomic::Ordering::SeqCst) >= asked + 3
+    });
+    let lines = target.stop();
+    let rounds: Vec<&String> = lines.iter().filter(|l| l.contains("round: ")).collect();
+    assert_eq!(rounds.len(), 1, "{}", lines.join("\n"));
+    assert!(rounds[0].contains("[INFO]"), "{}", rounds[0]);
+    assert!(
+        rounds[0].contains("round: 3 changes, 1 synced, 1 skipped, 1 rejected, cursor 3, "),
+        "{}",
+        rounds[0]
+    );
+    assert!(rounds[0].ends_with(" s"), "{}", rounds[0]);
+}
+
+#[test]
+fn misspelt_variables_and_unknown_dotenv_keys_are_warned_about_and_nothing_else() {
+    let db = TestDb::new();
+    let dir = std::env::temp_dir().join(format!("typos-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(".env"),
+        "WRITER_THREADS=2\nSYNC_INTERVALL=0.5\nAPP_SECRET=dotenv-hidden-value\n",
+    )
+    .unwrap();
+    let output = common::target_binary()
+        .arg("redrive")
+        .current_dir(&dir)
+        .env("DATABASE_URL", &db.url)
+        .env("METRIC_ADDR", "127.0.0.1:1-hidden-value")
+        .env("APP_MODE", "unrelated")
+        .output()
+        .expect("run target_service");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "never fatal: {stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "redrive: 0 examined, 0 synced, 0 stale, 0 still rejected"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "warning: METRIC_ADDR is not a variable of target_service; did you mean METRICS_ADDR?",
+            "warning: .env line 2: SYNC_INTERVALL is not a variable of target_service; did you mean SYNC_INTERVAL?",
+            "warning: .env line 3: APP_SECRET is not a variable of target_service",
+        ]
+    );
 }

@@ -1,7 +1,8 @@
 //! Secrets stay secret: the real binary, given a password (with an
 //! unencoded `@`), URL user-info and a token, shows none of them in its log
 //! (at debug level), `/status`, `/metrics` or its error messages, while the
-//! errors still say what went wrong.
+//! errors still say what went wrong, down to the start-up wait for a
+//! PostgreSQL that refuses or never answers.
 
 mod common;
 
@@ -161,7 +162,11 @@ fn a_database_that_does_not_exist_is_named_in_every_retry_without_the_password()
     assert!(status.contains("retrying cannot fix this"), "{status}");
     let retry = log
         .lines()
-        .find(|line| line.contains("is not ready (attempt 1)"))
+        .find(|line| {
+            line.contains(&format!(
+                "waiting for PostgreSQL at {host}:{port}/{missing} ("
+            ))
+        })
         .unwrap_or_else(|| panic!("a retry line:\n{log}"));
     assert!(
         retry.contains(&format!("database \"{missing}\" does not exist")),
@@ -344,4 +349,80 @@ fn a_password_refused_mid_run_is_named_in_the_log_without_the_password() {
     for password in ["first-pw-3kd", "second-pw-6mn"] {
         assert!(!log_text.contains(password), "{log_text}");
     }
+}
+
+#[test]
+fn a_database_url_without_a_scheme_says_what_it_lacks_and_exits_2() {
+    let output = common::target_binary()
+        .env(
+            "DATABASE_URL",
+            "postgres:dbpw-s3cret-2ab@localhost:5432/profiles",
+        )
+        .output()
+        .expect("target_service runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr,
+        "invalid configuration: DATABASE_URL: must start with postgres:// or postgresql://\n"
+    );
+}
+
+/// Starts the target against `database_url`, waits until it has logged
+/// two lines containing `waiting`, and returns its log.
+fn log_while_waiting(database_url: &str, waiting: &str) -> String {
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let target = Target::spawn(&[
+        ("DATABASE_URL", database_url),
+        ("METRICS_ADDR", &metrics_addr),
+        ("SOURCE_SERVICE_URL", "http://127.0.0.1:9/users/changes"),
+    ]);
+    let base = format!("http://{metrics_addr}");
+    wait_until("a second attempt", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(&metrics_addr).is_ok()
+            && get(&format!("{base}/metrics"))
+                .1
+                .contains("sync_db_errors_total 2")
+    });
+    let log = target.stop();
+    let waits = log.lines().filter(|line| line.contains(waiting)).count();
+    assert!(waits >= 2, "each retry is logged:\n{log}");
+    log
+}
+
+#[test]
+fn a_postgresql_that_refuses_is_waited_for_naming_the_database_given() {
+    let port = free_port();
+    let log = log_while_waiting(
+        &format!("postgres://app:dbpw-s3cret-2ab@127.0.0.1:{port}/profiles_here"),
+        &format!("waiting for PostgreSQL at 127.0.0.1:{port}/profiles_here ("),
+    );
+    let first = log
+        .lines()
+        .find(|line| line.contains("waiting for PostgreSQL"))
+        .unwrap_or_default();
+    assert!(first.contains("[WARN]"), "{first}");
+    assert!(first.contains("Connection refused"), "{first}");
+    assert!(first.ends_with("); retrying in 0.25 s"), "{first}");
+    assert_no_secret("the log", &log);
+}
+
+#[test]
+fn a_postgresql_that_never_answers_is_waited_for_without_hanging() {
+    // Takes connections and says nothing, as a server behind a stalled
+    // proxy does.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming().map_while(Result::ok) {
+            held.push(stream);
+        }
+    });
+    let log = log_while_waiting(
+        &format!("postgres://app:dbpw-s3cret-2ab@127.0.0.1:{port}/profiles_here?connect_timeout=1"),
+        &format!("waiting for PostgreSQL at 127.0.0.1:{port}/profiles_here (no answer within 1 s)"),
+    );
+    assert_no_secret("the log", &log);
 }
