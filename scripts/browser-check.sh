@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Usage: scripts/browser-check.sh — the status page in a headless Chromium:
-# it renders, follows the live cursor, lists rejections once the admin token
-# is typed in, and shows markup from the source as text, never as elements.
-# Saves a screenshot to target/browser-check/status-page.png, or to
-# SCREENSHOT (SCREENSHOT=docs/status-page.png refreshes the README's).
+# it renders, follows the live cursor, shows times relative with the UTC
+# instant on hover, names the source and database with secrets masked, lists
+# reasons by count without zeros, draws the throughput and lag charts from
+# its polls, lists rejections once the admin token is typed in, and shows
+# markup from the source as text, never as elements. Saves a screenshot of
+# that scripted run to target/browser-check/status-page.png, or to
+# SCREENSHOT. (The README's docs/status-page.png is of a real run instead:
+# see docs/running.md.)
 #
 # Installs Debian's chromium when missing. Environment: TEST_DATABASE_URL
 # (as for scripts/test.sh), CHROMIUM (the browser to use), SCREENSHOT.

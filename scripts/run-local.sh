@@ -10,6 +10,8 @@ set -euo pipefail
 #   SYNC_INTERVAL  seconds between sync rounds (default 5 here)
 #   SOURCE_ADDR    source listen address (default 127.0.0.1:8080 here)
 #   METRICS_ADDR   target metrics/health address (default 127.0.0.1:2112 here)
+#   ADMIN_TOKEN    token for /rejections and the status page's rejection
+#                  list (default here: a random one, printed in the banner)
 #   PG_FORCE_THROWAWAY=1  always use a throwaway cluster
 # Every other variable of the services' configuration is passed through.
 
@@ -152,6 +154,16 @@ SOURCE_ADDR=$source_addr setsid "$bin_dir/source_service" >"$log_dir/source.log"
 src_pid=$!
 wait_ready source_service "$src_pid" "$source_base/healthz" "$log_dir/source.log"
 
+# A random admin token unless one is given, so the status page can list the
+# rejections out of the box; target_service reads it from the environment.
+if [[ -n ${ADMIN_TOKEN:-} ]]; then
+  shown_token="the ADMIN_TOKEN you set"
+else
+  ADMIN_TOKEN=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  shown_token=$ADMIN_TOKEN
+fi
+export ADMIN_TOKEN
+
 echo "==> starting target_service (metrics on $metrics_addr)"
 DATABASE_URL=$db_url \
   SOURCE_SERVICE_URL=${SOURCE_SERVICE_URL:-$source_base/users/changes} \
@@ -171,9 +183,12 @@ fi
 cat <<EOF
 
 profile sync is running; Ctrl-C stops both services$also.
+  status page      $target_base/   (open this first)
+  admin token      $shown_token
+                   (type it into the page to list the rejections)
   source changes   $source_base/users/changes
   source metrics   $source_base/metrics
-  target status    $target_base/status
+  target status    $target_base/status (JSON)
   target metrics   $target_base/metrics
   target ready     $target_base/readyz
   table            users (rejections in sync_rejections, cursor in sync_state)

@@ -137,6 +137,7 @@ impl App {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new());
         let status = Arc::new(StatusBoard::default());
+        status.set_serving(&config.source_url, &config.database.connection);
         let stopping = Arc::new(AtomicBool::new(false));
 
         let admin = Arc::new(http::Admin {

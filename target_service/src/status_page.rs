@@ -1,7 +1,10 @@
-//! The status page at `GET /`: one self-contained HTML file (inline CSS and
-//! script, nothing fetched from elsewhere, so it works offline) that reads
-//! `/status` every few seconds and, once an admin token is typed in,
-//! `/rejections`.
+//! The status page at `GET /`: one self-contained HTML file (inline CSS,
+//! script and SVG, nothing fetched from elsewhere, so it works offline) that
+//! reads `/status` every few seconds and, once an admin token is typed in,
+//! `/rejections`. It shows times relative ("12 s ago", the UTC instant on
+//! hover), the source and database served (as `/status` masks them),
+//! rejection reasons by count, and charts of throughput and lag that the
+//! page keeps from its own polls, for the last 15 minutes.
 //!
 //! What the source sent is shown as text only: the script writes with
 //! `textContent`, and the Content-Security-Policy below forbids loading

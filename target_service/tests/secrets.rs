@@ -115,6 +115,20 @@ fn passwords_url_user_info_and_tokens_appear_nowhere() {
         "the URL is shown masked: {status}"
     );
     assert_no_secret("/status", &status);
+    let shown: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
+    assert_eq!(
+        shown["source"],
+        format!("http://***@127.0.0.1:{closed}/users/changes"),
+        "/status names the source, user-info masked"
+    );
+    let (server, dbname) = db.url.rsplit_once('/').expect("a database URL");
+    let server = server.rsplit_once('@').map_or(server, |(_, host)| host);
+    let server = server.split_once("://").map_or(server, |(_, host)| host);
+    assert_eq!(
+        shown["database"],
+        format!("{server}/{dbname}"),
+        "/status names the database, without user or password"
+    );
     assert_no_secret("/metrics", &metrics);
     assert_no_secret("the log", &log);
     assert!(log.contains("cannot reach the source"), "{log}");
