@@ -232,7 +232,7 @@ src_pid=$!
 src_addr=""
 for _ in $(seq 1 600); do
   kill -0 "$src_pid" 2>/dev/null || { cat "$src_log" >&2; die "source_service exited early"; }
-  src_addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$src_log" | head -n 1)
+  src_addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$src_log" 2>/dev/null | head -n 1 || true)
   [[ -n $src_addr ]] && curl -fsS -o /dev/null "http://$src_addr/healthz" 2>/dev/null && break
   src_addr=""
   sleep 0.1
