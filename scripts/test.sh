@@ -91,4 +91,7 @@ check_compose
 step "promtool check config prometheus.yml"
 check_prometheus
 
+step "scripts/run-local.sh twice at once (scripts/run-local-check.sh)"
+bash scripts/run-local-check.sh
+
 step "all checks passed"
