@@ -79,6 +79,10 @@ stop_dockerd() {
   kill -KILL "$dockerd_pid" 2>/dev/null || true
   wait "$dockerd_pid" 2>/dev/null || true
   dockerd_pid=""
+  # dockerd leaves its default network namespace mounted under exec-root.
+  if grep -qF " $work/engine/exec/netns/default " /proc/mounts 2>/dev/null; then
+    umount "$work/engine/exec/netns/default" 2>/dev/null || true
+  fi
 }
 
 # A docker client that builds with BuildKit: one with the buildx plugin, or
