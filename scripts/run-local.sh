@@ -19,6 +19,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib/pg.sh
 source scripts/lib/pg.sh
 
+# A throwaway cluster of a calling script is not this run's to remove.
+unset PG_THROWAWAY_DIR PG_THROWAWAY_DATA PG_THROWAWAY_LOG PG_THROWAWAY_PORT
+
 bin_dir=${CARGO_TARGET_DIR:-$PWD/target}/release
 log_dir=${CARGO_TARGET_DIR:-$PWD/target}/run-local
 src_pid="" tgt_pid="" tail_pid=""
@@ -109,6 +112,23 @@ wait_ready() {
   done
 }
 
+# Before anything else is touched (PostgreSQL above all): a second run on
+# the same ports stops here, and the first one goes on undisturbed.
+source_addr=${SOURCE_ADDR:-127.0.0.1:8080}
+metrics_addr=${METRICS_ADDR:-127.0.0.1:2112}
+source_base=http://$(connect_host "$source_addr"):${source_addr##*:}
+target_base=http://$(connect_host "$metrics_addr"):${metrics_addr##*:}
+for pair in "SOURCE_ADDR=$source_base" "METRICS_ADDR=$target_base"; do
+  hostport=${pair#*=http://}
+  if port_in_use "${hostport%:*}" "${hostport##*:}"; then
+    echo "${pair%%=*}: something already listens on $hostport (another run-local.sh?); stop it or set ${pair%%=*} to a free address" >&2
+    exit 1
+  fi
+done
+# Logs of their own per pair of ports, so that a run beside another one
+# does not truncate its logs.
+log_dir=$log_dir/${source_addr##*:}-${metrics_addr##*:}
+
 echo "==> building release binaries"
 cargo build --release -p source_service -p target_service
 
@@ -130,18 +150,6 @@ else
 fi
 pg_create_database "$PG_ADMIN_URL" "$db"
 echo "database $db is ready"
-
-source_addr=${SOURCE_ADDR:-127.0.0.1:8080}
-metrics_addr=${METRICS_ADDR:-127.0.0.1:2112}
-source_base=http://$(connect_host "$source_addr"):${source_addr##*:}
-target_base=http://$(connect_host "$metrics_addr"):${metrics_addr##*:}
-for base in "$source_base" "$target_base"; do
-  hostport=${base#http://}
-  if port_in_use "${hostport%:*}" "${hostport##*:}"; then
-    echo "something already listens on $hostport; stop it or set SOURCE_ADDR/METRICS_ADDR" >&2
-    exit 1
-  fi
-done
 
 mkdir -p "$log_dir"
 : >"$log_dir/source.log"

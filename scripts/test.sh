@@ -91,4 +91,10 @@ check_compose
 step "promtool check config prometheus.yml"
 check_prometheus
 
+step "scripts/run-local.sh twice at once (scripts/run-local-check.sh)"
+bash scripts/run-local-check.sh
+
+step "every Grafana dashboard query against a real Prometheus (scripts/dashboard-check.sh)"
+bash scripts/dashboard-check.sh
+
 step "all checks passed"

@@ -19,8 +19,10 @@
 #       inside it, fsync off (commits stay synchronous, so a killed server
 #       keeps every acknowledged commit). Installs Debian's `postgresql`
 #       package when initdb is missing. Exports PG_ADMIN_URL, PG_THROWAWAY_DIR,
-#       PG_THROWAWAY_DATA, PG_THROWAWAY_LOG and PG_THROWAWAY_PORT. A cluster of the same NAME left behind by an
-#       earlier run that was killed is stopped and removed first.
+#       PG_THROWAWAY_DATA, PG_THROWAWAY_LOG and PG_THROWAWAY_PORT. A cluster of
+#       the same NAME left behind by an earlier run that was killed is stopped
+#       and removed first; one whose run still lives is never touched (this
+#       run's cluster is then under target/pg-NAME.<pid>/).
 #   pg_throwaway_stop_server [MODE]   stop it, keep its data (MODE: smart,
 #                                     fast (default) or immediate, a crash)
 #   pg_throwaway_start_server         start it again, same port and data
@@ -143,12 +145,55 @@ pg__discard_dir() {
   rm -rf "$dir"
 }
 
+# "PID STARTTIME" of a process (the start time tells a reused pid apart).
+pg__process_id() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  # Past the command name, which may hold spaces, the start time is field 20.
+  echo "$1 $(awk '{print $20}' <<<"${stat##*) }")"
+}
+
+# True when the run that created throwaway directory DIR still lives and is
+# not this one. A directory without an owner file (from an older pg.sh)
+# counts as in use while its postmaster is alive.
+pg__dir_in_use_elsewhere() {
+  local dir=$1 owner pid data=$1/data
+  if [[ -f $dir/owner ]]; then
+    owner=$(cat "$dir/owner")
+    [[ $owner != "$(pg__process_id $$)" ]] || return 1
+    [[ $(pg__process_id "${owner%% *}" 2>/dev/null) == "$owner" ]]
+    return
+  fi
+  [[ -f $dir/elsewhere ]] && data=$(cat "$dir/elsewhere")/data
+  pid=$(head -n 1 "$data/postmaster.pid" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == postgres ]]
+}
+
+# Removes the clusters under BASE and BASE.<pid> that runs which are gone
+# left behind, then makes this run's directory: BASE, or BASE.<pid> when
+# another live run holds BASE. Prints it; the owner file inside names this
+# run, so that no other run removes it while this one lives.
+pg__claim_dir() {
+  local base=$1 dir
+  for dir in "$base" "$base".[0-9]*; do
+    [[ -d $dir ]] || continue
+    if pg__dir_in_use_elsewhere "$dir"; then
+      pg__log "$dir belongs to a run that still lives; leaving it alone"
+    else
+      pg__discard_dir "$dir"
+    fi
+  done
+  dir=$base
+  [[ ! -d $dir ]] || dir=$base.$$
+  mkdir -p "$dir" || return 1
+  pg__process_id $$ >"$dir/owner" || return 1
+  echo "$dir"
+}
+
 pg_start_throwaway() {
   local name=${1:-default} dir data sock port log attempt
   pg_ensure_binaries || return 1
-  dir=$PG_REPO_ROOT/target/pg-$name
-  pg__discard_dir "$dir"
-  mkdir -p "$dir" || return 1
+  dir=$(pg__claim_dir "$PG_REPO_ROOT/target/pg-$name") || return 1
   data=$dir/data
   if [[ $EUID -eq 0 ]]; then
     pg__as_owner true || return 1
