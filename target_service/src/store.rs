@@ -185,8 +185,9 @@ impl Encoding {
     /// Whether a text fits, when that is known without asking PostgreSQL.
     pub fn holds(&self, text: &str) -> Option<bool> {
         match self {
-            _ if text.is_ascii() => Some(true),
+            // Checked first: it needs no look at the text.
             Encoding::Unicode => Some(true),
+            _ if text.is_ascii() => Some(true),
             Encoding::Latin1 => Some(text.chars().all(|c| u32::from(c) <= 0xff)),
             Encoding::Other(_) => None,
         }

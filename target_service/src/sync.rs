@@ -712,6 +712,9 @@ fn latest_allowed(skew: Duration) -> DateTime<Utc> {
 /// The texts of a page whose fit in the database's encoding only
 /// PostgreSQL can tell (an encoding other than UTF8 and LATIN1).
 fn texts_to_ask_about<'a>(changes: &'a [Change], encoding: &Encoding) -> Vec<&'a str> {
+    if !matches!(encoding, Encoding::Other(_)) {
+        return Vec::new();
+    }
     let mut texts = Vec::new();
     for change in changes {
         match &change.parsed {
