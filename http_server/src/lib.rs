@@ -18,7 +18,8 @@
 //! What this server does instead:
 //! - a request head is parsed by `httparse` from a fixed buffer of
 //!   `MAX_HEAD` bytes; a head that does not fit gets `431` and the
-//!   connection is closed;
+//!   connection is closed, and so does an HTTP/1.1 head without `Host` or
+//!   any head with two, with `400` (RFC 9112 §3.2);
 //! - no request body is ever read: handlers take none. A request that
 //!   announces one (`Content-Length` other than `0`, whatever its value, or
 //!   `Transfer-Encoding`) is answered and its connection closed, after a
@@ -673,6 +674,10 @@ fn serve(connection: &Connection, shared: &Shared) {
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(&buffer[..filled]) {
                 Ok(httparse::Status::Complete(length)) => {
+                    if let Some(message) = host_problem(&parsed) {
+                        fail(connection, shared, &mut out, 400, message);
+                        return;
+                    }
                     if shortened {
                         let _ = stream.set_read_timeout(Some(timeout));
                         shortened = false;
@@ -738,6 +743,24 @@ fn serve(connection: &Connection, shared: &Shared) {
             }
             Err(_) => return,
         }
+    }
+}
+
+/// What is wrong with a request's `Host` fields, if anything: RFC 9112 §3.2
+/// wants `400` for an HTTP/1.1 request without one and for any request
+/// with more than one (an HTTP/1.0 request may have none).
+fn host_problem(parsed: &httparse::Request<'_, '_>) -> Option<&'static str> {
+    let hosts = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    match hosts {
+        0 if parsed.version == Some(1) => {
+            Some("the request has no Host header; an HTTP/1.1 request must send exactly one")
+        }
+        0 | 1 => None,
+        _ => Some("the request has more than one Host header; send exactly one"),
     }
 }
 

@@ -58,3 +58,8 @@ fn thirty_two_clients_wait_little() {
 fn a_trickling_client_is_cut_off_after_10_s() {
     cases::a_trickling_client_is_cut_off_after_10_s(&TARGET);
 }
+
+#[test]
+fn a_missing_or_repeated_host_is_400() {
+    cases::a_missing_or_repeated_host_is_400(&TARGET);
+}

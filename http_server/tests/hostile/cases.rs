@@ -421,7 +421,7 @@ pub fn a_trickling_client_is_cut_off_after_10_s(kind: &Kind) {
         .set_read_timeout(Some(Duration::from_millis(900)))
         .expect("timeout");
     let started = Instant::now();
-    let head = b"GET /healthz HTTP/1.1\r\nX-Slow: ";
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
     stream.write_all(head).expect("sends");
     let mut response = Vec::new();
     let mut buffer = [0u8; 1024];
@@ -443,5 +443,45 @@ pub fn a_trickling_client_is_cut_off_after_10_s(kind: &Kind) {
         "cut off after {took:?}"
     );
     service.assert_answers_within(Duration::from_secs(1));
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// An HTTP/1.1 request without `Host`, or any request with two, is `400`
+/// with a JSON error and its connection closed (RFC 9112 §3.2); an HTTP/1.0
+/// request without one is answered.
+pub fn a_missing_or_repeated_host_is_400(kind: &Kind) {
+    let service = Service::start(kind);
+    for (request, why) in [
+        ("GET /healthz HTTP/1.1\r\n\r\n", "no Host"),
+        (
+            "GET /healthz HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+            "more than one Host",
+        ),
+        (
+            "GET /healthz HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            "more than one Host",
+        ),
+    ] {
+        // No `Connection: close`: the server closes the connection itself.
+        let response = exchange(service.addr, request, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{request:?}: {e}"));
+        assert!(
+            response.starts_with("HTTP/1.1 400 "),
+            "{request:?}: {response}"
+        );
+        assert!(response.contains("Connection: close\r\n"), "{response}");
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+        assert!(
+            body.starts_with(r#"{"error":"the request has "#) && body.contains(why),
+            "{request:?}: {body}"
+        );
+    }
+    let response = exchange(
+        service.addr,
+        "GET /healthz HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .expect("an HTTP/1.0 request without Host is answered");
+    assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
     service.terminate_within(Duration::from_secs(5));
 }
