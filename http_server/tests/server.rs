@@ -1,6 +1,6 @@
 //! The server in-process over real sockets: keep-alive and pipelining, what
-//! closes a connection, `HEAD`, the head limit, the connection cap and
-//! shutdown.
+//! closes a connection, `HEAD`, the head limit, `Host`, the connection cap
+//! and shutdown.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -253,5 +253,96 @@ fn a_request_without_host_or_with_two_is_400_and_its_connection_closed() {
     let mut stream = connect(server.addr());
     stream.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
     assert!(read_to_close(&mut stream).ends_with("GET /old"));
+    server.shutdown();
+}
+
+/// Polls `done` until it holds, for 5 s at most.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(5), "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether the server closed `stream`: a read gives end of file or a reset
+/// (not the 5 s read timeout).
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(n) => n == 0,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+#[test]
+fn at_the_cap_idle_kept_alive_connections_make_room_first() {
+    let server = start(Settings {
+        max_connections: 4,
+        ..Settings::default()
+    });
+    assert_eq!(server.connection_cap(), 4);
+    // Two that have sent nothing yet, then two kept alive after a request.
+    let mut silent: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            connect(server.addr())
+        })
+        .collect();
+    let mut kept: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut stream = connect(server.addr());
+            stream
+                .write_all(b"GET /k HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            assert!(read_response(&mut stream, "GET /k".len()).ends_with("GET /k"));
+            stream
+        })
+        .collect();
+    wait_until("four open", || server.open_connections() == 4);
+    // Newcomers that send nothing yet: the idle kept-alive ones make room
+    // first, the one idle longest first,
+    let mut newcomers = vec![connect(server.addr())];
+    assert!(closed_by_server(&mut kept[0]));
+    newcomers.push(connect(server.addr()));
+    assert!(closed_by_server(&mut kept[1]));
+    // then, with none idle, the one waiting longest for its first request.
+    newcomers.push(connect(server.addr()));
+    assert!(closed_by_server(&mut silent[0]));
+    // The others were kept all along and are served.
+    silent[1]
+        .write_all(b"GET /s HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut silent[1], "GET /s".len()).ends_with("GET /s"));
+    for (n, newcomer) in newcomers.iter_mut().enumerate() {
+        newcomer
+            .write_all(b"GET /n HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let response = read_response(newcomer, "GET /n".len());
+        assert!(response.ends_with("GET /n"), "newcomer {n}: {response}");
+    }
+    assert_eq!(server.peak_connections(), 4);
+    server.shutdown();
+}
+
+#[test]
+fn a_flood_of_idle_connections_never_opens_more_than_the_cap() {
+    let server = start(Settings {
+        max_connections: 8,
+        ..Settings::default()
+    });
+    let flood: Vec<TcpStream> = (0..8 + 200).map(|_| connect(server.addr())).collect();
+    let mut probe = connect(server.addr());
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert!(read_to_close(&mut probe).ends_with("GET /healthz"));
+    assert_eq!(server.peak_connections(), 8);
+    // The newest of the flood are the ones still open.
+    let mut last = flood.into_iter().last().unwrap();
+    last.write_all(b"GET /last HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert!(read_response(&mut last, "GET /last".len()).ends_with("GET /last"));
     server.shutdown();
 }
