@@ -226,6 +226,7 @@ fn a_bad_setting_exits_2_with_one_line_naming_the_variable() {
         ("SYNC_INTERVAL", "0"),
         ("FETCH_LIMIT", "-1"),
         ("METRICS_ADDR", "nowhere"),
+        ("MAX_CONNECTIONS", "0"),
         ("DATABASE_URL", "postgres://u:topsecret@h:notaport/db"),
     ] {
         let output = target_binary().env(variable, value).output().unwrap();

@@ -105,6 +105,37 @@ impl Service {
             .expect("VmRSS")
     }
 
+    /// Sockets the service holds open on its own port now: the listener
+    /// and the connections it accepted (not those it opened itself).
+    pub fn open_sockets(&self) -> usize {
+        let inodes: std::collections::HashSet<String> =
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .expect("the service runs")
+                .filter_map(Result::ok)
+                .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                .filter_map(|target| {
+                    let target = target.to_string_lossy().into_owned();
+                    Some(
+                        target
+                            .strip_prefix("socket:[")?
+                            .strip_suffix(']')?
+                            .to_owned(),
+                    )
+                })
+                .collect();
+        let port = format!(":{:04X}", self.addr.port());
+        let table = std::fs::read_to_string(format!("/proc/{}/net/tcp", self.pid()))
+            .expect("the service's TCP table");
+        // Columns: sl local_address rem_address st … uid timeout inode.
+        table
+            .lines()
+            .skip(1)
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.len() > 9 && fields[1].ends_with(&port))
+            .filter(|fields| inodes.contains(fields[9]))
+            .count()
+    }
+
     /// SIGTERM; asserts exit 0 within `limit`.
     pub fn terminate_within(mut self, limit: Duration) {
         let status = Command::new("kill")
@@ -483,5 +514,49 @@ pub fn a_missing_or_repeated_host_is_400(kind: &Kind) {
     )
     .expect("an HTTP/1.0 request without Host is answered");
     assert!(response.ends_with(r#"{"status":"ok"}"#), "{response}");
+    service.terminate_within(Duration::from_secs(5));
+}
+
+/// 8. With descriptors for thousands, 200 idle connections beyond the
+///    default cap of 512: the service never holds more sockets on its port
+///    than the cap, the listener and one connection being admitted, goes
+///    on answering, and its memory grows by a few MiB only.
+pub fn a_flood_of_idle_connections_is_held_to_the_cap(kind: &Kind) {
+    const CAP: usize = 512;
+    raise_own_nofile();
+    let service = Service::start_with_limit(kind, Some(8192));
+    let before = service.rss_kib();
+    let (mut most_rss, mut most_sockets) = (before, 0);
+    let mut held = Vec::new();
+    for n in 0..CAP + 200 {
+        if let Ok(stream) = TcpStream::connect_timeout(&service.addr, Duration::from_secs(2)) {
+            held.push(stream);
+        }
+        if n % 25 == 0 || n + 1 == CAP + 200 {
+            most_rss = most_rss.max(service.rss_kib());
+            most_sockets = most_sockets.max(service.open_sockets());
+        }
+    }
+    assert!(
+        held.len() > CAP + 100,
+        "only {} connections made",
+        held.len()
+    );
+    for _ in 0..5 {
+        service.assert_answers_within(Duration::from_secs(1));
+        most_rss = most_rss.max(service.rss_kib());
+        most_sockets = most_sockets.max(service.open_sockets());
+    }
+    eprintln!(
+        "{} idle connections: RSS {before} KiB before, at most {most_rss} KiB; \
+         at most {most_sockets} sockets open",
+        held.len()
+    );
+    assert!(most_sockets <= CAP + 2, "{most_sockets} sockets open");
+    assert!(
+        most_rss < before + 32 * 1024,
+        "RSS {before} KiB -> {most_rss} KiB"
+    );
+    drop(held);
     service.terminate_within(Duration::from_secs(5));
 }
