@@ -260,6 +260,12 @@ impl Connection {
         });
     }
 
+    /// A head is coming: the connection is no longer idle (unless it was
+    /// closed already).
+    fn head_arriving(&self) {
+        let _ = (self.state).compare_exchange(IDLE, WAITING, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     fn close(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
@@ -751,10 +757,6 @@ fn serve(connection: &Connection, shared: &Shared) {
             let mut parsed = httparse::Request::new(&mut headers);
             match parsed.parse(&buffer[..filled]) {
                 Ok(httparse::Status::Complete(length)) => {
-                    if let Some(message) = host_problem(&parsed) {
-                        fail(connection, shared, &mut out, 400, message);
-                        return;
-                    }
                     if shortened {
                         let _ = stream.set_read_timeout(Some(timeout));
                         shortened = false;
@@ -807,13 +809,7 @@ fn serve(connection: &Connection, shared: &Shared) {
             Ok(0) => return,
             Ok(n) => {
                 filled += n;
-                // A head is coming: no longer idle (unless closed already).
-                let _ = (connection.state).compare_exchange(
-                    IDLE,
-                    WAITING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+                connection.head_arriving();
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
@@ -884,9 +880,13 @@ fn respond(
     }
     let is_head = request.method == "HEAD";
     let handler = &shared.handler;
-    let response = match &shared.gate {
-        Some(gate) => gate.run(|| handler(&request)),
-        None => handler(&request),
+    let response = match (host_problem(parsed), &shared.gate) {
+        (Some(message), _) => {
+            keep_alive = false;
+            error(400, message)
+        }
+        (None, Some(gate)) => gate.run(|| handler(&request)),
+        (None, None) => handler(&request),
     };
     if shared.stopping.load(Ordering::SeqCst) {
         keep_alive = false;
