@@ -18,7 +18,8 @@
 //! What this server does instead:
 //! - a request head is parsed by `httparse` from a fixed buffer of
 //!   `MAX_HEAD` bytes; a head that does not fit gets `431` and the
-//!   connection is closed;
+//!   connection is closed, and so does an HTTP/1.1 head without `Host` or
+//!   any head with two, with `400` (RFC 9112 §3.2);
 //! - no request body is ever read: handlers take none. A request that
 //!   announces one (`Content-Length` other than `0`, whatever its value, or
 //!   `Transfer-Encoding`) is answered and its connection closed, after a
@@ -26,12 +27,17 @@
 //! - a head must arrive, and a response be taken by the client, within
 //!   `Settings::io_timeout` (10 s) each, measured as deadlines, so trickling
 //!   a byte at a time does not extend them;
-//! - at most `Settings::max_connections` connections are open (by default
-//!   three quarters of `RLIMIT_NOFILE`); at the cap the connection waiting
-//!   longest for its client is closed to make room, and when `accept` fails
-//!   for lack of descriptors so is it and an eighth of the others waiting
-//!   for their next request (at least 7), so idle connections never block
-//!   new ones; no accept error ends the accept loop;
+//! - at most `Settings::max_connections` connections are open (512 by
+//!   default, and never more than three quarters of `RLIMIT_NOFILE`), so
+//!   that a flood of idle connections costs a bounded amount of memory. At
+//!   the cap a new connection is served and an old one closed to make room:
+//!   a kept-alive one idle between requests (its client loses nothing and
+//!   may reconnect), else the one waiting longest for its client; the new
+//!   one is admitted only once the old one has closed, and refused (`503`)
+//!   only when every connection is in a handler. When `accept` fails for
+//!   lack of descriptors, the one waiting longest and an eighth of the
+//!   others waiting for their client (at least 7) are closed, so idle
+//!   connections never block new ones; no accept error ends the accept loop;
 //! - a connection waiting for its client costs a thread with a small stack
 //!   and an 8 KiB buffer, never a handler: at most `Settings::handlers`
 //!   requests are being handled at once (or, with
@@ -66,6 +72,13 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// Pause after an accept error, so that a lasting one (no descriptors) does
 /// not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// Most connections open at once unless a service says otherwise: a flood
+/// of idle connections then holds about 512 threads' stacks and head
+/// buffers (a few MiB), however many descriptors the process may open.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// How long a new connection at the cap waits for the one closed to make
+/// room to let go of its socket before it is refused instead.
+const ROOM_WAIT: Duration = Duration::from_millis(500);
 /// The fewest connections closed when accept finds no descriptor left.
 const EVICTED_PER_SHORTAGE: usize = 8;
 /// Connection threads need little stack: bodies live on the heap.
@@ -91,7 +104,8 @@ pub struct Settings {
     /// server starts waiting for it, so it is also how long an idle
     /// keep-alive connection is kept) and to take a response.
     pub io_timeout: Duration,
-    /// Most connections open at once.
+    /// Most connections open at once; `descriptor_cap()` bounds it whatever
+    /// is set here.
     pub max_connections: usize,
     /// Most requests handled at once; `None` for no limit beyond the
     /// connections. Under load, a few handlers taking turns answer sooner
@@ -113,7 +127,7 @@ impl Default for Settings {
         Settings {
             name: "http",
             io_timeout: Duration::from_secs(10),
-            max_connections: default_max_connections(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             handlers: None,
             handler_patience: None,
             grace: Duration::from_secs(3),
@@ -122,9 +136,10 @@ impl Default for Settings {
     }
 }
 
-/// Three quarters of the soft `RLIMIT_NOFILE`, leaving the rest to the
-/// process (database connections, logs, the listener); between 16 and 16384.
-pub fn default_max_connections() -> usize {
+/// The most connections the descriptors allow: three quarters of the soft
+/// `RLIMIT_NOFILE`, leaving the rest to the process (database connections,
+/// logs, the listener); between 16 and 16384.
+pub fn descriptor_cap() -> usize {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -199,6 +214,10 @@ pub struct Server {
 
 struct Shared {
     settings: Settings,
+    /// `Settings::max_connections`, bounded by `descriptor_cap()`.
+    cap: usize,
+    /// The most connections that were ever open at once.
+    peak: AtomicUsize,
     handler: Arc<Handler>,
     stopping: AtomicBool,
     gate: Option<Gate>,
@@ -222,6 +241,7 @@ const HANDLING: u8 = 1; // a handler runs
 const SENDING: u8 = 2; // for the client to take a response
 const CLOSING: u8 = 3; // draining before the close
 const EVICTED: u8 = 4; // closed to make room; its thread is on its way out
+const IDLE: u8 = 5; // kept alive between requests, nothing of the next in yet
 
 struct Connection {
     stream: TcpStream,
@@ -233,9 +253,19 @@ struct Connection {
 }
 
 impl Connection {
+    /// Enters `state`, unless the connection was closed to make room: it
+    /// stays counted as on its way out.
     fn set(&self, state: u8, shared: &Shared) {
         self.since.store(shared.millis(), Ordering::Relaxed);
-        self.state.store(state, Ordering::Release);
+        let _ = (self.state).fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (now != EVICTED).then_some(state)
+        });
+    }
+
+    /// A head is coming: the connection is no longer idle (unless it was
+    /// closed already).
+    fn head_arriving(&self) {
+        let _ = (self.state).compare_exchange(IDLE, WAITING, Ordering::AcqRel, Ordering::Acquire);
     }
 
     fn close(&self) {
@@ -254,31 +284,38 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Closes the connection that has waited longest for its client (not one
-    /// whose handler runs). Returns false if there is none.
+    /// Closes a connection to make room for another (not one whose handler
+    /// runs; see `evict`). Returns false if there is none.
     fn evict_one(&self, registry: &Registry) -> bool {
         self.evict(registry, |_, _| true).is_some()
     }
 
-    /// Closes the connection that has waited longest for its client among
-    /// those `eligible` (by connection and state), waiting ones before those
-    /// sending; never one whose handler runs. Returns the bytes of response
-    /// it held, if one was closed.
+    /// Closes one connection among those `eligible` (by connection and
+    /// state), never one whose handler runs: the one idle longest between
+    /// requests (or already closing), else the one waiting longest for its
+    /// next head, else the one whose client has taken longest over a
+    /// response. Returns the bytes of response it held, if one was closed.
     fn evict(
         &self,
         registry: &Registry,
         eligible: impl Fn(&Connection, u8) -> bool,
     ) -> Option<usize> {
-        let victim = registry
+        // Of two that began waiting in the same millisecond, the one
+        // accepted first (ids count up) has waited longer.
+        let (_, victim) = registry
             .open
-            .values()
-            .filter(|c| {
+            .iter()
+            .filter(|(_, c)| {
                 let state = c.state.load(Ordering::Acquire);
                 !matches!(state, HANDLING | EVICTED) && eligible(c, state)
             })
-            .min_by_key(|c| {
-                let state = c.state.load(Ordering::Acquire);
-                (state == SENDING, c.since.load(Ordering::Relaxed))
+            .min_by_key(|(id, c)| {
+                let rank = match c.state.load(Ordering::Acquire) {
+                    IDLE | CLOSING => 0,
+                    WAITING => 1,
+                    _ => 2,
+                };
+                (rank, c.since.load(Ordering::Relaxed), **id)
             })?;
         // Not chosen again while its thread winds down.
         victim.state.store(EVICTED, Ordering::Release);
@@ -306,6 +343,33 @@ impl Shared {
                 None => return,
             }
         }
+    }
+
+    /// Waits, holding `registry` between looks, until there is room for one
+    /// more connection, closing one (`evict_one`) whenever none is on its
+    /// way out already. `None` when none can be closed (every connection is
+    /// in a handler) or none let go in `ROOM_WAIT`.
+    fn make_room<'a>(
+        &'a self,
+        mut registry: MutexGuard<'a, Registry>,
+    ) -> Option<MutexGuard<'a, Registry>> {
+        let deadline = Instant::now() + ROOM_WAIT;
+        while registry.open.len() >= self.cap {
+            let leaving = (registry.open.values())
+                .filter(|c| c.state.load(Ordering::Acquire) == EVICTED)
+                .count();
+            if registry.open.len() - leaving >= self.cap && !self.evict_one(&registry) {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            registry = (self.ended.wait_timeout(registry, left))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        Some(registry)
     }
 
     fn release(&self, connection: &Connection) {
@@ -420,6 +484,8 @@ impl Server {
             .handlers
             .map(|n| Gate::new(n, settings.handler_patience));
         let shared = Arc::new(Shared {
+            cap: settings.max_connections.clamp(1, descriptor_cap()),
+            peak: AtomicUsize::new(0),
             handler,
             stopping: AtomicBool::new(false),
             gate,
@@ -452,6 +518,16 @@ impl Server {
         self.shared.registry().open.len()
     }
 
+    /// The most connections that were ever open at once.
+    pub fn peak_connections(&self) -> usize {
+        self.shared.peak.load(Ordering::Relaxed)
+    }
+
+    /// The most connections that may be open at once.
+    pub fn connection_cap(&self) -> usize {
+        self.shared.cap
+    }
+
     /// Whether the accept loop still runs (it ends only at `shutdown` or by
     /// a panic).
     pub fn is_accepting(&self) -> bool {
@@ -477,7 +553,7 @@ impl Server {
         {
             let registry = shared.registry();
             for connection in registry.open.values() {
-                if connection.state.load(Ordering::Acquire) == WAITING {
+                if matches!(connection.state.load(Ordering::Acquire), WAITING | IDLE) {
                     connection.close();
                 }
             }
@@ -548,7 +624,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
                         let more = (registry.open.len() / 8).max(EVICTED_PER_SHORTAGE) - 1;
                         for _ in 0..more {
                             if shared
-                                .evict(&registry, |_, state| state == WAITING)
+                                .evict(&registry, |_, state| matches!(state, WAITING | IDLE))
                                 .is_none()
                             {
                                 break;
@@ -580,16 +656,17 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
         pending: AtomicUsize::new(0),
     });
     let id = {
-        let mut registry = shared.registry();
-        if registry.open.len() >= shared.settings.max_connections && !shared.evict_one(&registry) {
+        let Some(mut registry) = shared.make_room(shared.registry()) else {
             // Every connection is in a handler: refuse this one.
-            drop(registry);
             refuse(&connection.stream);
             return;
-        }
+        };
         let id = registry.next_id;
         registry.next_id += 1;
         registry.open.insert(id, Arc::clone(&connection));
+        shared
+            .peak
+            .fetch_max(registry.open.len(), Ordering::Relaxed);
         id
     };
     let spawned = {
@@ -599,16 +676,23 @@ fn admit(stream: TcpStream, shared: &Arc<Shared>) {
             .name(format!("{}-conn", shared.settings.name))
             .stack_size(STACK_SIZE)
             .spawn(move || {
-                // Deregisters even if the handler panics.
-                struct Done<'a>(&'a Shared, u64);
+                // Deregisters even if the handler panics, and closes the
+                // socket before the accept loop is told, so that no more
+                // than the cap are open even for a moment.
+                struct Done<'a>(&'a Shared, u64, Option<Arc<Connection>>);
                 impl Drop for Done<'_> {
                     fn drop(&mut self) {
-                        self.0.registry().open.remove(&self.1);
+                        let mut registry = self.0.registry();
+                        let registered = registry.open.remove(&self.1);
+                        drop((registered, self.2.take()));
+                        drop(registry);
                         self.0.ended.notify_all();
                     }
                 }
-                let _done = Done(&shared, id);
-                serve(&connection, &shared);
+                let done = Done(&shared, id, Some(connection));
+                if let Some(connection) = &done.2 {
+                    serve(connection, &shared);
+                }
             })
     };
     if let Err(e) = spawned {
@@ -688,7 +772,7 @@ fn serve(connection: &Connection, shared: &Shared) {
                     buffer.copy_within(length..filled, 0);
                     filled -= length;
                     deadline = Instant::now() + timeout;
-                    connection.set(WAITING, shared);
+                    connection.set(if filled == 0 { IDLE } else { WAITING }, shared);
                     continue;
                 }
                 Ok(httparse::Status::Partial) if filled < buffer.len() => {}
@@ -725,7 +809,10 @@ fn serve(connection: &Connection, shared: &Shared) {
         }
         match (&*stream).read(&mut buffer[filled..]) {
             Ok(0) => return,
-            Ok(n) => filled += n,
+            Ok(n) => {
+                filled += n;
+                connection.head_arriving();
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
@@ -740,6 +827,24 @@ fn serve(connection: &Connection, shared: &Shared) {
             }
             Err(_) => return,
         }
+    }
+}
+
+/// What is wrong with a request's `Host` fields, if anything: RFC 9112 §3.2
+/// wants `400` for an HTTP/1.1 request without one and for any request
+/// with more than one (an HTTP/1.0 request may have none).
+fn host_problem(parsed: &httparse::Request<'_, '_>) -> Option<&'static str> {
+    let hosts = parsed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .count();
+    match hosts {
+        0 if parsed.version == Some(1) => {
+            Some("the request has no Host header; an HTTP/1.1 request must send exactly one")
+        }
+        0 | 1 => None,
+        _ => Some("the request has more than one Host header; send exactly one"),
     }
 }
 
@@ -777,9 +882,13 @@ fn respond(
     }
     let is_head = request.method == "HEAD";
     let handler = &shared.handler;
-    let response = match &shared.gate {
-        Some(gate) => gate.run(|| handler(&request)),
-        None => handler(&request),
+    let response = match (host_problem(parsed), &shared.gate) {
+        (Some(message), _) => {
+            keep_alive = false;
+            error(400, message)
+        }
+        (None, Some(gate)) => gate.run(|| handler(&request)),
+        (None, None) => handler(&request),
     };
     if shared.stopping.load(Ordering::SeqCst) {
         keep_alive = false;
@@ -1073,8 +1182,8 @@ mod tests {
     }
 
     #[test]
-    fn the_default_cap_is_below_the_descriptor_limit() {
-        let cap = default_max_connections();
+    fn the_descriptor_cap_is_below_the_descriptor_limit() {
+        let cap = descriptor_cap();
         assert!((16..=16_384).contains(&cap));
     }
 }

@@ -45,6 +45,10 @@ pub struct Config {
     /// `SOURCE_TOKEN`: when set, `/users/changes` answers only
     /// `Authorization: Bearer <token>`.
     pub token: Option<Token>,
+    /// `SOURCE_MAX_CONNECTIONS`: most client connections open at once (never
+    /// more than the descriptor limit allows); at the cap, idle ones are
+    /// closed to make room for new ones.
+    pub max_connections: usize,
     /// Not read from the environment: always `WRITE_TIMEOUT`, except in
     /// tests that need a stalled client dropped sooner. It bounds reading a
     /// request head as well as sending a response.
@@ -62,6 +66,7 @@ impl Default for Config {
             log_capacity: 1_000_000,
             log_level: LevelFilter::Info,
             token: None,
+            max_connections: http_server::DEFAULT_MAX_CONNECTIONS,
             write_timeout: WRITE_TIMEOUT,
         }
     }
@@ -124,6 +129,7 @@ const RATE_EXPECTED: &str = "a number from 0 to 1, such as 0.05";
 const PRELOAD_EXPECTED: &str = "a whole number of changes, 0 or more";
 const CAPACITY_EXPECTED: &str = "a whole number of changes, 1 or more";
 const LEVEL_EXPECTED: &str = "one of error, warn, info, debug, trace";
+const CONNECTIONS_EXPECTED: &str = "a whole number of connections from 1 to 16384";
 
 impl Config {
     /// Reads the configuration from the process environment.
@@ -187,6 +193,11 @@ impl Config {
                 .map(|token| token.trim().to_owned())
                 .filter(|token| !token.is_empty())
                 .map(Token::new),
+            max_connections: get("SOURCE_MAX_CONNECTIONS").parse_or(
+                defaults.max_connections,
+                CONNECTIONS_EXPECTED,
+                |s| s.parse::<usize>().ok().filter(|n| (1..=16_384).contains(n)),
+            )?,
             write_timeout: defaults.write_timeout,
         })
     }
@@ -311,6 +322,7 @@ mod tests {
         assert_eq!(c.preload, 0);
         assert_eq!(c.log_capacity, 1_000_000);
         assert_eq!(c.log_level, LevelFilter::Info);
+        assert_eq!(c.max_connections, 512);
     }
 
     #[test]
@@ -323,6 +335,7 @@ mod tests {
             ("SOURCE_PRELOAD", "1000000"),
             ("SOURCE_LOG_CAPACITY", "1"),
             ("LOG_LEVEL", "TRACE"),
+            ("SOURCE_MAX_CONNECTIONS", "16384"),
         ])
         .unwrap();
         assert_eq!(c.addr.to_string(), "127.0.0.1:0");
@@ -332,6 +345,7 @@ mod tests {
         assert_eq!(c.preload, 1_000_000);
         assert_eq!(c.log_capacity, 1);
         assert_eq!(c.log_level, LevelFilter::Trace);
+        assert_eq!(c.max_connections, 16_384);
     }
 
     #[test]
@@ -396,6 +410,9 @@ mod tests {
             ("SOURCE_LOG_CAPACITY", "1e6"),
             ("LOG_LEVEL", "verbose"),
             ("LOG_LEVEL", "off"),
+            ("SOURCE_MAX_CONNECTIONS", "0"),
+            ("SOURCE_MAX_CONNECTIONS", "16385"),
+            ("SOURCE_MAX_CONNECTIONS", "many"),
         ];
         for (var, value) in cases {
             assert_eq!(error_var(&[(var, value)]), *var, "{var}={value}");

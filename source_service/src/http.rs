@@ -467,6 +467,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_documented_400_is_what_limit_without_since_gets() {
+        let h = handler(10, 0);
+        let (_, reply) = call(&h, "GET", "/users/changes?limit=1");
+        assert_eq!(reply.status, 400);
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let operation = &doc["paths"]["/users/changes"]["get"];
+        let documented = &operation["responses"]["400"]["content"]["application/json"];
+        assert_eq!(documented["example"], body);
+        let limit = (operation["parameters"].as_array().unwrap().iter())
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        let description = limit["description"].as_str().unwrap_or("");
+        assert!(
+            description.contains("Only read together with since"),
+            "{description}"
+        );
+    }
+
     fn handler(capacity: u64, preload: u64) -> Handler {
         let metrics = Metrics::new().unwrap();
         let feed = Feed::new(Generator::new(1, 0.05), ChangeLog::new(capacity));

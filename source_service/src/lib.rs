@@ -109,6 +109,7 @@ impl App {
             name: "http",
             io_timeout: config.write_timeout,
             handlers: Some(config.threads),
+            max_connections: config.max_connections,
             ..http_server::Settings::default()
         };
         let serve = {

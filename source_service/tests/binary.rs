@@ -41,6 +41,7 @@ fn a_bad_variable_exits_2_with_one_line_naming_it() {
         ("SOURCE_SEED", "-3"),
         ("SOURCE_PRELOAD", "many"),
         ("SOURCE_LOG_CAPACITY", "0"),
+        ("SOURCE_MAX_CONNECTIONS", "0"),
         ("LOG_LEVEL", "chatty"),
     ] {
         let output = run_with(&[(var, value)]);

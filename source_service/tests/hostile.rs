@@ -56,3 +56,13 @@ fn thirty_two_clients_wait_little_with_8_workers() {
 fn a_trickling_client_is_cut_off_after_10_s() {
     cases::a_trickling_client_is_cut_off_after_10_s(&SOURCE);
 }
+
+#[test]
+fn a_missing_or_repeated_host_is_400() {
+    cases::a_missing_or_repeated_host_is_400(&SOURCE);
+}
+
+#[test]
+fn a_flood_of_idle_connections_is_held_to_the_cap() {
+    cases::a_flood_of_idle_connections_is_held_to_the_cap(&SOURCE);
+}

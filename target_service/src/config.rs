@@ -63,6 +63,10 @@ pub struct Config {
     pub source_roots: Option<Roots>,
     pub sync_interval: Duration,
     pub metrics_addr: SocketAddr,
+    /// `MAX_CONNECTIONS`: most connections the metrics server keeps open
+    /// (never more than the descriptor limit allows); at the cap, idle ones
+    /// are closed to make room for new ones.
+    pub max_connections: usize,
     pub writer_threads: usize,
     pub db_pool_size: u32,
     pub fetch_limit: usize,
@@ -154,6 +158,12 @@ impl Config {
             source_token: vars.secret("SOURCE_TOKEN"),
             sync_interval: vars.seconds("SYNC_INTERVAL", 15.0, 0.001, DAY)?,
             metrics_addr: vars.socket_addr("METRICS_ADDR", "0.0.0.0:2112")?,
+            max_connections: vars.number(
+                "MAX_CONNECTIONS",
+                http_server::DEFAULT_MAX_CONNECTIONS,
+                1,
+                16_384,
+            )?,
             writer_threads,
             db_pool_size: vars.number("DB_POOL_SIZE", default_pool, 2, 1024)?,
             fetch_limit: vars.number("FETCH_LIMIT", 5000, 1, 10_000)?,
@@ -807,6 +817,20 @@ mod tests {
         let c = config(&[("METRICS_ADDR", ":9090")]).unwrap();
         assert_eq!(c.metrics_addr, "0.0.0.0:9090".parse().unwrap());
         assert_eq!(error_variable(&[("METRICS_ADDR", ":")]), "METRICS_ADDR");
+    }
+
+    #[test]
+    fn max_connections_is_read_within_its_bounds() {
+        assert_eq!(config(&[]).unwrap().max_connections, 512);
+        let c = config(&[("MAX_CONNECTIONS", " 64 ")]).unwrap();
+        assert_eq!(c.max_connections, 64);
+        for bad in ["0", "16385", "lots", "-1"] {
+            let err = config(&[("MAX_CONNECTIONS", bad)]).unwrap_err();
+            assert_eq!(err.variable, "MAX_CONNECTIONS", "{bad}");
+            assert!(err
+                .to_string()
+                .ends_with("is not a whole number from 1 to 16384"));
+        }
     }
 
     #[test]

@@ -241,6 +241,7 @@ fn start_http(
         // back 50 ms at most.
         handlers: Some(4),
         handler_patience: Some(Duration::from_millis(50)),
+        max_connections: config.max_connections,
         ..http_server::Settings::default()
     };
     let (metrics, status, admin) = (Arc::clone(metrics), Arc::clone(status), Arc::clone(admin));
