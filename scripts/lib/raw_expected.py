@@ -30,8 +30,11 @@ import sys
 import time
 import urllib.request
 
+# The oracle lives beside this file; importing it leaves no __pycache__ in
+# the working tree.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from oracle import Table, ts_text  # noqa: E402  (the oracle lives beside this file)
+from oracle import Table, ts_text  # noqa: E402
 
 PAGE = 10000
 DECODER = json.JSONDecoder()
@@ -115,4 +118,10 @@ def main(url, users_tsv, rejections_tsv):
 if __name__ == "__main__":
     if len(sys.argv) != 4:
         sys.exit(__doc__)
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    except (OSError, ValueError, TypeError) as err:
+        # OSError: the source did not answer (URLError is one); ValueError:
+        # a page that is not a JSON array or not UTF-8; TypeError: a cursor
+        # header missing.
+        sys.exit("raw_expected: paging %s failed: %s: %s" % (sys.argv[1], type(err).__name__, err))
