@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Usage: scripts/bench.sh — builds release and prints one "bench: <name>: <value> <unit> (<context>)" line per figure: machine, source, raw PostgreSQL ceiling, dlt (the loader a user would pick instead), target catch-up and replay, target RSS.
+# Usage: scripts/bench.sh — builds release and prints one "bench: <name>: <value> <unit> (<context>)" line per figure: machine, source, raw PostgreSQL ceiling, dlt (the loader a user would pick instead), target catch-up and replay (with the target's CPU per 1,000,000 changes), the catch-up of a backlog with invalid changes against a raw ceiling that records them too, target RSS.
 set -euo pipefail
 
 # Environment (all optional):
 #   BENCH_PROFILES     changes preloaded into the source (default 1000000)
 #   BENCH_SKIP_SOURCE  1: skip scripts/bench-source.sh (the source's own figures)
 #   BENCH_SKIP_RAW     1: skip the raw COPY + INSERT ceilings (no ratios then)
+#   BENCH_SKIP_INVALID 1: skip the second data set: a source with the default
+#                      SOURCE_INVALID_RATE=0.05 (same seed and preload),
+#                      whose catch-up each pair measures against a raw
+#                      ceiling that also records the invalid changes and
+#                      conflicts (scripts/lib/raw_expected.py)
 #   BENCH_SKIP_DLT     1: skip the dlt peer (scripts/lib/dlt_peer.py), which
 #                      is otherwise installed into a virtualenv under
 #                      target/dlt-venv on first use (PyPI) and measured in
 #                      every pair, into a table of its own and into one with
 #                      the constraints of users
 #   BENCH_PAIRS        how many times to measure the raw empty-table rate and
-#                      the catch-up back to back (default 3); each pair gives
+#                      the catch-up back to back, and the same for the
+#                      second data set (default 3); each pair gives
 #                      a ratio, and the median of them is the figure. On a
 #                      shared machine whose speed drifts, one pair's ratio
 #                      can be off by a tenth either way; more pairs give a
@@ -64,7 +70,7 @@ rm -rf "$logs"
 mkdir -p "$logs"
 bin=$CARGO_TARGET_DIR/release
 
-src_pid="" tgt_pid="" perf_pid=""
+src_pid="" inv_src_pid="" tgt_pid="" perf_pid=""
 
 # Stops one process we started: SIGTERM, up to 20 s, then SIGKILL.
 # Returns the process's exit status.
@@ -90,6 +96,7 @@ cleanup() {
   stop_pid "$perf_pid" || true
   stop_pid "$tgt_pid" || true
   stop_pid "$src_pid" || true
+  stop_pid "$inv_src_pid" || true
   pg_stop_throwaway
 }
 trap cleanup EXIT
@@ -222,23 +229,37 @@ pg_version=$(psql_admin -c 'SHOW server_version')
 pg_conf=$(psql_admin -c "SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'fsync', 'synchronous_commit', 'max_wal_size', 'full_page_writes')")
 echo "bench: postgresql: $pg_version (throwaway cluster on 127.0.0.1:$PG_THROWAWAY_PORT; $pg_conf)"
 
-# ---------------------------------------------------------------- source with the data set
-# The log keeps twice the preload so that the changes the target's idle rounds
-# generate never push the first ones out: the replay starts from 0 again.
-src_log=$logs/source.log
-env SOURCE_ADDR=127.0.0.1:0 SOURCE_PRELOAD="$PROFILES" SOURCE_INVALID_RATE=0 SOURCE_SEED=7 \
-  SOURCE_LOG_CAPACITY=$((PROFILES * 2)) LOG_LEVEL=info "$bin/source_service" 2>"$src_log" &
-src_pid=$!
-src_addr=""
-for _ in $(seq 1 600); do
-  kill -0 "$src_pid" 2>/dev/null || { cat "$src_log" >&2; die "source_service exited early"; }
-  src_addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$src_log" 2>/dev/null | head -n 1 || true)
-  [[ -n $src_addr ]] && curl -fsS -o /dev/null "http://$src_addr/healthz" 2>/dev/null && break
-  src_addr=""
-  sleep 0.1
-done
-[[ -n $src_addr ]] || die "source_service did not become healthy"
-src_url="http://$src_addr/users/changes"
+# ---------------------------------------------------------------- sources with the data sets
+# start_source INVALID_RATE LOG PID_VAR: a source preloaded with the backlog,
+# seed 7; sets PID_VAR (right away, so cleanup stops it whatever happens)
+# and $started_url. The log keeps twice the preload so that the changes the
+# target's idle rounds generate never push the first ones out: the replay
+# starts from 0 again.
+start_source() {
+  local rate=$1 log=$2 addr=""
+  env SOURCE_ADDR=127.0.0.1:0 SOURCE_PRELOAD="$PROFILES" SOURCE_INVALID_RATE="$rate" SOURCE_SEED=7 \
+    SOURCE_LOG_CAPACITY=$((PROFILES * 2)) LOG_LEVEL=info "$bin/source_service" 2>"$log" &
+  printf -v "$3" '%s' "$!"
+  for _ in $(seq 1 600); do
+    kill -0 "${!3}" 2>/dev/null || { cat "$log" >&2; die "source_service exited early"; }
+    # The log may not exist yet: the source was started in the background.
+    addr=$(sed -n 's/.*listening on http:\/\/\([^ ]*\).*/\1/p' "$log" 2>/dev/null | head -n 1 || true)
+    [[ -n $addr ]] && curl -fsS -o /dev/null "http://$addr/healthz" 2>/dev/null && break
+    addr=""
+    sleep 0.1
+  done
+  [[ -n $addr ]] || die "source_service (SOURCE_INVALID_RATE=$rate) did not become healthy"
+  started_url="http://$addr/users/changes"
+}
+start_source 0 "$logs/source.log" src_pid
+src_url=$started_url
+# The source whose CPU time a target run counts.
+run_src_pid=$src_pid
+skip_invalid=${BENCH_SKIP_INVALID:-0}
+if [[ $skip_invalid != 1 ]]; then
+  start_source 0.05 "$logs/source-invalid.log" inv_src_pid
+  inv_src_url=$started_url
+fi
 
 # The head, without making the source generate anything (there are changes
 # after 0, so it just answers one).
@@ -297,26 +318,18 @@ ON CONFLICT (id) DO UPDATE SET
   name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status,
   last_updated_at = excluded.last_updated_at, sync_status = 'synced', sync_message = 'updated'
 WHERE u.last_updated_at < excluded.last_updated_at;"
-  # The same, also recording every inactive change as the target records a
-  # rejection (the element's text, its SHA-256 key, unique): what
-  # PostgreSQL alone needs to hold both tables a catch-up fills, in bulk.
-  raw_rejections="INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at, change_key)
-SELECT id, 'skipped', 'inactive_status', 'status \"inactive\" is not synced (only active and pending are)',
-       payload, last_updated_at, sha256(convert_to(payload, 'UTF8'))
-FROM (SELECT id, last_updated_at, json_build_object('id', id, 'name', name, 'email', email, 'mobile', mobile,
-             'status', status, 'last_updated_at', last_updated_at)::text AS payload
-      FROM tmp WHERE status = 'inactive') AS t
-ON CONFLICT (profile_id, change_key) DO NOTHING;"
   printf '%s\n' '\timing on' 'BEGIN;' "$raw_load" "$raw_upsert" 'COMMIT;' >"$logs/raw.sql"
-  printf '%s\n' '\timing on' 'BEGIN;' "$raw_load" "$raw_rejections" "$raw_upsert" 'COMMIT;' >"$logs/raw-rejections.sql"
-  # run_raw NAME REFERENCE [SQL]: times SQL (raw.sql), prints its line, sets $raw_rate.
+  # run_raw NAME REFERENCE [SQL URL CHANGES]: times SQL (raw.sql) on the
+  # database of URL (bench_raw), CHANGES ($raw_rows) changes in it; prints
+  # its line, sets $raw_rate. An empty REFERENCE is a ceiling with none yet.
   run_raw() {
-    local name=$1 reference=$2 sql=${3:-$logs/raw.sql} t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t rejections=""
-    psql "$raw_url" -w -X -q -c CHECKPOINT
+    local name=$1 reference=$2 sql=${3:-$logs/raw.sql} url=${4:-$raw_url} changes=${5:-$raw_rows}
+    local t0 t1 s out copy_ms insert_ms inserted pg0 busy0 pg_t other_t rejections=""
+    psql "$url" -w -X -q -c CHECKPOINT
     wait_quiet
     pg0=$(postgres_ticks) busy0=$(busy_ticks)
     t0=$(now_ns)
-    out=$(psql "$raw_url" -w -X -v ON_ERROR_STOP=1 -f "$sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
+    out=$(psql "$url" -w -X -v ON_ERROR_STOP=1 -f "$sql" 2>&1) || { echo "$out" >&2; die "raw $name failed"; }
     t1=$(now_ns)
     # The session's backend may still be exiting; until the postmaster has
     # reaped it, its CPU time shows nowhere in /proc.
@@ -324,17 +337,63 @@ ON CONFLICT (profile_id, change_key) DO NOTHING;"
     pg_t=$(($(postgres_ticks) - pg0))
     other_t=$(($(busy_ticks) - busy0 - pg_t))
     echo "$out" >"$logs/raw-$name.out"
-    settle "$raw_url"
+    settle "$url"
     s=$(secs "$t0" "$t1")
-    raw_rate=$(rate "$raw_rows" "$s")
-    copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); print $1 }' <<<"$out")
+    raw_rate=$(rate "$changes" "$s")
+    # Every COPY's time, summed (the ceiling with rejections copies two files).
+    copy_ms=$(awk '/^COPY/ { getline; sub(/^Time: /, ""); v += $1 } END { printf "%.3f", v }' <<<"$out")
     # The users upsert is the last INSERT; one before it records rejections.
     insert_ms=$(awk '/^INSERT/ { getline; sub(/^Time: /, ""); v = $1 } END { print v }' <<<"$out")
     inserted=$(awk '/^INSERT/ { v = $3 } END { print v }' <<<"$out")
     if [[ $(grep -c '^INSERT' <<<"$out") -gt 1 ]]; then
       rejections=$(awk '/^INSERT/ { n++; if (n == 1) { r = $3; getline; sub(/^Time: /, ""); printf "%s rejections recorded in %s ms, ", r, $1 } }' <<<"$out")
     fi
-    echo "bench: raw $name: $raw_rate rows/s (earlier reference on this machine about $reference; $raw_rows profiles in $s s: COPY ${copy_ms} ms, ${rejections}dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
+    [[ -z $reference ]] || reference="earlier reference on this machine about $reference; "
+    echo "bench: raw $name: $raw_rate rows/s (${reference}$changes profiles in $s s: COPY ${copy_ms} ms, ${rejections}dedupe + upsert ${insert_ms} ms, $inserted rows written; cpu: postgres $(ticks_s "$pg_t") s, psql and anything else $(ticks_s "$other_t") s)"
+  }
+fi
+
+# ---------------------------------------------------------------- raw ceiling with rejections
+# The second data set (SOURCE_INVALID_RATE=0.05), decided change by change
+# by scripts/lib/raw_expected.py (the rules of SPEC §3, conflicts against
+# the simulated table; untimed): the final row of every id and every
+# rejection, each with its element's exact text. The timed transaction
+# loads both: the rejections with their SHA-256 key, unique, then the same
+# newest-per-id upsert as the raw ceiling.
+inv_raw_rows=""
+if [[ $skip_invalid != 1 && ${BENCH_SKIP_RAW:-0} != 1 ]]; then
+  inv_users_tsv=$logs/invalid-users.tsv inv_rejections_tsv=$logs/invalid-rejections.tsv
+  inv_head0=$(curl -fsS -o /dev/null -D - "$inv_src_url?since=0&limit=1" | tr -d '\r' | sed -n 's/^[Xx]-[Hh]ead-[Cc]ursor: *//p')
+  python3 scripts/lib/raw_expected.py "$inv_src_url" "$inv_users_tsv" "$inv_rejections_tsv" >"$logs/invalid-page.out" ||
+    die "scripts/lib/raw_expected.py could not page and decide the invalid-rate source"
+  read -r inv_raw_rows inv_raw_head inv_page_secs inv_final_rows inv_rejections <"$logs/invalid-page.out"
+  [[ $inv_raw_head == "$inv_head0" && $inv_raw_rows == "$inv_head0" ]] ||
+    die "paged $inv_raw_rows changes of the invalid-rate source up to $inv_raw_head, expected $inv_head0"
+  echo "bench: raw invalid-rate 0.05: paged and decided: $inv_raw_rows changes in ${inv_page_secs} s, $inv_final_rows final rows and $inv_rejections rejections (python3, limit 10000, scripts/lib/raw_expected.py; not part of the rates below)"
+  inv_raw_db=bench_raw_invalid
+  inv_raw_url=$(pg_url_with_db "$PG_ADMIN_URL" "$inv_raw_db")
+  inv_raw_load="CREATE TEMP TABLE tmp (id uuid, name text, email text, mobile text, status text, last_updated_at timestamptz, sync_status text) ON COMMIT DROP;
+CREATE TEMP TABLE tmp_rejections (profile_id uuid, outcome text, reason text, message text, payload text, changed_at timestamptz) ON COMMIT DROP;
+\\copy tmp FROM '$inv_users_tsv'
+\\copy tmp_rejections FROM '$inv_rejections_tsv'"
+  inv_raw_rejections="INSERT INTO sync_rejections (profile_id, outcome, reason, message, payload, changed_at, change_key)
+SELECT profile_id, outcome, reason, message, payload, changed_at, sha256(convert_to(payload, 'UTF8'))
+FROM tmp_rejections
+ON CONFLICT (profile_id, change_key) DO NOTHING;"
+  # The raw ceiling's upsert, the row's sync_status (a mark) taken along.
+  inv_raw_upsert="INSERT INTO users AS u (id, name, email, mobile, status, last_updated_at, sync_status, sync_message)
+SELECT DISTINCT ON (id) id, name, email, mobile, status, last_updated_at, sync_status, 'created'
+FROM tmp ORDER BY id, last_updated_at DESC
+ON CONFLICT (id) DO UPDATE SET
+  name = excluded.name, email = excluded.email, mobile = excluded.mobile, status = excluded.status,
+  last_updated_at = excluded.last_updated_at, sync_status = excluded.sync_status, sync_message = 'updated'
+WHERE u.last_updated_at < excluded.last_updated_at;"
+  printf '%s\n' '\timing on' 'BEGIN;' "$inv_raw_load" "$inv_raw_rejections" "$inv_raw_upsert" 'COMMIT;' >"$logs/raw-invalid.sql"
+  # run_inv_raw TAG: the ceiling with rejections into an empty bench_raw_invalid.
+  run_inv_raw() {
+    fresh_database "$inv_raw_db"
+    PGOPTIONS="-c client_min_messages=warning" psql "$inv_raw_url" -w -X -q -v ON_ERROR_STOP=1 -f schema.sql
+    run_raw "invalid-rate-0.05$1" "" "$logs/raw-invalid.sql" "$inv_raw_url" "$inv_raw_rows"
   }
 fi
 
@@ -406,8 +465,8 @@ metric() { # metric TEXT NAME -> value (0 when absent)
 
 # run_target NAME HEAD [BINARY]: starts the target (BINARY, by default ours), waits until the stored cursor
 # reaches HEAD, sampling VmRSS every 100 ms; stops it (it must exit 0).
-# Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics
-# and $run_cpu (a line saying where the CPU time went, and how much WAL
+# Sets $run_secs, $run_peak_kib (max VmRSS sampled), $run_hwm_kib, $run_metrics,
+# $run_tgt_ticks (the target's CPU time) and $run_cpu (a line saying where the CPU time went, and how much WAL
 # PostgreSQL wrote and how many checkpoints it counted meanwhile: one that
 # falls inside a run makes the first change to each page write all of it).
 run_target() {
@@ -421,7 +480,7 @@ run_target() {
   fi
   wait_quiet
   read -r wal0 checkpoints0 < <(wal_position)
-  pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$src_pid")
+  pg0=$(postgres_ticks) idle0=$(idle_ticks) busy0=$(busy_ticks) steal0=$(steal_ticks) src0=$(pid_ticks "$run_src_pid")
   t0=$(now_ns)
   # Started from target/bench so no .env of the working tree is read.
   (cd "$logs" && exec env DATABASE_URL="$e2e_url" SOURCE_SERVICE_URL="$src_url" SYNC_INTERVAL=1 \
@@ -479,10 +538,11 @@ PY
   local tgt_t pg_t src_t idle_t other_t steal_t stored
   tgt_t=$(pid_ticks "$tgt_pid")
   pg_t=$(($(postgres_ticks) - pg0))
-  src_t=$(($(pid_ticks "$src_pid") - src0))
+  src_t=$(($(pid_ticks "$run_src_pid") - src0))
   idle_t=$(($(idle_ticks) - idle0))
   other_t=$(($(busy_ticks) - busy0 - tgt_t - pg_t - src_t))
   steal_t=$(($(steal_ticks) - steal0))
+  run_tgt_ticks=$tgt_t
   stored=$(db_cursor)
   [[ $stored -ge $head ]] || die "$name: sync_cursor reached $head but sync_state.cursor is $stored"
   run_cpu="bench: $name cpu: target_service $(ticks_s "$tgt_t") s, postgres $(ticks_s "$pg_t") s, source_service $(ticks_s "$src_t") s, anything else $(ticks_s "$other_t") s, stolen $(ticks_s "$steal_t") s, idle $(ticks_s "$idle_t") s (of $(nproc) cpus x $run_secs s wall); WAL $(wal_since "$wal0" "$checkpoints0")"
@@ -513,6 +573,13 @@ PY
   settle "$e2e_url"
 }
 
+# cpu_per_million NAME CHANGES: prints the target's CPU time of the run just
+# made, scaled to 1,000,000 changes; sets $run_cpu_per_million.
+cpu_per_million() {
+  run_cpu_per_million=$(awk -v t="$run_tgt_ticks" -v c="$clk_tck" -v n="$2" 'BEGIN { printf "%.2f", t / c * 1e6 / n }')
+  echo "bench: $1 target_service cpu per 1,000,000 changes: $run_cpu_per_million s ($(ticks_s "$run_tgt_ticks") s for $2 changes)"
+}
+
 target_settings="SYNC_INTERVAL=1${BENCH_TARGET_ENV:+ $BENCH_TARGET_ENV}${BENCH_DB_SETTINGS:+; database: $BENCH_DB_SETTINGS}"
 
 # 3. Pairs of the raw empty-table ceiling and the catch-up into an empty
@@ -538,6 +605,71 @@ run_baseline() {
   echo "bench: baseline catch-up$1: $baseline_rate profiles/s ($baseline_bin; $2 changes in $run_secs s from process start)"
   echo "$run_cpu"
 }
+# as_invalid COMMAND...: runs COMMAND against the invalid-rate source and
+# the database of its catch-up.
+as_invalid() {
+  local ours_db=$e2e_db ours_url=$e2e_url ours_src_url=$src_url
+  e2e_db=bench_invalid e2e_url=$(pg_url_with_db "$PG_ADMIN_URL" bench_invalid)
+  src_url=$inv_src_url run_src_pid=$inv_src_pid
+  "$@"
+  e2e_db=$ours_db e2e_url=$ours_url src_url=$ours_src_url run_src_pid=$src_pid
+}
+recorded_reasons='invalid_id|invalid_timestamp|invalid_email|invalid_name|invalid_mobile|malformed|future_timestamp|email_taken|mobile_taken|db_error'
+# run_invalid_catch_up TAG: the catch-up of the invalid-rate source into an
+# empty database; sets $inv_catch_rate, $inv_head and $inv_fetched (the
+# changes it fetched, those its idle rounds made the source generate too).
+run_invalid_catch_up() {
+  local synced stale inactive rejected skipped
+  inv_head=$(source_head)
+  [[ $inv_head =~ ^[0-9]+$ ]] || die "no X-Head-Cursor from the invalid-rate source"
+  fresh_e2e_db
+  run_target "catch-up-invalid$1" "$inv_head"
+  inv_catch_rate=$(rate "$inv_head" "$run_secs")
+  inv_fetched=$(metric "$run_metrics" profiles_fetched_total)
+  synced=$(metric "$run_metrics" profiles_synced_total)
+  skipped=$(metric "$run_metrics" profiles_skipped_total)
+  stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
+  inactive=$(metric "$run_metrics" 'profiles_rejected_total{reason="inactive_status"}')
+  rejected=$(awk -v re="^profiles_rejected_total[{]reason=\"($recorded_reasons)\"[}]$" '$1 ~ re { v += $2 } END { printf "%.0f", v }' <<<"$run_metrics")
+  echo "bench: catch-up invalid-rate 0.05$1: $inv_catch_rate profiles/s ($inv_head changes of the SOURCE_INVALID_RATE=0.05 source from cursor 0 to the head in $run_secs s from process start; $target_settings; synced $synced, stale $stale, inactive $inactive, failed validation or conflict $rejected, skipped in all $skipped)"
+  cpu_per_million "catch-up invalid-rate 0.05$1" "$inv_head"
+  echo "$run_cpu"
+}
+# invalid_pair PAIR TAG: the raw ceiling with rejections and the catch-up of
+# the invalid-rate source, in turns (odd pairs the raw one first, even pairs
+# the target), so that drift favours neither; prints their ratio.
+invalid_pair() {
+  local pair=$1 tag=$2 raw_inv_rate="" ratio users rejections raw_rejections slack
+  if [[ -n $inv_raw_rows && $((pair % 2)) -eq 1 ]]; then
+    run_inv_raw "$tag"
+    raw_inv_rate=$raw_rate
+  fi
+  as_invalid run_invalid_catch_up "$tag"
+  inv_catch_rates+=("$inv_catch_rate") inv_cpu_per_million+=("$run_cpu_per_million")
+  if [[ -n $inv_raw_rows && $((pair % 2)) -eq 0 ]]; then
+    run_inv_raw "$tag"
+    raw_inv_rate=$raw_rate
+  fi
+  [[ -n $raw_inv_rate ]] || return 0
+  ratio=$(awk -v a="$inv_catch_rate" -v b="$raw_inv_rate" 'BEGIN { printf "%.2f", a / b }')
+  inv_ratios+=("$ratio")
+  echo "bench: catch-up invalid-rate 0.05 vs raw with rejections$tag: $ratio (target >= 0.85: $(verdict "$ratio" '>=' 0.85); $inv_catch_rate / $raw_inv_rate rows/s)"
+  # The raw ceiling holds the log up to the head it was paged at; the
+  # catch-up also took what the source generated since at its head (this
+  # and earlier catch-ups' idle rounds), each change of which may add a
+  # row or a rejection.
+  users=$(as_invalid psql_e2e 'SELECT count(*) FROM users')
+  rejections=$(as_invalid psql_e2e 'SELECT count(*) FROM sync_rejections')
+  raw_rejections=$(psql "$inv_raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM sync_rejections')
+  slack=$((inv_fetched - inv_raw_rows))
+  ((users >= inv_final_rows && users - inv_final_rows <= slack)) ||
+    echo "bench: WARNING: users holds $users rows after the invalid-rate catch-up, the raw ceiling's $inv_final_rows (at most $slack more were possible, one per change it fetched beyond the ceiling's): the two did not load the same ids" >&2
+  ((rejections >= raw_rejections && rejections - raw_rejections <= slack)) ||
+    echo "bench: WARNING: sync_rejections holds $rejections rows after the invalid-rate catch-up, the raw ceiling's $raw_rejections (at most $slack more were possible): the two did not record the same rejections" >&2
+}
+# psql_e2e SQL: one value from the database of $e2e_url.
+psql_e2e() { psql "$e2e_url" -w -X -q -t -A -c "$1"; }
+inv_catch_rates=() inv_cpu_per_million=() inv_ratios=() catch_cpu_per_million=()
 baseline_ratios=()
 ratios=() dlt_constrained_ratios=() dlt_free_ratios=() catch_rates=() catch_peak=0 catch_hwm=0
 for pair in $(seq 1 "$PAIRS"); do
@@ -573,6 +705,8 @@ for pair in $(seq 1 "$PAIRS"); do
   stale=$(metric "$run_metrics" 'profiles_rejected_total{reason="stale"}')
   inactive=$(metric "$run_metrics" 'profiles_rejected_total{reason="inactive_status"}')
   echo "bench: catch-up$tag: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); $head changes from cursor 0 to the head in $run_secs s from process start; $target_settings; synced $synced, stale $stale, inactive $inactive, skipped in all $skipped)"
+  cpu_per_million "catch-up$tag" "$head"
+  catch_cpu_per_million+=("$run_cpu_per_million")
   if [[ -n $raw_empty_rate ]]; then
     ratio=$(awk -v a="$catch_rate" -v b="$raw_empty_rate" 'BEGIN { printf "%.2f", a / b }')
     ratios+=("$ratio")
@@ -601,6 +735,7 @@ for pair in $(seq 1 "$PAIRS"); do
     baseline_ratios+=("$ratio")
     echo "bench: catch-up vs baseline$tag: $ratio ($catch_rate / $baseline_rate profiles/s)"
   fi
+  [[ $skip_invalid == 1 ]] || invalid_pair "$pair" "$tag"
 done
 if [[ ${#baseline_ratios[@]} -gt 0 ]]; then
   ratio=$(median %.2f <<<"${baseline_ratios[*]}")
@@ -609,6 +744,8 @@ fi
 if [[ $PAIRS -gt 1 ]]; then
   catch_rate=$(median %.0f <<<"${catch_rates[*]}")
   echo "bench: catch-up, median of $PAIRS: $catch_rate profiles/s (target >= 35000: $(verdict "$catch_rate" '>=' 35000); each: ${catch_rates[*]})"
+  cpu_median=$(median %.2f <<<"${catch_cpu_per_million[*]}")
+  echo "bench: catch-up target_service cpu per 1,000,000 changes, median of $PAIRS: $cpu_median s (each: ${catch_cpu_per_million[*]})"
   if [[ ${#ratios[@]} -gt 0 ]]; then
     ratio=$(median %.2f <<<"${ratios[*]}")
     echo "bench: catch-up vs raw, median of $PAIRS pairs: $ratio (target >= 0.8: $(verdict "$ratio" '>=' 0.8); each: ${ratios[*]})"
@@ -619,6 +756,24 @@ if [[ $PAIRS -gt 1 ]]; then
     ratio=$(median %.2f <<<"${dlt_free_ratios[*]}")
     echo "bench: catch-up vs dlt free, median of $PAIRS: $ratio (the moonshot is >= 1.0: $(verdict "$ratio" '>=' 1.0); each: ${dlt_free_ratios[*]})"
   fi
+  if [[ ${#inv_catch_rates[@]} -gt 0 ]]; then
+    inv_rate_median=$(median %.0f <<<"${inv_catch_rates[*]}")
+    echo "bench: catch-up invalid-rate 0.05, median of $PAIRS: $inv_rate_median profiles/s (each: ${inv_catch_rates[*]})"
+    cpu_median=$(median %.2f <<<"${inv_cpu_per_million[*]}")
+    echo "bench: catch-up invalid-rate 0.05 target_service cpu per 1,000,000 changes, median of $PAIRS: $cpu_median s (each: ${inv_cpu_per_million[*]})"
+  fi
+  if [[ ${#inv_ratios[@]} -gt 0 ]]; then
+    ratio=$(median %.2f <<<"${inv_ratios[*]}")
+    echo "bench: catch-up invalid-rate 0.05 vs raw with rejections, median of $PAIRS pairs: $ratio (target >= 0.85: $(verdict "$ratio" '>=' 0.85); each: ${inv_ratios[*]})"
+  fi
+fi
+if [[ -n $inv_raw_rows ]]; then
+  psql_admin -c "DROP DATABASE $inv_raw_db"
+fi
+if [[ $skip_invalid != 1 ]]; then
+  psql_admin -c "DROP DATABASE bench_invalid"
+  stop_pid "$inv_src_pid" || true
+  inv_src_pid=""
 fi
 if [[ -n ${tsv:-} ]]; then
   # The raw statement once more on the table the last pair filled.
@@ -626,12 +781,7 @@ if [[ -n ${tsv:-} ]]; then
   raw_stale_rate=$raw_rate
   users=$(psql "$raw_url" -w -X -q -t -A -c 'SELECT count(*) FROM users')
   echo "bench: raw: distinct ids: $users (users rows after both runs)"
-  fresh_raw_db
-  run_raw empty-table-with-rejections 60000 "$logs/raw-rejections.sql"
-  raw_rejections_rate=$raw_rate
   psql_admin -c "DROP DATABASE $raw_db"
-  ratio=$(awk -v a="$catch_rate" -v b="$raw_rejections_rate" 'BEGIN { printf "%.2f", a / b }')
-  echo "bench: catch-up vs raw with rejections: $ratio ($catch_rate / $raw_rejections_rate rows/s; the catch-up's median when there are pairs)"
 fi
 
 # 4. Replay of the whole log: every change is stale.
@@ -668,6 +818,7 @@ if [[ -n ${raw_stale_rate:-} ]]; then
   ratio=$(awk -v a="$replay_rate" -v b="$raw_stale_rate" 'BEGIN { printf "%.2f", a / b }')
   echo "bench: replay vs raw all-stale: $ratio (target >= 0.8: $(verdict "$ratio" '>=' 0.8); $replay_rate / $raw_stale_rate rows/s)"
 fi
+cpu_per_million replay "$head1"
 echo "$run_cpu"
 
 # 5. Memory.

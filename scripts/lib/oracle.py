@@ -145,60 +145,79 @@ def changes(dumps):
                     yield element
 
 
-def expect(out_dir, dumps):
-    now = dt.datetime.now(dt.timezone.utc)
-    rows = {}  # id -> [name, email, mobile, status, instant, sync_status]
-    email_owner, mobile_owner = {}, {}
-    seen = set()  # every id that parsed
-    must, stats = [], dict.fromkeys(
-        ("changes", "invalid", "inactive", "stale", "conflicts", "synced"), 0)
+class Table:
+    """The users table as the contract leaves it, one change at a time:
+    `rows` maps each id to [name, email, mobile, status, instant,
+    sync_status], in the order the ids were first synced."""
 
-    def mark(pid, at, outcome):
-        row = rows.get(pid)
+    def __init__(self, now):
+        self.now = now
+        self.rows = {}
+        self.email_owner, self.mobile_owner = {}, {}
+        self.seen = set()  # every id that parsed
+
+    def mark(self, pid, at, outcome):
+        row = self.rows.get(pid)
         if row is not None and at is not None and at > row[4]:
             row[5] = outcome
 
-    for element in changes(dumps):
-        stats["changes"] += 1
-        reason, pid, at = judge(element, now)
+    def apply(self, element):
+        """Decides one change against the table the changes before it left,
+        and applies it. Returns (outcome, reason, profile_id, instant), the
+        outcome being synced, skipped, failed_validation or conflict."""
+        reason, pid, at = judge(element, self.now)
         if pid is not None:
-            seen.add(pid)
+            self.seen.add(pid)
         if reason == "inactive_status":
             # A filter, not an error: nothing recorded, no row marked.
-            stats["inactive"] += 1
-            continue
+            return "skipped", reason, pid, at
         if reason is not None:
             outcome = OUTCOME.get(reason, "failed_validation")
-            stats["invalid"] += 1
-            must.append((pid or "", ts_text(at), outcome, reason))
             if pid is not None:
-                mark(pid, at, outcome)
-            continue
-        row = rows.get(pid)
+                self.mark(pid, at, outcome)
+            return outcome, reason, pid, at
+        row = self.rows.get(pid)
         # Stale against the row alone: a rejected change leaves no mark.
         if row is not None and at <= row[4]:
-            stats["stale"] += 1
-            continue
+            return "skipped", "stale", pid, at
         email, mobile = element["email"], element["mobile"]
         taken = None
-        if email_owner.get(email, pid) != pid:
+        if self.email_owner.get(email, pid) != pid:
             taken = "email_taken"
-        elif mobile_owner.get(mobile, pid) != pid:
+        elif self.mobile_owner.get(mobile, pid) != pid:
             taken = "mobile_taken"
         if taken is not None:
-            stats["conflicts"] += 1
-            must.append((pid, ts_text(at), "conflict", taken))
-            mark(pid, at, "conflict")
-            continue
-        stats["synced"] += 1
+            self.mark(pid, at, "conflict")
+            return "conflict", taken, pid, at
         if row is not None:
-            if email_owner.get(row[1]) == pid:
-                del email_owner[row[1]]
-            if mobile_owner.get(row[2]) == pid:
-                del mobile_owner[row[2]]
-        email_owner[email] = pid
-        mobile_owner[mobile] = pid
-        rows[pid] = [element["name"], email, mobile, element["status"], at, "synced"]
+            if self.email_owner.get(row[1]) == pid:
+                del self.email_owner[row[1]]
+            if self.mobile_owner.get(row[2]) == pid:
+                del self.mobile_owner[row[2]]
+        self.email_owner[email] = pid
+        self.mobile_owner[mobile] = pid
+        self.rows[pid] = [element["name"], email, mobile, element["status"], at, "synced"]
+        return "synced", None, pid, at
+
+
+# The figure each (outcome, reason) of Table.apply counts under in `expect`.
+STAT = {"synced": "synced", "conflict": "conflicts", "failed_validation": "invalid"}
+
+
+def expect(out_dir, dumps):
+    table = Table(dt.datetime.now(dt.timezone.utc))
+    must, stats = [], dict.fromkeys(
+        ("changes", "invalid", "inactive", "stale", "conflicts", "synced"), 0)
+    for element in changes(dumps):
+        stats["changes"] += 1
+        outcome, reason, pid, at = table.apply(element)
+        if outcome == "skipped":
+            stats["inactive" if reason == "inactive_status" else "stale"] += 1
+            continue
+        stats[STAT[outcome]] += 1
+        if outcome != "synced":
+            must.append((pid or "", ts_text(at), outcome, reason))
+    rows = table.rows
 
     # Applied one at a time, every outcome is exact: no id is ambiguous.
     ambiguous, allowed, may = set(), [], []
@@ -219,7 +238,7 @@ def expect(out_dir, dumps):
     # An empty key (no id, no timestamp) is loaded as NULL by \copy csv.
     write("must.csv", must)
     write("may.csv", may)
-    figures = dict(stats, ids=len(seen), rows=len(exact),
+    figures = dict(stats, ids=len(table.seen), rows=len(exact),
                    ambiguous=len(ambiguous), must_rejections=len(must))
     print(" ".join("%s=%s" % kv for kv in figures.items()))
 
