@@ -480,6 +480,7 @@ drill_db_outage() {
 # PostgreSQL every millisecond, for a catch-up that crosses MIN within a few
 # milliseconds of psql's start-up time.
 wait_cursor_in_db() {
+  wait_sync_state_table
   psql_db -v url="$src_url" -v min="$1" -v head="$2" >/dev/null <<'SQL' ||
 SELECT set_config('drill.url', :'url', false), set_config('drill.min', :'min', false),
        set_config('drill.head', :'head', false);
@@ -508,6 +509,18 @@ END
 $$;
 SQL
     fail "waiting for the stored cursor to reach $1 of $2 failed (see above)"
+}
+
+# Waits until sync_state exists. A session that looked for it before the
+# target created it keeps not finding it (to_regclass takes no lock, so it
+# reads no catalog change), so the loop of wait_cursor_in_db begins only
+# once it is there.
+wait_sync_state_table() {
+  local deadline=$((SECONDS + 60))
+  until [[ $(psql_db -c "SELECT to_regclass('sync_state') IS NOT NULL" 2>/dev/null) == t ]]; do
+    [[ $SECONDS -lt $deadline ]] || fail "the target did not create sync_state within 60s"
+    sleep 0.05
+  done
 }
 
 drill_db_crash() {
