@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: scripts/faults.sh [kill|db-outage|db-crash|source-restart|failover ...] — failure drills, each on its own throwaway PostgreSQL, each checking the final tables against what the source handed out.
+# Usage: scripts/faults.sh [kill|db-outage|db-crash|db-failover|source-restart|failover ...] — failure drills, each on its own throwaway PostgreSQL, each checking the final tables against what the source handed out.
 set -euo pipefail
 
 # The drills:
@@ -11,12 +11,18 @@ set -euo pipefail
 #                   was not yet in the WAL on disk is gone) at 40% and again
 #                   at 70% of a catch-up, starting it again each time: no
 #                   change a crash took may be left behind the stored cursor.
+#   db-failover     a streaming standby beside PostgreSQL (asynchronous
+#                   replication) and the target given both in one URL with
+#                   target_session_attrs=read-write; crash the primary mid
+#                   catch-up and promote the standby: the target, never
+#                   restarted, carries on against it and fetches again what
+#                   the promoted server lost.
 #   source-restart  restart the source with another seed (a new epoch).
 #   failover        two replicas, one standby; SIGKILL the active one
 #                   mid-backlog, and the standby takes over.
 # Without arguments every drill runs. Each drill runs in a process of its
 # own (this script with --run NAME) that cleans up after itself: its
-# services, and its throwaway cluster under target/pg-drill-NAME. Logs, the
+# services, and its throwaway clusters under target/pg-drill-NAME*. Logs, the
 # source's changes as read back and the expected tables go to
 # target/faults/NAME/. Exit status 0 when no drill lost, duplicated or
 # invented data.
@@ -37,10 +43,11 @@ source scripts/lib/pg.sh
 source scripts/lib/svc.sh
 
 # A throwaway cluster of the calling script (scripts/test.sh exports its
-# variables) is not this script's to stop.
+# variables) is not this script's to stop, nor a standby of it.
 unset PG_THROWAWAY_DIR PG_THROWAWAY_DATA PG_THROWAWAY_LOG PG_THROWAWAY_PORT
+unset PG_STANDBY_DIR PG_STANDBY_DATA PG_STANDBY_LOG PG_STANDBY_PORT
 
-all_drills=(kill db-outage db-crash source-restart failover)
+all_drills=(kill db-outage db-crash db-failover source-restart failover)
 cargo_target=${CARGO_TARGET_DIR:-$repo/target}
 [[ $cargo_target == /* ]] || cargo_target=$repo/$cargo_target
 bin_dir=$cargo_target/release
@@ -49,6 +56,9 @@ shutdown_secs=10
 # Catching up with a preload takes seconds; these bound a stuck drill.
 catch_up_secs=120
 takeover_limit_secs=3
+# How soon after a promotion the target must write to the promoted server:
+# a few rounds, and the longest backoff between reconnection attempts (5 s).
+resume_limit_secs=15
 
 # ---------------------------------------------------------------------------
 # Parent: build once, run each drill in a child, summarise.
@@ -116,6 +126,7 @@ cleanup_drill() {
   local status=$?
   trap - INT TERM HUP
   svc_stop_all
+  pg_stop_standby >/dev/null 2>&1
   pg_stop_throwaway >/dev/null 2>&1
   exit "$status"
 }
@@ -469,6 +480,7 @@ drill_db_outage() {
 # PostgreSQL every millisecond, for a catch-up that crosses MIN within a few
 # milliseconds of psql's start-up time.
 wait_cursor_in_db() {
+  wait_sync_state_table
   psql_db -v url="$src_url" -v min="$1" -v head="$2" >/dev/null <<'SQL' ||
 SELECT set_config('drill.url', :'url', false), set_config('drill.min', :'min', false),
        set_config('drill.head', :'head', false);
@@ -499,6 +511,18 @@ SQL
     fail "waiting for the stored cursor to reach $1 of $2 failed (see above)"
 }
 
+# Waits until sync_state exists. A session that looked for it before the
+# target created it keeps not finding it (to_regclass takes no lock, so it
+# reads no catalog change), so the loop of wait_cursor_in_db begins only
+# once it is there.
+wait_sync_state_table() {
+  local deadline=$((SECONDS + 60))
+  until [[ $(psql_db -c "SELECT to_regclass('sync_state') IS NOT NULL" 2>/dev/null) == t ]]; do
+    [[ $SECONDS -lt $deadline ]] || fail "the target did not create sync_state within 60s"
+    sleep 0.05
+  done
+}
+
 drill_db_crash() {
   local head at recovered=() pid t0 caught_up
   # About 100,000 new users among the changes, and updates of them: long
@@ -524,6 +548,92 @@ drill_db_crash() {
   say "caught up with the head ${caught_up}s after PostgreSQL came back"
   svc_running "$pid" || fail "target_service exited"
   verify "PostgreSQL crashed ${recovered[*]}; caught up ${caught_up}s after the last"
+}
+
+# Waits until the target at BASE says on /status that it is idle with the
+# source's head as its cursor. Its own rounds move the head on, so the head
+# is read just before and just after /status, and must not have moved.
+wait_status_idle_at_head() {
+  local base=$1 pid=$2 deadline body state cursor head_before head_after
+  deadline=$((SECONDS + 30))
+  while :; do
+    svc_running "$pid" || fail "target_service exited"
+    head_before=$(source_head)
+    body=$(http_get "$base/status" 2>/dev/null) || body='{}'
+    head_after=$(source_head)
+    read -r state cursor < <(python3 -c 'import json, sys; s = json.loads(sys.argv[1]); print(s.get("state"), s.get("cursor"))' \
+      "$body" 2>/dev/null || echo "unreadable none")
+    if [[ $state == idle && $cursor == "$head_before" && $cursor == "$head_after" ]]; then
+      return 0
+    fi
+    [[ $SECONDS -lt $deadline ]] ||
+      fail "/status did not say idle at the source's head ($head_after) within 30s: state $state, cursor $cursor"
+    sleep 0.1
+  done
+}
+
+# Waits until the stored cursor, read from the promoted server, moves past
+# FROM: the target writes to it.
+wait_writes_resumed() {
+  local from=$1 pid=$2 deadline cursor
+  deadline=$((SECONDS + resume_limit_secs))
+  while :; do
+    svc_running "$pid" || fail "target_service exited after the failover"
+    cursor=$(stored_cursor)
+    [[ -n $cursor && $cursor -gt $from ]] && return 0
+    [[ $SECONDS -lt $deadline ]] ||
+      fail "the target stored no cursor past $from on the promoted server within ${resume_limit_secs}s (it is ${cursor:-none}; see target.log)"
+    sleep 0.05
+  done
+}
+
+drill_db_failover() {
+  local head pid base halted at before promoted rows t0 resumed caught_up
+  pg_start_standby "drill-$drill-standby" >"$work/standby.out" 2>&1 || {
+    cat "$work/standby.out" >&2
+    fail "could not start a streaming standby"
+  }
+  # The drill's own queries go, as the target's, to whichever server
+  # accepts writes.
+  db_url="postgres://postgres@127.0.0.1:$PG_THROWAWAY_PORT,127.0.0.1:$PG_STANDBY_PORT/drill?target_session_attrs=read-write"
+  say "standby streaming at 127.0.0.1:$PG_STANDBY_PORT; the target's DATABASE_URL is $db_url"
+  start_source SOURCE_SEED=106 SOURCE_PRELOAD=100000
+  head=$(source_head)
+  start_target target
+  pid=${targets[0]} base=${target_bases[0]}
+  # Replication is asynchronous: what the primary committed last may not
+  # have reached the standby when it dies. The standby stops receiving at
+  # 30% of the catch-up and the primary goes on a twentieth further, so the
+  # promoted server surely lacks changes below the cursor the target had
+  # stored, and the drill sees them fetched again.
+  wait_cursor_in_db $((head * 3 / 10)) "$head"
+  pg_standby_stop_streaming >>"$work/standby.out" 2>&1 ||
+    fail "could not stop the standby's streaming (see standby.out)"
+  # The standby has nothing the primary had not committed by now.
+  halted=$(stored_cursor)
+  [[ -n $halted ]] || fail "the primary holds no stored cursor"
+  at=$((halted + head / 20))
+  [[ $at -lt $head ]] ||
+    fail "the stored cursor was $halted of $head once the standby stopped receiving: too late to crash mid catch-up; give it a longer backlog"
+  wait_cursor_in_db "$at" "$head"
+  before=$(stored_cursor)
+  pg_throwaway_stop_server immediate || fail "could not crash the primary"
+  pg_promote_standby >>"$work/standby.out" 2>&1 || fail "could not promote the standby (see standby.out)"
+  t0=$(now_secs)
+  promoted=$(stored_cursor)
+  rows=$(user_rows)
+  [[ -n $promoted ]] || fail "the promoted standby does not answer, or holds no cursor"
+  [[ $promoted -lt $at ]] ||
+    fail "the promoted server holds cursor $promoted, past the $at the primary had stored: it lost nothing"
+  say "the standby stopped receiving at stored cursor $halted or before; primary crashed (immediate stop) at stored cursor ${before:-$at}+ of $head; promoted the standby, which holds cursor $promoted and $rows users rows"
+  wait_writes_resumed "$promoted" "$pid"
+  resumed=$(since "$t0")
+  say "the target stored a cursor on the promoted server ${resumed}s after the promotion"
+  wait_caught_up
+  caught_up=$(since "$t0")
+  wait_status_idle_at_head "$base" "$pid"
+  say "caught up with the head ${caught_up}s after the promotion; /status idle at the head"
+  verify "primary crashed at cursor ${before:-$at}/$head, the standby promoted at cursor $promoted, writes resumed ${resumed}s after, caught up ${caught_up}s after, target never restarted"
 }
 
 drill_source_restart() {

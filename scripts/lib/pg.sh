@@ -31,6 +31,23 @@
 #                                     none was started, never fails. Callers
 #                                     install it as an EXIT trap.
 #
+#   pg_start_standby NAME
+#       Starts a streaming standby of the throwaway cluster under
+#       target/pg-NAME/ on a free port: pg_basebackup -R (asynchronous
+#       replication, through a replication slot) as the cluster's owner, then
+#       waits until it streams. Exports PG_STANDBY_DIR, PG_STANDBY_DATA,
+#       PG_STANDBY_LOG and PG_STANDBY_PORT. A standby of the same NAME left
+#       behind by a killed run is stopped and removed first.
+#   pg_standby_stop_streaming         the standby stops receiving WAL;
+#                                     returns once its WAL receiver is
+#                                     gone. From then on it lags, as
+#                                     asynchronous replication may.
+#   pg_promote_standby                promote it; returns once it accepts
+#                                     writes
+#   pg_stop_standby                   stop it (immediately: its data goes
+#                                     anyway) and remove it; does nothing
+#                                     when none was started, never fails
+#
 #   pg_is_up URL                      true when URL accepts `select 1`;
 #                                     psql's last error is in PG_LAST_ERROR
 #   pg_url_with_db URL DB             URL with its database replaced by DB
@@ -190,9 +207,13 @@ pg__claim_dir() {
   echo "$dir"
 }
 
-pg_start_throwaway() {
-  local name=${1:-default} dir data sock port log attempt
-  pg_ensure_binaries || return 1
+# Makes this run's directory for a cluster, target/pg-NAME/ (or
+# target/pg-NAME.<pid> while another live run holds that one; see
+# pg__claim_dir), and sets PG__DIR to it and PG__DATA to where the
+# cluster's data directory goes (not created yet; its parent belongs to the
+# cluster's owner).
+pg__make_dir() {
+  local name=$1 dir data
   dir=$(pg__claim_dir "$PG_REPO_ROOT/target/pg-$name") || return 1
   data=$dir/data
   if [[ $EUID -eq 0 ]]; then
@@ -210,12 +231,28 @@ pg_start_throwaway() {
       pg__log "postgres cannot reach $dir; the cluster lives in $other"
     fi
   fi
-  log=$(dirname "$data")/postgres.log
-  sock=$(dirname "$data")/run
-  # A Unix socket path is limited to about 107 bytes; past that, TCP only.
+  PG__DIR=$dir PG__DATA=$data
+}
+
+# The socket directory for a cluster whose data lives in DATA: beside it,
+# or empty (TCP only) when the path would pass the ~107 bytes a Unix
+# socket's path may have.
+pg__socket_dir() {
+  local sock
+  sock=$(dirname "$1")/run
   if [[ $((${#sock} + 20)) -gt 100 ]]; then
     sock=""
   fi
+  echo "$sock"
+}
+
+pg_start_throwaway() {
+  local name=${1:-default} dir data sock port log attempt
+  pg_ensure_binaries || return 1
+  pg__make_dir "$name" || return 1
+  dir=$PG__DIR data=$PG__DATA
+  log=$(dirname "$data")/postgres.log
+  sock=$(pg__socket_dir "$data")
   pg__log "initdb $data"
   pg__as_owner initdb -D "$data" -U postgres --auth=trust --no-locale -E UTF8 \
     >"$dir/initdb.log" 2>&1 || {
@@ -282,6 +319,112 @@ pg_stop_throwaway() {
     pg__log "stopping and removing throwaway cluster $PG_THROWAWAY_DIR"
     pg__discard_dir "$PG_THROWAWAY_DIR" || true
     unset PG_THROWAWAY_DIR PG_THROWAWAY_DATA PG_THROWAWAY_LOG PG_THROWAWAY_PORT
+  fi
+  return 0
+}
+
+pg_start_standby() {
+  local name=${1:-standby} data log sock port attempt slot
+  [[ -n ${PG_THROWAWAY_PORT:-} ]] || {
+    pg__log "no throwaway cluster was started to stand by for"
+    return 1
+  }
+  pg__make_dir "$name" || return 1
+  data=$PG__DATA
+  log=$(dirname "$data")/postgres.log
+  sock=$(pg__socket_dir "$data")
+  # Set before anything can fail, so that pg_stop_standby removes it all.
+  export PG_STANDBY_DIR=$PG__DIR PG_STANDBY_DATA=$data PG_STANDBY_LOG=$log
+  # A slot keeps on the primary every WAL segment the standby has not
+  # received yet, however far behind it falls.
+  slot=${name//[^a-zA-Z0-9_]/_}
+  slot=${slot,,}
+  pg__log "pg_basebackup -R of 127.0.0.1:$PG_THROWAWAY_PORT into $data"
+  pg__as_owner pg_basebackup -h 127.0.0.1 -p "$PG_THROWAWAY_PORT" -U postgres -w \
+    -D "$data" -R -X stream -c fast --create-slot --slot="$slot" \
+    >"$PG_STANDBY_DIR/basebackup.log" 2>&1 || {
+    cat "$PG_STANDBY_DIR/basebackup.log" >&2
+    pg__log "pg_basebackup failed"
+    return 1
+  }
+  if [[ -n $sock ]]; then
+    pg__as_owner mkdir -p "$sock" || return 1
+  fi
+  for attempt in 1 2 3; do
+    port=$(pg__free_port) || return 1
+    # The primary's settings came with the backup; these come after them,
+    # so they win.
+    # shellcheck disable=SC2016 # $1 is for the inner sh
+    pg__as_owner sh -c 'cat >>"$1"' sh "$data/postgresql.conf" <<EOF || return 1
+
+# streaming standby of 127.0.0.1:$PG_THROWAWAY_PORT (attempt $attempt)
+port = $port
+unix_socket_directories = '$sock'
+EOF
+    export PG_STANDBY_PORT=$port
+    if pg__as_owner pg_ctl -D "$data" -l "$log" -s -w -t 60 start; then
+      pg__wait_streaming "postgres://postgres@127.0.0.1:$port/postgres" || return 1
+      pg__log "standby up at 127.0.0.1:$port, streaming from 127.0.0.1:$PG_THROWAWAY_PORT (data $data, log $log)"
+      return 0
+    fi
+    tail -n 20 "$log" >&2 || true
+    pg__log "standby start on port $port failed (attempt $attempt)"
+  done
+  return 1
+}
+
+# Waits up to 30 s until the standby at URL receives WAL from its primary.
+pg__wait_streaming() {
+  local url=$1 tries=0 state
+  while :; do
+    state=$(psql "$url" -w -X -q -t -A -c 'SELECT status FROM pg_stat_wal_receiver' 2>/dev/null) || true
+    [[ $state == streaming ]] && return 0
+    if [[ $tries -ge 300 ]]; then
+      pg__log "the standby at $url does not stream after 30s (WAL receiver: ${state:-none}); see $PG_STANDBY_LOG"
+      return 1
+    fi
+    sleep 0.1
+    tries=$((tries + 1))
+  done
+}
+
+pg_standby_stop_streaming() {
+  local url tries=0 state
+  [[ -n ${PG_STANDBY_PORT:-} ]] || {
+    pg__log "no standby was started"
+    return 1
+  }
+  url="postgres://postgres@127.0.0.1:$PG_STANDBY_PORT/postgres"
+  # Without primary_conninfo the WAL receiver stops (a reload is enough).
+  psql "$url" -w -X -q -v ON_ERROR_STOP=1 -c "ALTER SYSTEM SET primary_conninfo = ''" \
+    -c 'SELECT pg_reload_conf()' >/dev/null || return 1
+  while :; do
+    state=$(psql "$url" -w -X -q -t -A -c 'SELECT count(*) FROM pg_stat_wal_receiver' 2>/dev/null) || true
+    [[ $state == 0 ]] && return 0
+    if [[ $tries -ge 300 ]]; then
+      pg__log "the standby at $url still receives WAL 30s after primary_conninfo was emptied; see $PG_STANDBY_LOG"
+      return 1
+    fi
+    sleep 0.1
+    tries=$((tries + 1))
+  done
+}
+
+pg_promote_standby() {
+  [[ -n ${PG_STANDBY_DATA:-} ]] || {
+    pg__log "no standby was started"
+    return 1
+  }
+  pg__as_owner pg_ctl -D "$PG_STANDBY_DATA" -s -w -t 60 promote
+}
+
+pg_stop_standby() {
+  if [[ -n ${PG_STANDBY_DIR:-} ]]; then
+    pg__log "stopping and removing standby $PG_STANDBY_DIR"
+    # No shutdown checkpoint to wait for: the data is removed next.
+    pg__as_owner pg_ctl -D "$PG_STANDBY_DATA" -s -w -t 30 -m immediate stop >/dev/null 2>&1 || true
+    pg__discard_dir "$PG_STANDBY_DIR" || true
+    unset PG_STANDBY_DIR PG_STANDBY_DATA PG_STANDBY_LOG PG_STANDBY_PORT
   fi
   return 0
 }
