@@ -183,19 +183,22 @@ else
   bad "users is empty after $rounds rounds" "$tgt_log"
 fi
 
-# Every outcome shows up; conflicts are the rarest, so allow some rounds.
+# Every recorded outcome shows up; conflicts are the rarest, so allow some
+# rounds. Skipped changes (inactive, stale) are counted, never recorded.
 deadline=$((SECONDS + 30))
 while :; do
   outcomes=$(psql_db -F ' ' -c 'SELECT outcome, count(*) FROM sync_rejections GROUP BY 1 ORDER BY 1' | paste -sd ' ' -)
   missing=()
-  for outcome in failed_validation skipped conflict; do
+  for outcome in failed_validation conflict; do
     [[ " $outcomes " == *" $outcome "* ]] || missing+=("$outcome")
   done
   [[ ${#missing[@]} -gt 0 && $SECONDS -lt $deadline ]] || break
   sleep 0.5
 done
-if [[ ${#missing[@]} -eq 0 ]]; then
-  ok "sync_rejections holds every outcome: $outcomes"
+if [[ ${#missing[@]} -eq 0 && " $outcomes " == *" skipped "* ]]; then
+  bad "sync_rejections records skipped changes: $outcomes" "$tgt_log"
+elif [[ ${#missing[@]} -eq 0 ]]; then
+  ok "sync_rejections holds every recorded outcome, and no skipped one: $outcomes"
 else
   bad "sync_rejections lacks ${missing[*]} after 30s (has: ${outcomes:-nothing})" "$tgt_log"
 fi
@@ -209,6 +212,12 @@ else
 fi
 
 metrics=$(target_metrics)
+inactive=$(metric_value "$metrics" 'profiles_rejected_total{reason="inactive_status"}' || echo missing)
+if [[ $inactive != missing && $inactive -gt 0 ]]; then
+  ok "inactive changes are counted ($inactive), not recorded"
+else
+  bad "profiles_rejected_total{reason=\"inactive_status\"} is $inactive" "$tgt_log"
+fi
 stale=$(metric_value "$metrics" 'profiles_rejected_total{reason="stale"}' || echo missing)
 stale_made=$(metric_value "$(http_get "$src_base/metrics")" \
   'source_invalid_changes_generated_total{kind="stale_timestamp"}' || echo 0)
