@@ -358,13 +358,8 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
             (connection, params, "DATABASE_URL", "DATABASE_URL")
         } else {
             let mut connection = postgres::Config::new();
+            db_servers(vars, &mut connection)?;
             connection
-                .host(
-                    &vars
-                        .get("DB_HOST")
-                        .unwrap_or_else(|| "localhost".to_owned()),
-                )
-                .port(vars.number("DB_PORT", 5432u16, 1, u16::MAX)?)
                 .user(&vars.get("DB_USER").unwrap_or_else(|| "postgres".to_owned()))
                 .dbname(
                     &vars
@@ -408,6 +403,59 @@ fn database_config(vars: &Vars<'_>) -> Result<DatabaseConfig, ConfigError> {
         tls: MakeRustlsConnect::new(client),
         description,
     })
+}
+
+/// The servers of the `DB_*` form: `DB_HOST` may name several, comma
+/// separated, as libpq's `host` does, and `DB_PORT` is then one port for
+/// all of them or one per host. With several servers the target asks for
+/// the one that accepts writes (`target_session_attrs=read-write`), since
+/// a standby can take none of its writes.
+fn db_servers(vars: &Vars<'_>, connection: &mut postgres::Config) -> Result<(), ConfigError> {
+    let hosts_text = vars
+        .get("DB_HOST")
+        .unwrap_or_else(|| "localhost".to_owned());
+    let hosts: Vec<&str> = hosts_text.split(',').map(str::trim).collect();
+    if hosts.iter().any(|host| host.is_empty()) {
+        return Err(ConfigError {
+            variable: "DB_HOST",
+            problem: format!(
+                "{hosts_text:?} has an empty host name (several servers are written host1,host2)"
+            ),
+        });
+    }
+    let ports_text = vars.get("DB_PORT").unwrap_or_else(|| "5432".to_owned());
+    let ports = ports_text
+        .split(',')
+        .map(|port| match port.trim().parse::<u16>() {
+            Ok(port) if port >= 1 => Ok(port),
+            _ => Err(ConfigError {
+                variable: "DB_PORT",
+                problem: format!(
+                    "{ports_text:?} is not a whole number from 1 to 65535, nor one per DB_HOST server, comma separated"
+                ),
+            }),
+        })
+        .collect::<Result<Vec<u16>, ConfigError>>()?;
+    if ports.len() != 1 && ports.len() != hosts.len() {
+        return Err(ConfigError {
+            variable: "DB_PORT",
+            problem: format!(
+                "{ports_text:?} names {} ports for {} DB_HOST servers: give one port, or one per server",
+                ports.len(),
+                hosts.len()
+            ),
+        });
+    }
+    for host in &hosts {
+        connection.host(host);
+    }
+    for port in ports {
+        connection.port(port);
+    }
+    if hosts.len() > 1 {
+        connection.target_session_attrs(postgres::config::TargetSessionAttrs::ReadWrite);
+    }
+    Ok(())
 }
 
 /// A `DATABASE_URL` is a `postgres://` or `postgresql://` URL, or libpq's
@@ -567,18 +615,33 @@ fn describe(connection: &postgres::Config) -> String {
     format!("{} as {user}", address(connection))
 }
 
-/// `host:port/dbname`, the database defaulting to the user's name as in
-/// PostgreSQL.
+/// `host:port/dbname` (`host1:port1,host2:port2/dbname` for several
+/// servers), the database defaulting to the user's name as in PostgreSQL.
 fn address(connection: &postgres::Config) -> String {
-    let host = match connection.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(name)) => name.clone(),
-        Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
+    let ports = connection.get_ports();
+    let port_of = |at: usize| match ports {
+        [one] => *one,
+        _ => ports.get(at).copied().unwrap_or(5432),
     };
-    let port = connection.get_ports().first().copied().unwrap_or(5432);
+    let servers: Vec<String> = connection
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(at, host)| {
+            let name = match host {
+                postgres::config::Host::Tcp(name) => name.clone(),
+                postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            format!("{name}:{}", port_of(at))
+        })
+        .collect();
+    let servers = match servers.is_empty() {
+        true => format!("localhost:{}", port_of(0)),
+        false => servers.join(","),
+    };
     let user = connection.get_user().unwrap_or("postgres");
     let dbname = connection.get_dbname().unwrap_or(user);
-    format!("{host}:{port}/{dbname}")
+    format!("{servers}/{dbname}")
 }
 
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
@@ -804,6 +867,44 @@ mod tests {
         assert_eq!(c.database.description, "pg:5433/x as postgres");
         assert_eq!(c.database.connection.get_password(), Some(&b"hunter2"[..]));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn db_host_may_name_several_servers_and_then_asks_for_the_writable_one() {
+        let c = config(&[("DB_HOST", "db1, db2"), ("DB_PORT", "5433,5434")]).unwrap();
+        let connection = &c.database.connection;
+        assert_eq!(connection.get_hosts().len(), 2);
+        assert_eq!(connection.get_ports(), [5433, 5434]);
+        assert_eq!(
+            connection.get_target_session_attrs(),
+            postgres::config::TargetSessionAttrs::ReadWrite
+        );
+        assert_eq!(
+            c.database.description,
+            "db1:5433,db2:5434/target_service as postgres"
+        );
+        let one_port = config(&[("DB_HOST", "db1,db2"), ("DB_PORT", "6000")]).unwrap();
+        assert_eq!(one_port.database.connection.get_ports(), [6000]);
+        assert_eq!(
+            one_port.database.description,
+            "db1:6000,db2:6000/target_service as postgres"
+        );
+        let single = config(&[("DB_HOST", "db1")]).unwrap();
+        assert_eq!(
+            single.database.connection.get_target_session_attrs(),
+            postgres::config::TargetSessionAttrs::Any
+        );
+        for (vars, named) in [
+            (&[("DB_HOST", "db1,,db2")][..], "DB_HOST"),
+            (
+                &[("DB_HOST", "db1,db2"), ("DB_PORT", "1,2,3")][..],
+                "DB_PORT",
+            ),
+            (&[("DB_HOST", "db1,db2"), ("DB_PORT", "1,x")][..], "DB_PORT"),
+        ] {
+            let err = config(vars).unwrap_err();
+            assert_eq!(err.variable, named, "{vars:?}: {err}");
+        }
     }
 
     #[test]
