@@ -201,8 +201,18 @@ echo "==> stopping both"
 stop_run "$third_pid" || fail "the third run did not stop within 30s" "$third_out"
 stop_run "$first_pid" || fail "the first run did not stop within 30s" "$first_out"
 runs=()
+# pg_ctl stop returns once the postmaster has removed its pid file, a
+# moment before the process itself is gone: give it up to 5 s. A zombie
+# waiting to be reaped has stopped.
+running() {
+  [[ -e /proc/$1 ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
 for pid in $(service_pids "$first_out") $(service_pids "$third_out") "$first_postmaster" "$third_postmaster"; do
-  ! kill -0 "$pid" 2>/dev/null || fail "process $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) still runs after both runs stopped"
+  for _ in $(seq 1 50); do
+    running "$pid" || break
+    sleep 0.1
+  done
+  ! running "$pid" || fail "process $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) still runs 5 s after both runs stopped"
 done
 for port in "${ports[@]}"; do
   ! listening "$port" || fail "something still listens on port $port after both runs stopped"
