@@ -1,13 +1,29 @@
 //! Telling a misspelt configuration variable from an unrelated one, for
 //! the start-up warnings of both services (which share this crate, as they
 //! share [`crate::listen_addr`]). Each service keeps its own list of names
-//! in its `config`; this only compares.
+//! in its `config`, read off the code by [`names_asked`]; this compares.
 //!
 //! A name is taken for a misspelling of one of ours when it is not ours
 //! but within a small Damerau-Levenshtein distance of one, case ignored:
 //! 1 edit for names under 8 characters, 2 for longer ones. So `PATH`,
 //! `HOME` or an unrelated `APP_MODE` never match, and `METRIC_ADDR`,
 //! `DATABSE_URL` or `log_level` do.
+
+/// The names `read` asks its lookup for, each once, in the order asked.
+/// Given a lookup that finds nothing, a service's configuration reader asks
+/// for every variable it reads, so its list of names is that code itself
+/// and cannot drift from it.
+pub fn names_asked(read: impl FnOnce(&dyn Fn(&str) -> Option<String>)) -> Vec<String> {
+    let asked = std::cell::RefCell::new(Vec::<String>::new());
+    read(&|name| {
+        let mut asked = asked.borrow_mut();
+        if !asked.iter().any(|seen| seen == name) {
+            asked.push(name.to_owned());
+        }
+        None
+    });
+    asked.into_inner()
+}
 
 /// The name of `known` that `name` most likely misspells, if any; `None`
 /// for a name that is one of `known` exactly.

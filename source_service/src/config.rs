@@ -207,15 +207,9 @@ impl Config {
 /// [`Config::from_lookup`] asks for when nothing is set, so the list is the
 /// code that reads them and cannot drift from it.
 pub fn variable_names() -> Vec<String> {
-    let asked = std::cell::RefCell::new(Vec::<String>::new());
-    let _ = Config::from_lookup(|name| {
-        let mut asked = asked.borrow_mut();
-        if !asked.iter().any(|seen| seen == name) {
-            asked.push(name.to_owned());
-        }
-        None
-    });
-    asked.into_inner()
+    http_server::misspelling::names_asked(|lookup| {
+        let _ = Config::from_lookup(lookup);
+    })
 }
 
 /// One line for each variable of the environment that looks like a
