@@ -597,7 +597,9 @@ drill_db_failover() {
   # accepts writes.
   db_url="postgres://postgres@127.0.0.1:$PG_THROWAWAY_PORT,127.0.0.1:$PG_STANDBY_PORT/drill?target_session_attrs=read-write"
   say "standby streaming at 127.0.0.1:$PG_STANDBY_PORT; the target's DATABASE_URL is $db_url"
-  start_source SOURCE_SEED=106 SOURCE_PRELOAD=100000
+  # Long enough that the catch-up still runs seconds after 30% on a quiet
+  # machine, where the target stores its cursor every half second.
+  start_source SOURCE_SEED=106 SOURCE_PRELOAD=600000
   head=$(source_head)
   start_target target
   pid=${targets[0]} base=${target_bases[0]}
