@@ -37,10 +37,7 @@ cleanup() {
   trap - INT TERM HUP
   svc_stop_all
   if [[ -n $db && -z ${PG_THROWAWAY_DIR:-} ]]; then
-    psql "$PG_ADMIN_URL" -w -X -q -v ON_ERROR_STOP=1 -v db="$db" >/dev/null 2>&1 <<'SQL' ||
-SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :'db';
-SELECT format('DROP DATABASE IF EXISTS %I', :'db') \gexec
-SQL
+    pg_drop_database "$PG_ADMIN_URL" "$db" ||
       echo "dashboard-check: could not drop database $db" >&2
   fi
   pg_stop_throwaway

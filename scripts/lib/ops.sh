@@ -39,10 +39,7 @@ ops_database() {
 ops_cleanup() {
   svc_stop_all
   if [[ -n $OPS_DB && -z ${PG_THROWAWAY_DIR:-} ]]; then
-    psql "$PG_ADMIN_URL" -w -X -q -v ON_ERROR_STOP=1 -v db="$OPS_DB" >/dev/null 2>&1 <<'SQL' ||
-SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :'db';
-SELECT format('DROP DATABASE IF EXISTS %I', :'db') \gexec
-SQL
+    pg_drop_database "$PG_ADMIN_URL" "$OPS_DB" ||
       echo "ops: could not drop database $OPS_DB" >&2
   fi
   OPS_DB=""

@@ -57,6 +57,8 @@
 #                                     for it, or reads PGPASSWORD/~/.pgpass)
 #   pg_shell_quote TEXT               TEXT single-quoted for a shell
 #   pg_create_database ADMIN_URL DB   create DB unless it exists
+#   pg_drop_database ADMIN_URL DB     end DB's sessions and drop it, if it
+#                                     exists
 #
 # initdb refuses to run as root, so as root the cluster belongs to the
 # `postgres` user (created when missing); as anyone else it belongs to the
@@ -484,6 +486,14 @@ pg_create_database() {
   psql "$admin" -w -X -q -t -A -v ON_ERROR_STOP=1 -v db="$db" >/dev/null <<'SQL'
 SELECT format('CREATE DATABASE %I', :'db')
 WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+SQL
+}
+
+pg_drop_database() {
+  local admin=$1 db=$2
+  psql "$admin" -w -X -q -v ON_ERROR_STOP=1 -v db="$db" >/dev/null 2>&1 <<'SQL'
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :'db';
+SELECT format('DROP DATABASE IF EXISTS %I', :'db') \gexec
 SQL
 }
 
