@@ -14,7 +14,8 @@
 
 use std::time::Instant;
 
-use http_server::{constant_time_eq, origin_form, shorten};
+use http_server::client_input::{constant_time_eq, shorten};
+use http_server::origin_form;
 use serde_json::json;
 
 use crate::change_log::{Gone, Page};

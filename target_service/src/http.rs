@@ -8,7 +8,8 @@
 //! which reads PostgreSQL through a pool of its own with short timeouts
 //! ([`crate::rejections`]): a stuck database cannot stall a scrape.
 
-use http_server::{origin_form, shorten};
+use http_server::client_input::shorten;
+use http_server::origin_form;
 use serde_json::json;
 
 use crate::admin::{self, AdminToken};
