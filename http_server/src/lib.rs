@@ -68,5 +68,5 @@ mod server;
 
 pub use connection::Stream;
 pub use limits::{descriptor_cap, Settings, DEFAULT_MAX_CONNECTIONS, MAX_HEAD};
-pub use message::{origin_form, Request, Response};
+pub use message::{Request, Response};
 pub use server::{bind, listen, listen_addr, serve_stream, Handler, Server};

@@ -97,7 +97,7 @@ impl<'a> Request<'a> {
     }
 }
 
-pub fn origin_form(url: &str) -> Cow<'_, str> {
+fn origin_form(url: &str) -> Cow<'_, str> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Cow::Borrowed(url);
     };
