@@ -1,8 +1,10 @@
 //! http_server's integration tests, in one binary: the server in-process
 //! over real sockets (`server`), hostile clients against it in a child
-//! process (`hostile`).
+//! process (`hostile`), and arbitrary bytes through one connection over an
+//! in-memory stream (`properties`).
 
 mod hostile;
+mod properties;
 mod server;
 
 use std::time::{Duration, Instant};
