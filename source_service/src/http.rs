@@ -1,4 +1,5 @@
-//! HTTP routing as plain functions: from an `Incoming` request to a `Reply`.
+//! HTTP routing as plain functions: from an `http_server::Request` to an
+//! `http_server::Response`.
 //!
 //! Nothing here touches a socket, so every answer the service gives can be
 //! unit-tested by calling `Handler::handle`. `SOURCE_TOKEN` is checked here,
@@ -14,7 +15,8 @@
 
 use std::time::Instant;
 
-use http_server::{constant_time_eq, origin_form, shorten};
+use http_server::client_input::{constant_time_eq, shorten};
+use http_server::{Request, Response};
 use serde_json::json;
 
 use crate::change_log::{Gone, Page};
@@ -27,15 +29,6 @@ pub const MAX_LIMIT: usize = 10_000;
 
 const JSON: &str = "application/json";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// What a handler reads of a request.
-pub struct Incoming<'a> {
-    pub method: &'a str,
-    /// The request target as sent (path and query).
-    pub url: &'a str,
-    /// The `Authorization` header, when present.
-    pub authorization: Option<&'a str>,
-}
 
 /// The OpenAPI 3 document of this service, served at `/openapi.json`;
 /// `scripts/test.sh` runs schemathesis against it.
@@ -61,9 +54,9 @@ impl Route {
         Route::Other,
     ];
 
-    /// The route of a request target as sent.
-    pub fn of(url: &str) -> Route {
-        let url = origin_form(url);
+    /// The route of a request.
+    pub fn of(request: &Request) -> Route {
+        let url = request.origin_form();
         Route::from_path(url.split_once('?').map_or(&*url, |(path, _)| path))
     }
 
@@ -94,43 +87,13 @@ impl Route {
     }
 }
 
-/// An HTTP response, before it is written to a socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    /// Headers besides `Content-Type` (and those the server adds itself).
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+fn json_reply(status: u16, body: Vec<u8>) -> Response {
+    Response::new(status, JSON, body)
 }
 
-impl Reply {
-    fn json(status: u16, body: Vec<u8>) -> Reply {
-        Reply {
-            status,
-            content_type: JSON,
-            headers: Vec::new(),
-            body,
-        }
-    }
-
-    fn error(status: u16, message: impl Into<String>) -> Reply {
-        Reply::json(
-            status,
-            json!({ "error": message.into() }).to_string().into_bytes(),
-        )
-    }
-
-    /// The value of header `name` (case-insensitive), if set.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        if name.eq_ignore_ascii_case("content-type") {
-            return Some(self.content_type);
-        }
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
+fn error_reply(status: u16, message: impl Into<String>) -> Response {
+    let body = json!({ "error": message.into() }).to_string().into_bytes();
+    json_reply(status, body)
 }
 
 /// Answers requests; shared by all server threads.
@@ -173,7 +136,7 @@ impl Handler {
 
     /// Answers one request, counting it in `source_requests_total` and
     /// `source_request_duration_seconds`.
-    pub fn handle(&self, request: &Incoming) -> Reply {
+    pub fn handle(&self, request: &Request) -> Response {
         let started = Instant::now();
         let (route, reply) = self.answer(request);
         self.metrics.count_request(route, reply.status);
@@ -181,21 +144,20 @@ impl Handler {
         reply
     }
 
-    /// The answer to a request. Its `url` is the request target as sent: a
-    /// path with an optional query string, or the same after
-    /// `http://host:port`.
-    fn answer(&self, request: &Incoming) -> (Route, Reply) {
+    /// The answer to a request. Its target is as sent: a path with an
+    /// optional query string, or the same after `http://host:port`.
+    fn answer(&self, request: &Request) -> (Route, Response) {
         let method = request.method;
-        let url = origin_form(request.url);
+        let url = request.origin_form();
         let (path, query) = url.split_once('?').unwrap_or((&url, ""));
         let route = Route::from_path(path);
         if route == Route::Changes {
-            if let Some(refused) = self.refuse_unauthorized(request.authorization) {
+            if let Some(refused) = self.refuse_unauthorized(request.header("Authorization")) {
                 return (route, refused);
             }
         }
         let reply = match route {
-            Route::Other => Reply::error(
+            Route::Other => error_reply(
                 404,
                 format!(
                     "no such path: {}; this service answers GET /users/changes, /healthz, /metrics and /openapi.json",
@@ -208,7 +170,7 @@ impl Handler {
                 } else {
                     "GET, HEAD"
                 };
-                let mut reply = Reply::error(
+                let mut reply = error_reply(
                     405,
                     format!(
                         "method {} is not allowed on {}; use {allow}",
@@ -220,16 +182,11 @@ impl Handler {
                 reply
             }
             Route::Changes => self.changes(query),
-            Route::Healthz => Reply::json(200, br#"{"status":"ok"}"#.to_vec()),
-            Route::OpenApi => Reply::json(200, OPENAPI.as_bytes().to_vec()),
+            Route::Healthz => json_reply(200, br#"{"status":"ok"}"#.to_vec()),
+            Route::OpenApi => json_reply(200, OPENAPI.as_bytes().to_vec()),
             Route::Metrics => match self.metrics.render() {
-                Ok(body) => Reply {
-                    status: 200,
-                    content_type: PROMETHEUS_TEXT,
-                    headers: Vec::new(),
-                    body,
-                },
-                Err(e) => Reply::error(500, format!("could not render metrics: {e}")),
+                Ok(body) => Response::new(200, PROMETHEUS_TEXT, body),
+                Err(e) => error_reply(500, format!("could not render metrics: {e}")),
             },
         };
         (route, reply)
@@ -237,7 +194,7 @@ impl Handler {
 
     /// `401` unless the request carries the token (when one is set). The
     /// comparison takes the same time wherever the two first differ.
-    fn refuse_unauthorized(&self, authorization: Option<&str>) -> Option<Reply> {
+    fn refuse_unauthorized(&self, authorization: Option<&str>) -> Option<Response> {
         let expected = self.expected_authorization.as_deref()?;
         let given = authorization.unwrap_or("").trim();
         // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
@@ -250,7 +207,7 @@ impl Handler {
         if constant_time_eq(expected.as_bytes(), given.as_bytes()) {
             return None;
         }
-        let mut reply = Reply::error(
+        let mut reply = error_reply(
             401,
             if authorization.is_none() {
                 "this source asks for a token: send Authorization: Bearer <SOURCE_TOKEN>"
@@ -264,10 +221,10 @@ impl Handler {
         Some(reply)
     }
 
-    fn changes(&self, query: &str) -> Reply {
+    fn changes(&self, query: &str) -> Response {
         let query = match ChangesQuery::parse(query) {
             Ok(q) => q,
-            Err(message) => return Reply::error(400, message),
+            Err(message) => return error_reply(400, message),
         };
         let page = match query.since {
             None => self.feed.fresh_batch(&self.metrics),
@@ -282,12 +239,12 @@ impl Handler {
             head,
             ..
         } = page;
-        let mut reply = Reply::json(200, body);
-        reply.headers = vec![
+        let mut reply = json_reply(200, body);
+        reply.headers.extend([
             ("X-Next-Cursor", next_cursor.to_string()),
             ("X-Head-Cursor", head.to_string()),
             ("X-Source-Epoch", self.epoch.clone()),
-        ];
+        ]);
         reply
     }
 
@@ -296,7 +253,7 @@ impl Handler {
     /// `X-Min-Cursor` (the smallest `since` still accepted), `X-Head-Cursor`
     /// and `X-Source-Epoch`. `sent` is `since` as the client wrote it, which
     /// `gone.since` is not when it was too large for a `u64`.
-    fn gone_reply(&self, gone: Gone, sent: &str) -> Reply {
+    fn gone_reply(&self, gone: Gone, sent: &str) -> Response {
         let message = if gone.since > gone.head {
             // The restart point is `min_since`, not 0: once the log has
             // dropped its oldest changes, `since=0` is itself gone.
@@ -314,12 +271,12 @@ impl Handler {
                 gone.min_since
             )
         };
-        let mut reply = Reply::error(410, message);
-        reply.headers = vec![
+        let mut reply = error_reply(410, message);
+        reply.headers.extend([
             ("X-Min-Cursor", gone.min_since.to_string()),
             ("X-Head-Cursor", gone.head.to_string()),
             ("X-Source-Epoch", self.epoch.clone()),
-        ];
+        ]);
         reply
     }
 }
@@ -494,24 +451,20 @@ mod tests {
         Handler::new(feed, metrics, "epoch-1".to_string())
     }
 
-    fn call(h: &Handler, method: &str, url: &str) -> (Route, Reply) {
-        h.answer(&Incoming {
-            method,
-            url,
-            authorization: None,
-        })
+    fn call(h: &Handler, method: &str, url: &str) -> (Route, Response) {
+        h.answer(&Request::new(method, url, &[]))
     }
 
-    fn body(reply: &Reply) -> Value {
+    fn body(reply: &Response) -> Value {
         serde_json::from_slice(&reply.body).unwrap()
     }
 
-    fn error_of(reply: &Reply) -> String {
-        assert_eq!(reply.content_type, "application/json");
+    fn error_of(reply: &Response) -> String {
+        assert_eq!(reply.header("Content-Type"), Some("application/json"));
         body(reply)["error"].as_str().unwrap().to_string()
     }
 
-    fn header(reply: &Reply, name: &str) -> u64 {
+    fn header(reply: &Response, name: &str) -> u64 {
         reply.header(name).unwrap().parse().unwrap()
     }
 
@@ -521,7 +474,7 @@ mod tests {
         let (route, reply) = call(&h, "GET", "/users/changes");
         assert_eq!(route, Route::Changes);
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.content_type, "application/json");
+        assert_eq!(reply.header("Content-Type"), Some("application/json"));
         let n = body(&reply).as_array().unwrap().len() as u64;
         assert!((2..=5).contains(&n));
         assert_eq!(header(&reply, "X-Next-Cursor"), n);
@@ -770,7 +723,11 @@ mod tests {
         for url in ["/healthz", "/metrics"] {
             let (_, get) = call(&h, "GET", url);
             let (_, head) = call(&h, "HEAD", url);
-            assert_eq!((head.status, head.content_type), (200, get.content_type));
+            let content_type = |r: &Response| r.header("Content-Type").map(str::to_owned);
+            assert_eq!(
+                (head.status, content_type(&head)),
+                (200, content_type(&get))
+            );
         }
         let (_, reply) = call(&h, "HEAD", "/users/changes?since=0");
         assert_eq!(reply.status, 405);
@@ -780,13 +737,9 @@ mod tests {
     #[test]
     fn handle_counts_the_request() {
         let h = handler(100, 0);
-        let request = Incoming {
-            method: "GET",
-            url: "/healthz",
-            authorization: None,
-        };
-        assert_eq!(h.handle(&request).status, 200);
-        assert_eq!(Route::of("http://host/healthz?x=1"), Route::Healthz);
+        assert_eq!(h.handle(&Request::new("GET", "/healthz", &[])).status, 200);
+        let absolute = Request::new("GET", "http://host/healthz?x=1", &[]);
+        assert_eq!(Route::of(&absolute), Route::Healthz);
         let text = String::from_utf8(call(&h, "GET", "/metrics").1.body).unwrap();
         assert!(
             text.contains(r#"source_requests_total{code="200",path="/healthz"} 1"#),
@@ -840,7 +793,10 @@ mod tests {
         assert_eq!(body(&reply), serde_json::json!({"status": "ok"}));
         let (_, reply) = call(&h, "GET", "/metrics");
         assert_eq!(reply.status, 200);
-        assert!(reply.content_type.starts_with("text/plain"));
+        assert!(reply
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("text/plain"));
         let text = String::from_utf8(reply.body).unwrap();
         assert!(text.contains("source_change_log_entries"));
     }
@@ -867,11 +823,8 @@ mod tests {
     fn a_token_guards_the_changes_and_nothing_else() {
         let h = handler(100, 10).with_token(Some("s3cret"));
         let ask = |url: &str, authorization: Option<&str>| {
-            h.handle(&Incoming {
-                method: "GET",
-                url,
-                authorization,
-            })
+            let fields = authorization.map(|value| ("Authorization", value));
+            h.handle(&Request::new("GET", url, fields.as_slice()))
         };
         for authorization in [
             None,

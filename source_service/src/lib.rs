@@ -39,7 +39,7 @@ use crate::change_log::ChangeLog;
 pub use crate::config::{Config, ConfigError};
 use crate::feed::Feed;
 use crate::generator::Generator;
-use crate::http::{Handler, Incoming, Reply};
+use crate::http::Handler;
 use crate::metrics::Metrics;
 
 /// Entry point of the application.
@@ -114,14 +114,7 @@ impl App {
         };
         let serve = {
             let handler = Arc::clone(&handler);
-            move |request: &http_server::Request| {
-                let incoming = Incoming {
-                    method: request.method,
-                    url: request.target,
-                    authorization: request.header("Authorization"),
-                };
-                response(handler.handle(&incoming))
-            }
+            move |request: &http_server::Request| handler.handle(request)
         };
         let server = http_server::Server::start(listener, settings, Arc::new(serve))?;
         let addr = server.addr();
@@ -283,15 +276,5 @@ fn watch_listener(addr: SocketAddr, stopping: &AtomicBool, fault: &Fault) {
             Err(e) => debug!("checking the listener: {e}"),
             Ok(_) => {}
         }
-    }
-}
-
-fn response(reply: Reply) -> http_server::Response {
-    let mut headers = reply.headers;
-    headers.push(("Content-Type", reply.content_type.to_string()));
-    http_server::Response {
-        status: reply.status,
-        headers,
-        body: reply.body,
     }
 }

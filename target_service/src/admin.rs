@@ -45,7 +45,7 @@ impl AdminToken {
     /// Whether `presented` is the token, in time that depends on the
     /// token's length only, not on where the two first differ.
     pub fn matches(&self, presented: &str) -> bool {
-        http_server::constant_time_eq(self.0.as_bytes(), presented.as_bytes())
+        http_server::client_input::constant_time_eq(self.0.as_bytes(), presented.as_bytes())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The target's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`,
 //! `/status`, the status page at `/`, `/openapi.json` and `/rejections`, as
-//! a plain function from an `Incoming` request to a `Reply`, so it is tested
+//! a plain function from an `http_server::Request` to an
+//! `http_server::Response`, so it is tested
 //! without sockets. The server itself (connections, limits, timeouts) is the
 //! `http_server` crate, started in `lib.rs`.
 //!
@@ -8,7 +9,8 @@
 //! which reads PostgreSQL through a pool of its own with short timeouts
 //! ([`crate::rejections`]): a stuck database cannot stall a scrape.
 
-use http_server::{origin_form, shorten};
+use http_server::client_input::shorten;
+use http_server::{Request, Response};
 use serde_json::json;
 
 use crate::admin::{self, AdminToken};
@@ -16,38 +18,6 @@ use crate::metrics::Metrics;
 use crate::rejections::{self, AdminPool, BadParameter, Filter, ListError};
 use crate::status::StatusBoard;
 use crate::{openapi, status_page};
-
-/// What a handler reads of a request.
-pub struct Incoming<'a> {
-    pub method: &'a str,
-    /// The request target as sent (path and query).
-    pub url: &'a str,
-    /// The `Authorization` header, when present.
-    pub authorization: Option<&'a str>,
-}
-
-/// What to send back.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub status: u16,
-    pub content_type: &'static str,
-    /// Headers besides `Content-Type`: `Allow` on `405`, `WWW-Authenticate`
-    /// on `401`.
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Reply {
-    /// The value of header `name` (case-insensitive), if set.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        if name.eq_ignore_ascii_case("content-type") {
-            return Some(self.content_type);
-        }
-        (self.headers.iter())
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
 
 /// What `/rejections` needs: the token it asks for and where it reads.
 pub struct Admin {
@@ -70,12 +40,12 @@ pub const PATHS: [&str; 7] = [
 ];
 
 pub fn route(
-    request: &Incoming<'_>,
+    request: &Request<'_>,
     metrics: &Metrics,
     status: &StatusBoard,
     admin: &Admin,
-) -> Reply {
-    let url = origin_form(request.url);
+) -> Response {
+    let url = request.origin_form();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let path = path.split('#').next().unwrap_or(path);
     if !PATHS.contains(&path) {
@@ -97,25 +67,14 @@ pub fn route(
         return reply;
     }
     match path {
-        "/" => Reply {
-            status: 200,
-            content_type: HTML,
-            headers: status_page::headers(),
-            body: status_page::PAGE.as_bytes().to_vec(),
-        },
-        "/openapi.json" => Reply {
-            status: 200,
-            content_type: JSON,
-            headers: Vec::new(),
-            body: openapi::TARGET.as_bytes().to_vec(),
-        },
+        "/" => {
+            let mut page = Response::new(200, HTML, status_page::PAGE.as_bytes().to_vec());
+            page.headers.extend(status_page::headers());
+            page
+        }
+        "/openapi.json" => Response::new(200, JSON, openapi::TARGET.as_bytes().to_vec()),
         "/rejections" => list_rejections(request, query, admin),
-        "/metrics" => Reply {
-            status: 200,
-            content_type: PROMETHEUS_TEXT,
-            headers: Vec::new(),
-            body: metrics.render(),
-        },
+        "/metrics" => Response::new(200, PROMETHEUS_TEXT, metrics.render()),
         "/healthz" => json_reply(200, json!({ "status": "ok" })),
         "/readyz" if status.is_ready() => json_reply(200, json!({ "status": "ready" })),
         "/readyz" => json_reply(
@@ -128,8 +87,9 @@ pub fn route(
 
 /// `GET /rejections`: authorization first, so nothing about the data (not
 /// even whether a filter is valid) is told to a stranger.
-fn list_rejections(request: &Incoming<'_>, query: &str, admin: &Admin) -> Reply {
-    if let Err(refusal) = admin::authorize(admin.token.as_ref(), request.authorization) {
+fn list_rejections(request: &Request<'_>, query: &str, admin: &Admin) -> Response {
+    let authorization = request.header("Authorization");
+    if let Err(refusal) = admin::authorize(admin.token.as_ref(), authorization) {
         let mut reply = json_reply(refusal.status(), json!({ "error": refusal.message() }));
         if refusal == admin::Refusal::Unauthorized {
             reply
@@ -158,24 +118,8 @@ fn list_rejections(request: &Incoming<'_>, query: &str, admin: &Admin) -> Reply 
     }
 }
 
-fn json_reply(status: u16, body: serde_json::Value) -> Reply {
-    Reply {
-        status,
-        content_type: JSON,
-        headers: Vec::new(),
-        body: body.to_string().into_bytes(),
-    }
-}
-
-/// The reply as the server sends it.
-pub fn to_response(reply: Reply) -> http_server::Response {
-    let mut headers = vec![("Content-Type", reply.content_type.to_string())];
-    headers.extend(reply.headers);
-    http_server::Response {
-        status: reply.status,
-        headers,
-        body: reply.body,
-    }
+fn json_reply(status: u16, body: serde_json::Value) -> Response {
+    Response::new(status, JSON, body.to_string().into_bytes())
 }
 
 #[cfg(test)]
@@ -199,17 +143,17 @@ mod tests {
         }
     }
 
-    fn request<'a>(method: &'a str, url: &'a str, authorization: Option<&'a str>) -> Incoming<'a> {
-        Incoming {
-            method,
-            url,
-            authorization,
-        }
+    /// The header fields of a request with this `Authorization`, if any.
+    fn with_authorization(value: Option<&str>) -> Vec<(&'static str, &str)> {
+        value
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect()
     }
 
     fn call(method: &str, url: &str, status: &StatusBoard) -> (u16, serde_json::Value) {
         let reply = route(
-            &request(method, url, None),
+            &Request::new(method, url, &with_authorization(None)),
             &Metrics::new(),
             status,
             &admin(None),
@@ -265,14 +209,14 @@ mod tests {
             assert!(error.contains(path), "{error}");
         }
         let reply = route(
-            &request("POST", "/metrics", None),
+            &Request::new("POST", "/metrics", &with_authorization(None)),
             &Metrics::new(),
             &status,
             &admin(None),
         );
         assert_eq!(reply.status, 405);
         assert_eq!(reply.header("Allow"), Some("GET, HEAD"));
-        assert_eq!(reply.content_type, "application/json");
+        assert_eq!(reply.header("Content-Type"), Some("application/json"));
         let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
         assert_eq!(body["error"], "/metrics only answers GET and HEAD");
     }
@@ -296,13 +240,16 @@ mod tests {
     #[test]
     fn metrics_are_prometheus_text() {
         let reply = route(
-            &request("GET", "/metrics", None),
+            &Request::new("GET", "/metrics", &with_authorization(None)),
             &Metrics::new(),
             &StatusBoard::default(),
             &admin(None),
         );
         assert_eq!(reply.status, 200);
-        assert!(reply.content_type.starts_with("text/plain"));
+        assert!(reply
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("text/plain"));
         assert!(String::from_utf8(reply.body)
             .unwrap()
             .contains("profiles_fetched_total"));
@@ -313,7 +260,7 @@ mod tests {
         let status = StatusBoard::default();
         let metrics = Metrics::new();
         let closed = route(
-            &request("GET", "/rejections", Some("Bearer x")),
+            &Request::new("GET", "/rejections", &with_authorization(Some("Bearer x"))),
             &metrics,
             &status,
             &admin(None),
@@ -323,7 +270,7 @@ mod tests {
         let open = admin(Some("right"));
         for authorization in [None, Some("Bearer wrong"), Some("right")] {
             let reply = route(
-                &request("GET", "/rejections", authorization),
+                &Request::new("GET", "/rejections", &with_authorization(authorization)),
                 &metrics,
                 &status,
                 &open,
@@ -332,14 +279,22 @@ mod tests {
             assert_eq!(reply.header("WWW-Authenticate"), Some("Bearer"));
         }
         let bad = route(
-            &request("GET", "/rejections?limit=0", Some("Bearer right")),
+            &Request::new(
+                "GET",
+                "/rejections?limit=0",
+                &with_authorization(Some("Bearer right")),
+            ),
             &metrics,
             &status,
             &open,
         );
         assert_eq!(bad.status, 400);
         let down = route(
-            &request("GET", "/rejections", Some("Bearer right")),
+            &Request::new(
+                "GET",
+                "/rejections",
+                &with_authorization(Some("Bearer right")),
+            ),
             &metrics,
             &status,
             &open,
@@ -351,15 +306,18 @@ mod tests {
     fn the_page_and_the_document_are_served() {
         let status = StatusBoard::default();
         let page = route(
-            &request("GET", "/", None),
+            &Request::new("GET", "/", &with_authorization(None)),
             &Metrics::new(),
             &status,
             &admin(None),
         );
         assert_eq!(page.status, 200);
-        assert!(page.content_type.starts_with("text/html"));
+        assert!(page
+            .header("Content-Type")
+            .unwrap()
+            .starts_with("text/html"));
         let doc = route(
-            &request("GET", "/openapi.json", None),
+            &Request::new("GET", "/openapi.json", &with_authorization(None)),
             &Metrics::new(),
             &status,
             &admin(None),

@@ -245,14 +245,8 @@ fn start_http(
         ..http_server::Settings::default()
     };
     let (metrics, status, admin) = (Arc::clone(metrics), Arc::clone(status), Arc::clone(admin));
-    let serve = move |request: &http_server::Request| {
-        let incoming = http::Incoming {
-            method: request.method,
-            url: request.target,
-            authorization: request.header("Authorization"),
-        };
-        http::to_response(http::route(&incoming, &metrics, &status, &admin))
-    };
+    let serve =
+        move |request: &http_server::Request| http::route(request, &metrics, &status, &admin);
     http_server::Server::start(listener, settings, Arc::new(serve))
 }
 

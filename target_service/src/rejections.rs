@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use http_server::shorten;
+use http_server::client_input::shorten;
 use r2d2_postgres::PostgresConnectionManager;
 use serde_json::{json, Value};
 use tokio_postgres_rustls::MakeRustlsConnect;

@@ -256,15 +256,6 @@ fn a_request_without_host_or_with_two_is_400_and_its_connection_closed() {
     server.shutdown();
 }
 
-/// Polls `done` until it holds, for 5 s at most.
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(5), "never: {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Whether the server closed `stream`: a read gives end of file or a reset
 /// (not the 5 s read timeout).
 fn closed_by_server(stream: &mut TcpStream) -> bool {
@@ -300,7 +291,8 @@ fn at_the_cap_idle_kept_alive_connections_make_room_first() {
             stream
         })
         .collect();
-    wait_until("four open", || server.open_connections() == 4);
+    let four_open = || server.open_connections() == 4;
+    crate::wait_until("four open", Duration::from_secs(5), four_open);
     // Newcomers that send nothing yet: the idle kept-alive ones make room
     // first, the one idle longest first,
     let mut newcomers = vec![connect(server.addr())];
