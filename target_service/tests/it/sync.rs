@@ -1,13 +1,11 @@
 //! The sync pipeline end to end: a scripted source over HTTP, the real
 //! target, a fresh PostgreSQL database per test.
 
-mod common;
-
 use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use target_service::Running;
 

@@ -2,14 +2,12 @@
 //! database exists, two replicas, shutdown, and the binary's own contract
 //! (exit codes, signals, what it logs).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn backlog(count: u32) -> CursorLog {
