@@ -1,6 +1,5 @@
 //! Shared test helpers: a fresh PostgreSQL database per test, a scripted
 //! source on an ephemeral port, and a target started against both.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
@@ -467,16 +466,6 @@ pub fn with_email(n: u32, at: &str, email: &str) -> Value {
     let mut p = profile(n, at);
     p["email"] = json!(email);
     p
-}
-
-/// The rows of `users` as `(id seed, email, mobile)`, ordered by id.
-pub fn emails(db: &TestDb) -> Vec<(String, String)> {
-    db.client()
-        .query("SELECT id::text, email FROM users ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
 }
 
 /// The built `target_service` with nothing from the environment but `PATH`,
