@@ -198,9 +198,9 @@ fn misbehaving(
             .collect();
         let mut reply = Reply::json(200, &Value::Array(page));
         reply.headers = vec![
-            ("X-Next-Cursor".to_owned(), next.to_string()),
-            ("X-Head-Cursor".to_owned(), head.to_string()),
-            ("X-Source-Epoch".to_owned(), epoch),
+            ("X-Next-Cursor", next.to_string()),
+            ("X-Head-Cursor", head.to_string()),
+            ("X-Source-Epoch", epoch),
         ];
         reply
     })
@@ -263,9 +263,9 @@ fn a_page_whose_next_cursor_is_not_since_plus_its_length_is_not_applied() {
     let paged = |changes: Vec<Value>, next: u64| {
         let mut reply = Reply::json(200, &Value::Array(changes));
         reply.headers = vec![
-            ("X-Next-Cursor".to_owned(), next.to_string()),
-            ("X-Head-Cursor".to_owned(), "4".to_owned()),
-            ("X-Source-Epoch".to_owned(), "epoch-1".to_owned()),
+            ("X-Next-Cursor", next.to_string()),
+            ("X-Head-Cursor", "4".to_owned()),
+            ("X-Source-Epoch", "epoch-1".to_owned()),
         ];
         reply
     };

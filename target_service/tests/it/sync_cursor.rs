@@ -92,7 +92,7 @@ fn an_epoch_announced_where_none_was_stored_restarts_the_cursor_from_zero() {
     let without_epoch = log.clone();
     source.set_handler(move |query| {
         let mut reply = without_epoch.answer(query);
-        reply.headers.retain(|(name, _)| name != "X-Source-Epoch");
+        reply.headers.retain(|(name, _)| *name != "X-Source-Epoch");
         reply
     });
     wait_until(
