@@ -69,7 +69,7 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo test --workspace (TLS: target_service/tests/tls.rs; tokens: source_service/tests/token.rs; secrets: target_service/tests/secrets.rs)"
+step "cargo test --workspace (TLS: target_service/tests/it/tls.rs; tokens: source_service/tests/it/token.rs; secrets: target_service/tests/it/secrets.rs)"
 cargo test --workspace
 
 step "smoke test"

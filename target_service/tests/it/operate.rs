@@ -5,15 +5,13 @@
 //! and what the running binary tells its operator: warnings about misspelt
 //! variables, one line per busy round, a source's restart.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::{self, *};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "operator-token-1";

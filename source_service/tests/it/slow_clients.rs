@@ -1,13 +1,11 @@
 //! Clients that stop reading: they lose their connection after the write
 //! timeout instead of holding the workers and shutdown.
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::start;
+use crate::common::{self, start};
 
 /// Pipelines `requests` pages of 10,000 changes on one connection, more than
 /// the socket buffers hold, and returns the connection, never to be read.

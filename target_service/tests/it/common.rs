@@ -1,8 +1,8 @@
 //! Shared test helpers: a fresh PostgreSQL database per test, a scripted
 //! source on an ephemeral port, and a target started against both.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -128,7 +128,7 @@ fn url_for(admin: &str, dbname: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
 }
 
@@ -150,54 +150,55 @@ impl Reply {
     }
 }
 
+impl From<Reply> for http_server::Response {
+    fn from(reply: Reply) -> http_server::Response {
+        http_server::Response {
+            status: reply.status,
+            headers: reply.headers,
+            body: reply.body,
+        }
+    }
+}
+
 type Handler = dyn Fn(&HashMap<String, String>) -> Reply + Send + Sync;
 
-/// An HTTP source on 127.0.0.1:0 whose answers a test decides.
+/// An HTTP source on 127.0.0.1:0 whose answers a test decides, served by
+/// the services' own `http_server`; it stops when dropped.
 pub struct ScriptedSource {
     pub url: String,
     pub requests: Arc<AtomicUsize>,
-    server: Arc<tiny_http::Server>,
     handler: Arc<Mutex<Arc<Handler>>>,
+    _server: http_server::Server,
 }
 
 impl ScriptedSource {
     pub fn new(
         handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static,
     ) -> ScriptedSource {
-        let server =
-            Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind scripted source"));
-        let port = server.server_addr().to_ip().expect("ip").port();
         let handler: Arc<Mutex<Arc<Handler>>> = Arc::new(Mutex::new(Arc::new(handler)));
         let requests = Arc::new(AtomicUsize::new(0));
-        for _ in 0..4 {
-            let (server, handler, requests) = (
-                Arc::clone(&server),
-                Arc::clone(&handler),
-                Arc::clone(&requests),
-            );
-            thread::spawn(move || {
-                while let Ok(request) = server.recv() {
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    let query = parse_query(request.url());
-                    let current = Arc::clone(&handler.lock().unwrap());
-                    let reply = current(&query);
-                    let mut response =
-                        tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-                    for (name, value) in reply.headers {
-                        response.add_header(
-                            tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-                                .unwrap(),
-                        );
-                    }
-                    let _ = request.respond(response);
-                }
-            });
-        }
+        let serve: Arc<http_server::Handler> = {
+            let (handler, requests) = (Arc::clone(&handler), Arc::clone(&requests));
+            Arc::new(move |request: &http_server::Request<'_>| {
+                requests.fetch_add(1, Ordering::SeqCst);
+                let current = Arc::clone(&handler.lock().unwrap());
+                current(&parse_query(request.target)).into()
+            })
+        };
+        let socket =
+            http_server::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind scripted source");
+        let listener = http_server::listen(socket).expect("scripted source listens");
+        let settings = http_server::Settings {
+            name: "scripted-source",
+            ..http_server::Settings::default()
+        };
+        let server =
+            http_server::Server::start(listener, settings, serve).expect("scripted source starts");
         ScriptedSource {
-            url: format!("http://127.0.0.1:{port}/users/changes"),
+            url: format!("http://{}/users/changes", server.addr()),
             requests,
-            server,
             handler,
+            _server: server,
         }
     }
 
@@ -211,14 +212,6 @@ impl ScriptedSource {
         handler: impl Fn(&HashMap<String, String>) -> Reply + Send + Sync + 'static,
     ) {
         *self.handler.lock().unwrap() = Arc::new(handler);
-    }
-}
-
-impl Drop for ScriptedSource {
-    fn drop(&mut self) {
-        for _ in 0..4 {
-            self.server.unblock();
-        }
     }
 }
 
@@ -273,9 +266,9 @@ impl CursorLog {
         if since > head || since < dropped {
             let mut reply = Reply::json(410, &json!({"error": "cursor outside the log"}));
             reply.headers = vec![
-                ("X-Min-Cursor".to_owned(), dropped.to_string()),
-                ("X-Head-Cursor".to_owned(), head.to_string()),
-                ("X-Source-Epoch".to_owned(), epoch),
+                ("X-Min-Cursor", dropped.to_string()),
+                ("X-Head-Cursor", head.to_string()),
+                ("X-Source-Epoch", epoch),
             ];
             return reply;
         }
@@ -283,10 +276,10 @@ impl CursorLog {
         let page: Vec<Value> = changes[since as usize..end as usize].to_vec();
         let mut reply = Reply::json(200, &Value::Array(page));
         reply.headers = vec![
-            ("X-Next-Cursor".to_owned(), end.to_string()),
-            ("X-Head-Cursor".to_owned(), head.to_string()),
-            ("X-Source-Epoch".to_owned(), epoch),
-            ("Content-Type".to_owned(), "application/json".to_owned()),
+            ("X-Next-Cursor", end.to_string()),
+            ("X-Head-Cursor", head.to_string()),
+            ("X-Source-Epoch", epoch),
+            ("Content-Type", "application/json".to_owned()),
         ];
         reply
     }
@@ -467,16 +460,6 @@ pub fn with_email(n: u32, at: &str, email: &str) -> Value {
     let mut p = profile(n, at);
     p["email"] = json!(email);
     p
-}
-
-/// The rows of `users` as `(id seed, email, mobile)`, ordered by id.
-pub fn emails(db: &TestDb) -> Vec<(String, String)> {
-    db.client()
-        .query("SELECT id::text, email FROM users ORDER BY id", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
 }
 
 /// The built `target_service` with nothing from the environment but `PATH`,

@@ -17,10 +17,7 @@
 //! its text and the model's decision, ready to become a regression test
 //! below.
 
-#[path = "model/changes.rs"]
 mod changes;
-mod common;
-#[path = "model/sequential.rs"]
 mod sequential;
 
 use std::collections::BTreeMap;
@@ -28,8 +25,8 @@ use std::fmt;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use changes::{change, At, Draft, Element, Fault, Field, FIELDS, INSTANTS, NAMES, OFFSET_COUNT};
-use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use sequential::{micros_text, Expected, Message, Rejected, Row};

@@ -5,8 +5,6 @@
 //! The cluster is made by `scripts/lib/pg.sh`, which installs PostgreSQL's
 //! server programs where they are missing.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -20,7 +18,7 @@ use serde_json::json;
 use target_service::config::Config;
 use target_service::{pool, App, Running};
 
-use common::{get, last_error, profile, wait_until, OwnCluster, TestDb};
+use crate::common::{self, get, last_error, profile, wait_until, OwnCluster, TestDb};
 
 /// A CA, and a server certificate it signed for `localhost` only.
 struct Pki {

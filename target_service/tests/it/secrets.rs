@@ -4,13 +4,11 @@
 //! errors still say what went wrong, down to the start-up wait for a
 //! PostgreSQL that refuses or never answers.
 
-mod common;
-
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{admin_url, get, wait_until, TestDb};
+use crate::common::{self, admin_url, get, wait_until, TestDb};
 
 /// Every spelling of every secret given to the target in these tests.
 const SECRETS: &[&str] = &[

@@ -2,12 +2,10 @@
 //! SPEC §1 (with target_service's own parser), uniqueness, and the ways
 //! deliberately bad changes are bad.
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::common::{page_all, start, verdict, Verdict};
 use chrono::{DateTime, Utc};
-use common::{page_all, start, verdict, Verdict};
 use serde_json::Value;
 use target_service::profile::Reason;
 

@@ -1,13 +1,11 @@
 //! Many clients at once: the log is never torn, duplicated or reordered, and
 //! sequence numbers stay unique and gapless (SPEC §2, last paragraph).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
 
-use common::{get, start};
+use crate::common::{self, get, start};
 use serde_json::Value;
 
 /// What one client saw: for each sequence number from 1 up, the change.

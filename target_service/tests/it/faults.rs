@@ -2,14 +2,12 @@
 //! database exists, two replicas, shutdown, and the binary's own contract
 //! (exit codes, signals, what it logs).
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn backlog(count: u32) -> CursorLog {
@@ -133,9 +131,9 @@ fn endless_source() -> ScriptedSource {
             .collect();
         let mut reply = Reply::json(200, &Value::Array(page));
         reply.headers = vec![
-            ("X-Next-Cursor".to_owned(), (since + limit).to_string()),
-            ("X-Head-Cursor".to_owned(), (since + 1_000_000).to_string()),
-            ("X-Source-Epoch".to_owned(), "endless".to_owned()),
+            ("X-Next-Cursor", (since + limit).to_string()),
+            ("X-Head-Cursor", (since + 1_000_000).to_string()),
+            ("X-Source-Epoch", "endless".to_owned()),
         ];
         reply
     })

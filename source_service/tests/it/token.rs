@@ -1,14 +1,14 @@
 //! `SOURCE_TOKEN` end to end: the real source with a token, the real target
 //! against it and a fresh PostgreSQL database of its own.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use source_service::config::Token;
 use target_service::config::Config as TargetConfig;
+
+use crate::common;
 
 const TOKEN: &str = "tok-3f9a1c27e5";
 

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests: start the real app on
 //! 127.0.0.1:0, make HTTP requests with ureq, page through the log, and judge
 //! profiles against SPEC §1 with target_service's own parser.
-#![allow(dead_code)] // each test file uses a different part
 
 use std::io::Read;
 use std::time::Duration;

@@ -1,10 +1,8 @@
 //! The HTTP contract of SPEC §2, over real sockets.
 
-mod common;
-
 use std::collections::HashSet;
 
-use common::{page_all, start};
+use crate::common::{self, page_all, start};
 use serde_json::Value;
 
 #[test]
