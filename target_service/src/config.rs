@@ -78,7 +78,7 @@ pub struct Config {
     pub log_level: LevelFilter,
     /// `ADMIN_TOKEN`: the bearer token `GET /rejections` asks for; unset
     /// (the default) keeps the endpoint closed.
-    pub admin_token: Option<crate::admin::AdminToken>,
+    pub admin_token: Option<crate::ops::admin::AdminToken>,
 }
 
 /// A variable whose value cannot be used; displays as one line for the operator.
@@ -179,7 +179,7 @@ impl Config {
             shutdown_timeout: vars.seconds("SHUTDOWN_TIMEOUT_SECS", 10.0, 0.001, HOUR)?,
             log_level: log_level(&vars)?,
             admin_token: (vars.get("ADMIN_TOKEN").as_deref())
-                .map(crate::admin::AdminToken::new)
+                .map(crate::ops::admin::AdminToken::new)
                 .transpose()
                 .map_err(|problem| ConfigError {
                     variable: "ADMIN_TOKEN",

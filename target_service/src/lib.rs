@@ -16,36 +16,17 @@
 //! - `db-connect`: at start-up, one attempt at a time to reach PostgreSQL
 //!   ([`db_wait`]).
 
-pub mod admin;
-pub mod change;
-pub mod cli;
 pub mod config;
-pub mod db_wait;
-pub mod decide;
-pub mod fetcher;
-pub mod http;
-pub mod leader;
-pub mod ledger;
 pub mod metrics;
-pub mod openapi;
-pub mod overlay;
-pub mod pipeline;
-pub mod plan;
+pub mod ops;
 pub mod pool;
 pub mod profile;
-pub mod redrive;
-pub mod rejections;
-pub mod round_log;
-pub mod routing;
 pub mod secrets;
-pub mod status;
-pub mod status_page;
 pub mod stop;
 pub mod store;
 pub mod sync;
 pub mod tls;
-pub mod verify;
-pub mod writer;
+pub mod web;
 
 use std::io;
 use std::net::SocketAddr;
@@ -59,8 +40,11 @@ use log::{error, info, warn};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::ops::rejections;
 use crate::pool::DbPool;
-use crate::status::StatusBoard;
+use crate::sync::{db_wait, writer};
+use crate::web::http;
+use crate::web::status::StatusBoard;
 
 /// Logs to standard error at `level`, every line through
 /// [`secrets::redact`]: the service's own lines and those of its HTTP

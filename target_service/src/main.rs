@@ -1,14 +1,15 @@
 //! `target_service`: read the command line and the configuration, then run
 //! the service (stopping on SIGTERM or SIGINT) or an operator command
-//! (`redrive`, `verify`; see [`target_service::cli`]).
+//! (`redrive`, `verify`; see [`target_service::ops::cli`]).
 
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use target_service::cli::{self, Command};
 use target_service::config::Config;
-use target_service::{redrive, verify, App};
+use target_service::ops::cli::{self, Command};
+use target_service::ops::{redrive, verify};
+use target_service::App;
 
 /// glibc gives threads malloc arenas of their own, up to eight per core,
 /// and each keeps the memory freed in it: pages parsed on the read-ahead

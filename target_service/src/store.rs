@@ -12,9 +12,9 @@ use postgres::error::SqlState;
 use postgres::{Client, GenericClient, Statement};
 use uuid::Uuid;
 
-use crate::change::ChangeKey;
-use crate::plan::{MarkWrite, RejectionWrite, Row, UserWrite};
 use crate::profile::Reason;
+use crate::sync::change::ChangeKey;
+use crate::sync::plan::{MarkWrite, RejectionWrite, Row, UserWrite};
 
 /// The schema, embedded so the binary needs no file beside it.
 pub const SCHEMA: &str = include_str!("../../schema.sql");

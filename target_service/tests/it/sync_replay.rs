@@ -201,8 +201,8 @@ fn table_snapshot(db: &TestDb) -> Vec<String> {
 
 #[test]
 fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
-    use target_service::decide::decide_afresh;
     use target_service::metrics::Counted;
+    use target_service::ops::decide::decide_afresh;
     use target_service::profile::Reason;
 
     let db = TestDb::new();
@@ -242,7 +242,7 @@ fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
 
 /// Records `text` as a rejection of id 2, as a sync round would.
 fn record_rejection_of_2(db: &TestDb, text: &str, outcome: &str, reason: &str, at: &str) {
-    let key = target_service::change::change_key(text);
+    let key = target_service::sync::change::change_key(text);
     db.client()
         .execute(
             "INSERT INTO sync_rejections \
@@ -255,8 +255,8 @@ fn record_rejection_of_2(db: &TestDb, text: &str, outcome: &str, reason: &str, a
 
 #[test]
 fn decided_afresh_no_recorded_rejection_makes_an_element_stale_only_the_row_does() {
-    use target_service::decide::decide_afresh;
     use target_service::metrics::Counted;
+    use target_service::ops::decide::decide_afresh;
     use target_service::profile::Reason;
 
     let db = TestDb::new();

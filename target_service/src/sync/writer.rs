@@ -1,8 +1,8 @@
 //! Writer threads: execute decided writes, a batch per transaction, and
 //! report each commit back to the round.
 //!
-//! Nothing is decided here ([`crate::plan`] did that). A writer takes its
-//! work in the order it was sent, which [`crate::routing`] chose so that
+//! Nothing is decided here ([`crate::sync::plan`] did that). A writer takes its
+//! work in the order it was sent, which [`crate::sync::routing`] chose so that
 //! the unique indexes hold at every row, and writes a batch in that order:
 //! the users rows in as few statements as keep each id once per statement
 //! and every claim of an email or mobile after the row that gave it up
@@ -26,13 +26,13 @@ use log::{debug, warn};
 use postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::change::ChangeKey;
 use crate::metrics::{Counted, Metrics};
-use crate::plan::{Decision, MarkWrite, RejectionWrite, UserWrite};
 use crate::pool::DbPool;
 use crate::profile::Reason;
 use crate::stop::{sleep_unless_stopping, stopping};
 use crate::store::{self, Failure, Statements};
+use crate::sync::change::ChangeKey;
+use crate::sync::plan::{Decision, MarkWrite, RejectionWrite, UserWrite};
 
 /// Most decisions a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
@@ -48,7 +48,7 @@ const LINGER: Duration = Duration::from_millis(1);
 pub struct WorkItem {
     /// The round it belongs to; an abandoned round's work is dropped.
     pub round: u64,
-    /// Its number in this writer's work (see [`crate::routing::Tag`]).
+    /// Its number in this writer's work (see [`crate::sync::routing::Tag`]).
     pub seq: u64,
     /// The page it came from, for the ledger.
     pub page_no: u64,
@@ -420,8 +420,8 @@ fn find_refused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::change::Change;
-    use crate::plan::{plan, Storage, View};
+    use crate::sync::change::Change;
+    use crate::sync::plan::{plan, Storage, View};
     use chrono::Utc;
     use serde_json::json;
 

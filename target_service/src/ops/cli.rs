@@ -1,6 +1,6 @@
 //! The command line: `target_service` runs the service; `redrive` and
 //! `verify` are operator commands (SPEC §5). Parsing only: what a command
-//! does lives in [`crate::redrive`] and [`crate::verify`].
+//! does lives in [`crate::ops::redrive`] and [`crate::ops::verify`].
 //!
 //! A bad argument is one line on standard error and exit code 2, like a bad
 //! configuration value; `--help` prints usage and `--version` the version,

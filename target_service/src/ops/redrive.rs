@@ -4,8 +4,8 @@
 //!
 //! Each recorded element is read again from its payload and decided by the
 //! service's own code, through one seam, [`decide_recorded`]: the same
-//! parsing, the same planner ([`crate::plan`]) against the rows as they are
-//! now, and the same guarded writes ([`crate::writer::execute`]). One that syncs now is written
+//! parsing, the same planner ([`crate::sync::plan`]) against the rows as they are
+//! now, and the same guarded writes ([`crate::sync::writer::execute`]). One that syncs now is written
 //! exactly as a fresh change, and its rejection gets `resolved_at` and
 //! `resolution` in the same transaction; one that still fails is left as it
 //! was (no second rejection, no mark).
@@ -25,8 +25,8 @@ use chrono::{DateTime, Utc};
 use postgres::{Client, GenericClient};
 
 use crate::config::Config;
-use crate::decide;
 use crate::metrics::Counted;
+use crate::ops::decide;
 use crate::profile::Reason;
 use crate::store::{self, Failure};
 

@@ -1,6 +1,6 @@
 //! Deciding recorded elements again, for callers outside the sync round
 //! (`target_service redrive`): each element goes through exactly the rules
-//! of a fresh change ([`crate::plan`]) against the table as it is now, and
+//! of a fresh change ([`crate::sync::plan`]) against the table as it is now, and
 //! what would sync is written, newest still winning.
 //!
 //! It is safe beside a replica that syncs: the write statements' guards
@@ -10,13 +10,13 @@
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 
-use crate::change::Change;
 use crate::metrics::Counted;
-use crate::overlay::Overlay;
-use crate::plan::{plan, Decision, Storage};
 use crate::profile::Reason;
 use crate::store::{self, Statements};
-use crate::writer;
+use crate::sync::change::Change;
+use crate::sync::overlay::Overlay;
+use crate::sync::plan::{plan, Decision, Storage};
+use crate::sync::writer;
 
 /// Decides `elements` (raw element texts, in the order they are to be
 /// applied) as fresh changes against the table now: their own earlier

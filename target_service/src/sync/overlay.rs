@@ -13,11 +13,11 @@ use foldhash::{HashMap, HashSet};
 use postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::change::{Change, ChangeKey, Parsed};
-use crate::plan::{Decision, Row, View};
 use crate::profile::Reason;
-use crate::routing::Tag;
 use crate::store::{self, Statements};
+use crate::sync::change::{Change, ChangeKey, Parsed};
+use crate::sync::plan::{Decision, Row, View};
+use crate::sync::routing::Tag;
 
 /// What a page needs read from the table once the rows of its ids are known
 /// ([`Overlay::ids_to_read`]), and only what can change an outcome.
@@ -232,7 +232,7 @@ impl Overlay {
 mod tests {
     use super::*;
     use crate::metrics::Counted;
-    use crate::plan::{plan, Storage};
+    use crate::sync::plan::{plan, Storage};
     use chrono::Utc;
     use serde_json::json;
 

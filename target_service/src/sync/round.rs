@@ -20,18 +20,18 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{info, warn};
 
-use crate::change::{self, Change, Parsed};
 use crate::config::Config;
-use crate::fetcher::{FetchError, Fetcher, Page};
-use crate::leader::Leader;
 use crate::metrics::Metrics;
-use crate::pipeline::{Halt, Pipeline};
-use crate::plan::{plan, Storage};
 use crate::pool::DbPool;
-use crate::status::{Activity, StatusBoard};
 use crate::stop::{sleep_unless_stopping, stopping};
 use crate::store::{self, Encoding, Statements, SyncState};
-use crate::writer::{Report, WorkItem};
+use crate::sync::change::{self, Change, Parsed};
+use crate::sync::fetcher::{FetchError, Fetcher, Page};
+use crate::sync::leader::Leader;
+use crate::sync::pipeline::{Halt, Pipeline};
+use crate::sync::plan::{plan, Storage};
+use crate::sync::writer::{Report, WorkItem};
+use crate::web::status::{Activity, StatusBoard};
 
 /// The stored cursor moves at most this often while a round goes on (each
 /// store waits for the disk); it is always stored when the round ends.
@@ -147,7 +147,7 @@ impl Syncer {
         self.status.set_state(Activity::Syncing);
         self.rounds += 1;
         let started = Instant::now();
-        let before = crate::round_log::RoundCounts::read(&self.metrics);
+        let before = crate::sync::round_log::RoundCounts::read(&self.metrics);
         let result = self.sync_pages();
         self.metrics
             .batch_duration
@@ -168,7 +168,7 @@ impl Syncer {
                 self.pipeline.abandon(self.rounds, deadline);
             }
         }
-        crate::round_log::log_round(&before, &self.metrics, started.elapsed());
+        crate::sync::round_log::log_round(&before, &self.metrics, started.elapsed());
         let state = if self.gate.leader.holds() {
             Activity::Idle
         } else {

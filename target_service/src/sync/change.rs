@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::fetcher::Page;
 use crate::profile::{Profile, Reason, Rejection};
+use crate::sync::fetcher::Page;
 
 /// SHA-256 of an element's exact text: a rejection's identity. The same
 /// text is the same change, wherever and however often it arrives.

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
 
-use crate::change::ChangeKey;
-use crate::ledger::Ledger;
 use crate::metrics::{Counted, Metrics};
-use crate::overlay::Overlay;
-use crate::plan::Decision;
-use crate::routing::{Route, Router};
 use crate::store::SyncState;
-use crate::writer::{Report, WorkItem};
+use crate::sync::change::ChangeKey;
+use crate::sync::ledger::Ledger;
+use crate::sync::overlay::Overlay;
+use crate::sync::plan::Decision;
+use crate::sync::routing::{Route, Router};
+use crate::sync::writer::{Report, WorkItem};
 
 /// How long a wait for writers goes before it looks again whether to go on.
 const POLL: Duration = Duration::from_millis(100);

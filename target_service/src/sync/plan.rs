@@ -2,8 +2,8 @@
 //! changes of a page in sequence order and a [`View`] of the rows they can
 //! touch, and decides each change exactly as if the changes were applied
 //! one at a time, updating the view as it goes. It is pure: what it
-//! decides is written by others ([`crate::writer`]), and the view comes
-//! from the table and from decisions not yet committed ([`crate::overlay`]).
+//! decides is written by others ([`crate::sync::writer`]), and the view comes
+//! from the table and from decisions not yet committed ([`crate::sync::overlay`]).
 //!
 //! Because every decision is made here, in order, against the state the
 //! earlier decisions left, no outcome depends on which writer thread runs
@@ -14,9 +14,9 @@ use foldhash::HashMap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::change::{Change, ChangeKey, Element, Parsed};
 use crate::metrics::Counted;
 use crate::profile::{Profile, Reason};
+use crate::sync::change::{Change, ChangeKey, Element, Parsed};
 
 /// A `users` row as far as deciding needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! response true to it.
 
 /// The document, as served.
-pub const TARGET: &str = include_str!("web/openapi.json");
+pub const TARGET: &str = include_str!("openapi.json");
 
 #[cfg(test)]
 mod tests {
@@ -15,7 +15,7 @@ mod tests {
     fn the_document_is_openapi_3_with_every_path() {
         let doc: serde_json::Value = serde_json::from_str(TARGET).expect("valid JSON");
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
-        for path in crate::http::PATHS {
+        for path in crate::web::http::PATHS {
             assert!(doc["paths"][path]["get"].is_object(), "{path}");
         }
         let unauthorized = &doc["paths"]["/rejections"]["get"]["responses"]["401"];

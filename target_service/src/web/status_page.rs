@@ -12,7 +12,7 @@
 //! anything from outside.
 
 /// The page, embedded so the binary needs no file beside it.
-pub const PAGE: &str = include_str!("web/status.html");
+pub const PAGE: &str = include_str!("status.html");
 
 /// The headers the page is served with.
 pub fn headers() -> Vec<(&'static str, String)> {

@@ -33,9 +33,9 @@ use postgres::Client;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::fetcher::{self, FetchError, Fetcher};
 use crate::profile::Profile;
 use crate::store;
+use crate::sync::fetcher::{self, FetchError, Fetcher};
 
 /// How a verification ended.
 #[derive(Debug)]

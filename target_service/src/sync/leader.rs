@@ -13,9 +13,9 @@ use log::{debug, info, warn};
 use postgres::Client;
 
 use crate::config::DatabaseConfig;
-use crate::status::{Activity, StatusBoard};
 use crate::stop::{sleep_unless_stopping, stopping};
 use crate::store;
+use crate::web::status::{Activity, StatusBoard};
 
 /// How often the holder checks its lock connection.
 const WATCH_EVERY: Duration = Duration::from_millis(500);

@@ -13,7 +13,7 @@ use std::hash::BuildHasher;
 
 use uuid::Uuid;
 
-use crate::plan::Decision;
+use crate::sync::plan::Decision;
 
 /// A write's place: its writer and its number in that writer's work. A
 /// writer commits its work in order, so "committed up to N" says it all.
@@ -151,7 +151,7 @@ impl Router {
 mod tests {
     use super::*;
     use crate::metrics::Counted;
-    use crate::plan::UserWrite;
+    use crate::sync::plan::UserWrite;
 
     fn id(n: u8) -> Uuid {
         Uuid::from_bytes([n; 16])

@@ -7,17 +7,17 @@
 //!
 //! Handlers read atomics and a short-held lock only, except `/rejections`,
 //! which reads PostgreSQL through a pool of its own with short timeouts
-//! ([`crate::rejections`]): a stuck database cannot stall a scrape.
+//! ([`crate::ops::rejections`]): a stuck database cannot stall a scrape.
 
 use http_server::client_input::shorten;
 use http_server::{Request, Response};
 use serde_json::json;
 
-use crate::admin::{self, AdminToken};
 use crate::metrics::Metrics;
-use crate::rejections::{self, AdminPool, BadParameter, Filter, ListError};
-use crate::status::StatusBoard;
-use crate::{openapi, status_page};
+use crate::ops::admin::{self, AdminToken};
+use crate::ops::rejections::{self, AdminPool, BadParameter, Filter, ListError};
+use crate::web::status::StatusBoard;
+use crate::web::{openapi, status_page};
 
 /// What `/rejections` needs: the token it asks for and where it reads.
 pub struct Admin {
