@@ -16,17 +16,32 @@
 //! - `db-connect`: at start-up, one attempt at a time to reach PostgreSQL
 //!   ([`db_wait`]).
 
-pub mod config;
-pub mod metrics;
-pub mod ops;
-pub mod pool;
+// The docs are the maintainers' (`cargo doc --document-private-items`):
+// public items may point at the crate's own modules.
+#![allow(rustdoc::private_intra_doc_links)]
+
+pub(crate) mod config;
+pub(crate) mod metrics;
+pub(crate) mod ops;
+pub(crate) mod pool;
 pub mod profile;
-pub mod secrets;
-pub mod stop;
-pub mod store;
-pub mod sync;
-pub mod tls;
-pub mod web;
+pub(crate) mod secrets;
+pub(crate) mod stop;
+pub(crate) mod store;
+pub(crate) mod sync;
+pub(crate) mod tls;
+pub(crate) mod web;
+
+// What `main.rs` and the integration tests use; everything else is the
+// crate's own.
+pub use crate::config::{variable_warnings, Config, ConfigError, DatabaseConfig};
+pub use crate::metrics::{Counted, Metrics};
+pub use crate::ops::decide::decide_afresh;
+pub use crate::ops::{cli, redrive, verify};
+pub use crate::pool::connect;
+pub use crate::store::apply_schema;
+pub use crate::sync::change::change_key;
+pub use crate::web::status::StatusBoard;
 
 use std::io;
 use std::net::SocketAddr;
@@ -38,13 +53,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 use log::{error, info, warn};
 
-use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::ops::rejections;
 use crate::pool::DbPool;
 use crate::sync::{db_wait, writer};
 use crate::web::http;
-use crate::web::status::StatusBoard;
 
 /// Logs to standard error at `level`, every line through
 /// [`secrets::redact`]: the service's own lines and those of its HTTP

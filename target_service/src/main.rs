@@ -1,15 +1,13 @@
 //! `target_service`: read the command line and the configuration, then run
 //! the service (stopping on SIGTERM or SIGINT) or an operator command
-//! (`redrive`, `verify`; see [`target_service::ops::cli`]).
+//! (`redrive`, `verify`; see [`target_service::cli`]).
 
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use target_service::config::Config;
-use target_service::ops::cli::{self, Command};
-use target_service::ops::{redrive, verify};
-use target_service::App;
+use target_service::cli::{self, Command};
+use target_service::{redrive, verify, App, Config};
 
 /// glibc gives threads malloc arenas of their own, up to eight per core,
 /// and each keeps the memory freed in it: pages parsed on the read-ahead
@@ -61,7 +59,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    for warning in target_service::config::variable_warnings() {
+    for warning in target_service::variable_warnings() {
         eprintln!("{warning}");
     }
     let config = match Config::from_env() {

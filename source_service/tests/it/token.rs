@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use source_service::config::Token;
-use target_service::config::Config as TargetConfig;
+use target_service::Config as TargetConfig;
 
 use crate::common;
 

@@ -10,14 +10,14 @@ use crate::profile::Reason;
 
 /// The reasons `redrive` decides again: those that can change with time or
 /// with the table.
-pub const REDRIVABLE: [Reason; 4] = [
+pub(crate) const REDRIVABLE: [Reason; 4] = [
     Reason::EmailTaken,
     Reason::MobileTaken,
     Reason::FutureTimestamp,
     Reason::DbError,
 ];
 
-pub const DEFAULT_MAX_REPORT: usize = 20;
+pub(crate) const DEFAULT_MAX_REPORT: usize = 20;
 
 /// What `--version` prints: the crate's name and version.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"));
@@ -39,7 +39,7 @@ pub enum Command {
     },
 }
 
-pub const USAGE: &str = "\
+pub(crate) const USAGE: &str = "\
 usage: target_service [COMMAND]
 
 Without a command, runs the service: pulls changes from SOURCE_SERVICE_URL and
@@ -54,7 +54,7 @@ commands:
 Configuration is read from the environment (and .env), as for the service.
 `target_service COMMAND --help` describes each command.";
 
-pub const REDRIVE_USAGE: &str = "\
+pub(crate) const REDRIVE_USAGE: &str = "\
 usage: target_service redrive [--reason R]... [--dry-run]
 
 Decides again every recorded, unresolved rejection whose reason can change with
@@ -71,7 +71,7 @@ prints: redrive: N examined, S synced, T stale, R still rejected
         (followed by \" (dry run)\" with --dry-run)
 exit: 0 done; 1 the database failed; 2 bad argument or configuration";
 
-pub const VERIFY_USAGE: &str = "\
+pub(crate) const VERIFY_USAGE: &str = "\
 usage: target_service verify [--max-report N]
 
 Reads the source's retained change log up to the head it sees at the start

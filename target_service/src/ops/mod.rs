@@ -4,9 +4,9 @@
 //! recorded rejections served over HTTP ([`rejections`]) to whoever holds
 //! the admin token ([`admin`]).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
-pub mod decide;
+pub(crate) mod decide;
 pub mod redrive;
-pub mod rejections;
+pub(crate) mod rejections;
 pub mod verify;

@@ -57,7 +57,7 @@ impl fmt::Display for Summary {
 
 /// A recorded rejection's element, as `sync_rejections` holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordedElement {
+pub(crate) struct RecordedElement {
     /// `sync_rejections.id`.
     pub id: i64,
     /// The element's text as recorded.
@@ -66,7 +66,7 @@ pub struct RecordedElement {
 
 /// What deciding a recorded element again gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redecided {
+pub(crate) enum Redecided {
     /// Written to `users` as a fresh change would be.
     Synced,
     /// Valid and free now, but its row is already as new or newer.
@@ -97,7 +97,7 @@ impl Redecided {
 /// savepoint, so a unique violation (an email or mobile taken meanwhile, by
 /// a writer beside it) or a refused row leaves the transaction usable and
 /// the element [`Redecided::StillRejected`]. Any other failure is returned.
-pub fn decide_recorded(
+pub(crate) fn decide_recorded(
     client: &mut impl GenericClient,
     elements: &[RecordedElement],
     latest_allowed: DateTime<Utc>,

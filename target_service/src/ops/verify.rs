@@ -96,7 +96,7 @@ struct Bounds {
 }
 
 /// How often the source may restart during one run before verify gives up.
-pub const MAX_RESTARTS: u32 = 3;
+pub(crate) const MAX_RESTARTS: u32 = 3;
 
 /// Why reading the log stopped short.
 enum ReadError {

@@ -124,10 +124,6 @@ impl Fetcher {
         }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     /// `GET url`, with the token when there is one; `query` pairs are added.
     pub fn get(&self, query: &[(&str, &str)]) -> Result<Answer, FetchError> {
         let mut request = self.agent.get(&self.url);

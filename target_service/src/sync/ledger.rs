@@ -55,6 +55,7 @@ impl Ledger {
         reached
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pages.is_empty()
     }

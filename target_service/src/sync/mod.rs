@@ -8,17 +8,17 @@
 //! log line ([`round_log`]) and waiting for PostgreSQL at start-up
 //! ([`db_wait`]).
 
-pub mod change;
-pub mod db_wait;
-pub mod fetcher;
-pub mod leader;
-pub mod ledger;
-pub mod overlay;
-pub mod pipeline;
-pub mod plan;
-pub mod round;
-pub mod round_log;
-pub mod routing;
-pub mod writer;
+pub(crate) mod change;
+pub(crate) mod db_wait;
+pub(crate) mod fetcher;
+pub(crate) mod leader;
+pub(crate) mod ledger;
+pub(crate) mod overlay;
+pub(crate) mod pipeline;
+pub(crate) mod plan;
+pub(crate) mod round;
+pub(crate) mod round_log;
+pub(crate) mod routing;
+pub(crate) mod writer;
 
-pub use round::Syncer;
+pub(crate) use round::Syncer;

@@ -42,6 +42,7 @@ pub struct Overlay {
 }
 
 impl Overlay {
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty() && self.recorded.is_empty()
     }

@@ -86,6 +86,7 @@ pub struct Storage<'a> {
 
 impl Storage<'_> {
     /// Every text can be stored and nothing was refused: a UTF-8 database.
+    #[cfg(test)]
     pub fn unicode() -> Storage<'static> {
         static NOTHING: std::sync::OnceLock<HashMap<ChangeKey, String>> =
             std::sync::OnceLock::new();

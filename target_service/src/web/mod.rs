@@ -4,7 +4,7 @@
 //! `/metrics` renders live at the crate root ([`crate::metrics`]): every
 //! part of the service counts into them.
 
-pub mod http;
-pub mod openapi;
-pub mod status;
-pub mod status_page;
+pub(crate) mod http;
+pub(crate) mod openapi;
+pub(crate) mod status;
+pub(crate) mod status_page;

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{Client, NoTls};
 use serde_json::{json, Value};
-use target_service::config::Config;
-use target_service::{App, Running};
+use target_service::{App, Config, Running};
 
 /// The admin URL tests create their databases through.
 pub fn admin_url() -> String {

@@ -427,7 +427,7 @@ fn the_schema_applies_again_and_from_several_replicas_at_once() {
             let url = db.url.clone();
             thread::spawn(move || {
                 let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-                target_service::store::apply_schema(&mut client)
+                target_service::apply_schema(&mut client)
             })
         })
         .collect();
@@ -438,7 +438,7 @@ fn the_schema_applies_again_and_from_several_replicas_at_once() {
             .expect("concurrent schema application succeeds");
     }
     let mut client = db.client();
-    target_service::store::apply_schema(&mut client).expect("applying again is a no-op");
+    target_service::apply_schema(&mut client).expect("applying again is a no-op");
     assert_eq!(
         db.count(
             "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' \

@@ -201,13 +201,13 @@ fn table_snapshot(db: &TestDb) -> Vec<String> {
 
 #[test]
 fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
-    use target_service::metrics::Counted;
-    use target_service::ops::decide::decide_afresh;
+    use target_service::decide_afresh;
     use target_service::profile::Reason;
+    use target_service::Counted;
 
     let db = TestDb::new();
     let mut client = db.client();
-    target_service::store::apply_schema(&mut client).unwrap();
+    target_service::apply_schema(&mut client).unwrap();
     let now = chrono::Utc::now();
     let t = "2025-07-01T10:00:00Z";
     let holder = with_email(1, t, "e@example.com").to_string();
@@ -242,7 +242,7 @@ fn recorded_elements_decided_afresh_sync_exactly_as_fresh_changes_would() {
 
 /// Records `text` as a rejection of id 2, as a sync round would.
 fn record_rejection_of_2(db: &TestDb, text: &str, outcome: &str, reason: &str, at: &str) {
-    let key = target_service::sync::change::change_key(text);
+    let key = target_service::change_key(text);
     db.client()
         .execute(
             "INSERT INTO sync_rejections \
@@ -255,12 +255,12 @@ fn record_rejection_of_2(db: &TestDb, text: &str, outcome: &str, reason: &str, a
 
 #[test]
 fn decided_afresh_no_recorded_rejection_makes_an_element_stale_only_the_row_does() {
-    use target_service::metrics::Counted;
-    use target_service::ops::decide::decide_afresh;
+    use target_service::decide_afresh;
     use target_service::profile::Reason;
+    use target_service::Counted;
 
     let db = TestDb::new();
-    target_service::store::apply_schema(&mut db.client()).unwrap();
+    target_service::apply_schema(&mut db.client()).unwrap();
     let (t0, t1, t2) = (
         "2025-07-01T10:00:00Z",
         "2025-07-01T10:30:00Z",

@@ -15,8 +15,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
-use target_service::config::Config;
-use target_service::{pool, App, Running};
+use target_service::{connect, App, Config, Running};
 
 use crate::common::{self, get, last_error, profile, wait_until, OwnCluster, TestDb};
 
@@ -178,7 +177,7 @@ fn page() -> serde_json::Value {
 }
 
 fn users(config: &Config) -> i64 {
-    pool::connect(&config.database)
+    connect(&config.database)
         .and_then(|mut client| client.query_one("SELECT count(*) FROM users", &[]))
         .map(|row| row.get(0))
         .unwrap_or(-1)
@@ -568,7 +567,7 @@ fn require_with_a_root_certificate_file_checks_the_chain_as_verify_ca() {
         ("SOURCE_SERVICE_URL", &source.url),
         ("HOME", &home.0.display().to_string()),
     ]);
-    let refusal = pool::connect(&config.database).map(|_| ()).unwrap_err();
+    let refusal = connect(&config.database).map(|_| ()).unwrap_err();
     let cause = format!("{refusal:?}");
     assert!(cause.contains("UnknownIssuer"), "{cause}");
     // The chain, not the name: 127.0.0.1 is not in the certificate.
