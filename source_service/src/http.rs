@@ -22,6 +22,7 @@ use serde_json::json;
 use crate::change_log::{Gone, Page};
 use crate::feed::Feed;
 use crate::metrics::Metrics;
+use crate::route::Route;
 
 /// Default and largest page size for `?since=`.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -33,59 +34,6 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The OpenAPI 3 document of this service, served at `/openapi.json`;
 /// `scripts/test.sh` runs schemathesis against it.
 pub const OPENAPI: &str = include_str!("web/openapi.json");
-
-/// The routes the service knows; `Other` is every unknown path, so that
-/// metrics labels stay bounded whatever clients ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Changes,
-    Healthz,
-    Metrics,
-    OpenApi,
-    Other,
-}
-
-impl Route {
-    pub const ALL: [Route; 5] = [
-        Route::Changes,
-        Route::Healthz,
-        Route::Metrics,
-        Route::OpenApi,
-        Route::Other,
-    ];
-
-    /// The route of a request.
-    pub fn of(request: &Request) -> Route {
-        let url = request.origin_form();
-        Route::from_path(url.split_once('?').map_or(&*url, |(path, _)| path))
-    }
-
-    fn from_path(path: &str) -> Route {
-        match path {
-            "/users/changes" => Route::Changes,
-            "/healthz" => Route::Healthz,
-            "/metrics" => Route::Metrics,
-            "/openapi.json" => Route::OpenApi,
-            _ => Route::Other,
-        }
-    }
-
-    /// The value of the `path` metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Route::Changes => "/users/changes",
-            Route::Healthz => "/healthz",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-            Route::Other => "other",
-        }
-    }
-
-    /// Position in `Route::ALL`.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 fn json_reply(status: u16, body: Vec<u8>) -> Response {
     Response::new(status, JSON, body)

@@ -17,7 +17,8 @@
 //!
 //! Code map: `config` (environment), `generator` (seeded changes as JSON),
 //! `change_log` (numbered, bounded replay log), `feed` (the two behind their
-//! locks), `http` (routing, socket-free), `metrics` (Prometheus).
+//! locks), `http` (routing, socket-free), `route` (the paths it answers, for
+//! `http` and `metrics`), `metrics` (Prometheus).
 
 pub mod change_log;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod feed;
 pub mod generator;
 pub mod http;
 pub mod metrics;
+pub mod route;
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the service, in a registry of its own (not the
 //! process-wide default one, so several apps in one test process do not mix).
 //!
-//! Label values are bounded: `path` is a route name from `http::Route`,
+//! Label values are bounded: `path` is a route name from `route::Route`,
 //! `code` an HTTP status, `kind` a `generator::Flaw`. Handles for the hot
 //! paths are resolved once here, so recording a request is a few atomic adds.
 
@@ -13,7 +13,7 @@ use prometheus::{
 };
 
 use crate::generator::Flaw;
-use crate::http::Route;
+use crate::route::Route;
 
 /// Every metric the service exports.
 pub struct Metrics {
