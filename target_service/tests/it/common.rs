@@ -311,6 +311,35 @@ pub fn start_target(db: &TestDb, source_url: &str, extra: &[(&str, &str)]) -> Ru
     App::start(target_config(&db.url, source_url, extra)).expect("target starts")
 }
 
+/// A log of `count` new users, ids 1 to `count`, all changed at one instant.
+pub fn backlog(count: u32) -> CursorLog {
+    CursorLog::new(
+        (1..=count)
+            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
+            .collect(),
+    )
+}
+
+/// A source serving [`backlog`]`(count)` and a target started against it
+/// with `extra`, once (within `timeout`) every row is written and the
+/// cursor is stored past the last.
+pub fn synced_backlog(
+    db: &TestDb,
+    count: u32,
+    extra: &[(&str, &str)],
+    timeout: Duration,
+) -> (CursorLog, ScriptedSource, Running) {
+    let log = backlog(count);
+    let source = log.source();
+    let target = start_target(db, &source.url, extra);
+    let count = i64::from(count);
+    wait_until("backlog synced", timeout, || {
+        db.count("SELECT count(*) FROM users") == count
+            && db.count("SELECT cursor FROM sync_state") == count
+    });
+    (log, source, target)
+}
+
 /// Polls until `check` holds, or panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use serde_json::Value;
 
-fn backlog(count: u32) -> CursorLog {
-    CursorLog::new(
-        (1..=count)
-            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
-            .collect(),
-    )
-}
-
 #[test]
 fn lost_connections_during_writes_lose_nothing() {
     let db = TestDb::new();
@@ -80,12 +72,7 @@ fn start_up_waits_for_the_database_and_readiness_says_so() {
 #[test]
 fn of_two_replicas_one_syncs_and_the_other_takes_over_when_it_stops() {
     let db = TestDb::new();
-    let log = backlog(100);
-    let source = log.source();
-    let first = start_target(&db, &source.url, &[]);
-    wait_until("first syncs", Duration::from_secs(10), || {
-        db.count("SELECT cursor FROM sync_state") == 100
-    });
+    let (log, source, first) = synced_backlog(&db, 100, &[], Duration::from_secs(10));
     let second = start_target(&db, &source.url, &[]);
     let state = |addr| -> String {
         let body: Value = serde_json::from_str(&get(&format!("http://{addr}/status")).1).unwrap();

@@ -469,16 +469,8 @@ fn verify_finds_a_deleted_row_and_passes_when_in_step() {
 #[test]
 fn verify_reads_from_the_oldest_retained_change() {
     let db = TestDb::new();
-    let log = CursorLog::new(
-        (1..=10)
-            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
-            .collect(),
-    );
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[]);
-    wait_until("synced", Duration::from_secs(10), || {
-        target.metrics.synced.get() == 10
-    });
+    let (log, source, target) = synced_backlog(&db, 10, &[], Duration::from_secs(10));
+    assert_eq!(target.metrics.synced.get(), 10);
     target.shutdown();
     *log.dropped.lock().unwrap() = 4;
     let (code, out, err) = run(&db, &source.url, &["verify"], &[]);

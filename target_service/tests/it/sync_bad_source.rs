@@ -12,16 +12,8 @@ use serde_json::{json, Value};
 #[test]
 fn a_failing_source_is_counted_and_retried_with_the_cursor_kept() {
     let db = TestDb::new();
-    let log = CursorLog::new(
-        (1..=10)
-            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
-            .collect(),
-    );
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[("MAX_RESPONSE_BYTES", "100000")]);
-    wait_until("synced", Duration::from_secs(10), || {
-        db.count("SELECT cursor FROM sync_state") == 10
-    });
+    let settings = [("MAX_RESPONSE_BYTES", "100000")];
+    let (log, source, target) = synced_backlog(&db, 10, &settings, Duration::from_secs(10));
     let bad_answers = [
         Reply::raw(500, "{\"error\":\"boom\"}"),
         // Not followed, and not a page either.

@@ -10,19 +10,8 @@ use serde_json::{json, Value};
 #[test]
 fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
     let db = TestDb::new();
-    let log = CursorLog::new(
-        (1..=3456)
-            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
-            .collect(),
-    );
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[("FETCH_LIMIT", "500")]);
-    wait_until("backlog synced", Duration::from_secs(30), || {
-        db.count("SELECT count(*) FROM users") == 3456
-    });
-    wait_until("cursor stored", Duration::from_secs(10), || {
-        db.count("SELECT cursor FROM sync_state") == 3456
-    });
+    let settings = [("FETCH_LIMIT", "500")];
+    let (_log, _source, target) = synced_backlog(&db, 3456, &settings, Duration::from_secs(30));
     let epoch: String = db
         .client()
         .query_one("SELECT source_epoch FROM sync_state", &[])
@@ -48,16 +37,7 @@ fn cursor_paging_syncs_a_backlog_and_stores_where_it_got() {
 #[test]
 fn a_new_source_epoch_restarts_the_cursor_from_zero() {
     let db = TestDb::new();
-    let log = CursorLog::new(
-        (1..=30)
-            .map(|n| profile(n, "2025-07-01T10:00:00Z"))
-            .collect(),
-    );
-    let source = log.source();
-    let target = start_target(&db, &source.url, &[]);
-    wait_until("first epoch synced", Duration::from_secs(10), || {
-        db.count("SELECT cursor FROM sync_state") == 30
-    });
+    let (log, _source, target) = synced_backlog(&db, 30, &[], Duration::from_secs(10));
     // The source restarts with a shorter log of new users.
     *log.changes.lock().unwrap() = (101..=105)
         .map(|n| profile(n, "2025-07-01T10:00:00Z"))
