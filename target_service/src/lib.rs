@@ -284,16 +284,14 @@ fn run_pipeline(
             .spawn(move || probe_database(&pool, &status, &stopping))
     };
 
-    let per_writer = config
-        .channel_capacity
-        .div_ceil(config.writer_threads)
-        .max(1);
     let mut senders = Vec::with_capacity(config.writer_threads);
     let mut writers = Vec::with_capacity(config.writer_threads);
     let (reports, reports_rx) = crossbeam_channel::unbounded();
     let abandoned = Arc::new(AtomicU64::new(0));
     for n in 0..config.writer_threads {
-        let (tx, rx) = crossbeam_channel::bounded(per_writer);
+        // One message at a time: a page's share of at most
+        // CHANNEL_CAPACITY / WRITER_THREADS decisions (see Pipeline).
+        let (tx, rx) = crossbeam_channel::bounded(1);
         senders.push(tx);
         let writer = writer::Writer {
             index: n,

@@ -293,6 +293,10 @@ impl Name {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// `local@domain` by the rule of SPEC §1, at most 254 characters, ASCII only.
@@ -352,6 +356,10 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// `^\+?[0-9]{3,19}$`.
@@ -378,6 +386,10 @@ impl Mobile {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

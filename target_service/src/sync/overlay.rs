@@ -7,8 +7,12 @@
 //! before the read that replaces it began ([`Overlay::forget_committed`] is
 //! called between draining the writers' reports and reading), so no
 //! decision is ever made against a state older than the one before it.
+//! Entries are kept in the order they were sent to each writer as well,
+//! which is the order that writer commits them, so forgetting what
+//! committed looks at nothing else.
 
 use foldhash::{HashMap, HashSet};
+use std::collections::VecDeque;
 
 use postgres::GenericClient;
 use uuid::Uuid;
@@ -39,6 +43,15 @@ pub struct Overlay {
     emails: HashMap<String, Uuid>,
     mobiles: HashMap<String, Uuid>,
     recorded: HashMap<ChangeKey, (Reason, Tag)>,
+    /// Per writer, the entries sent to it, oldest first, with their seq.
+    sent: Vec<VecDeque<(u64, Entry)>>,
+}
+
+/// Which entry a write sent to a writer made.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Row(Uuid),
+    Recorded(ChangeKey),
 }
 
 impl Overlay {
@@ -53,22 +66,37 @@ impl Overlay {
 
     /// Drops the entries whose writes are committed (`committed[w]` is the
     /// last seq writer `w` committed); the table shows them from now on.
+    /// An entry a later write replaced stays: it is that write's now.
     pub fn forget_committed(&mut self, committed: &[u64]) {
-        let (emails, mobiles) = (&mut self.emails, &mut self.mobiles);
-        self.rows.retain(|id, (row, tag)| {
-            let keep = !tag.committed(committed);
-            if !keep {
-                if emails.get(&row.email) == Some(id) {
-                    emails.remove(&row.email);
+        for (writer, sent) in self.sent.iter_mut().enumerate() {
+            let upto = committed.get(writer).copied().unwrap_or(0);
+            while let Some(&(seq, entry)) = sent.front() {
+                if seq > upto {
+                    break;
                 }
-                if mobiles.get(&row.mobile) == Some(id) {
-                    mobiles.remove(&row.mobile);
+                sent.pop_front();
+                let tag = Tag { writer, seq };
+                match entry {
+                    Entry::Row(id) => {
+                        if self.rows.get(&id).is_some_and(|(_, held)| *held == tag) {
+                            if let Some((row, _)) = self.rows.remove(&id) {
+                                forget_holder(&mut self.emails, &row.email, id);
+                                forget_holder(&mut self.mobiles, &row.mobile, id);
+                            }
+                        }
+                    }
+                    Entry::Recorded(key) => {
+                        if self
+                            .recorded
+                            .get(&key)
+                            .is_some_and(|(_, held)| *held == tag)
+                        {
+                            self.recorded.remove(&key);
+                        }
+                    }
                 }
             }
-            keep
-        });
-        self.recorded
-            .retain(|_, (_, tag)| !tag.committed(committed));
+        }
     }
 
     /// The ids of `changes` whose rows are to be read: those the overlay
@@ -205,14 +233,13 @@ impl Overlay {
 
     /// Remembers what `decision` writes, sent as `tag`.
     pub fn remember(&mut self, decision: &Decision, tag: Tag) {
+        if self.sent.len() <= tag.writer {
+            self.sent.resize_with(tag.writer + 1, VecDeque::new);
+        }
         if let Some(user) = &decision.user {
             if let Some((old, _)) = self.rows.get(&user.id) {
-                if self.emails.get(&old.email) == Some(&user.id) {
-                    self.emails.remove(&old.email);
-                }
-                if self.mobiles.get(&old.mobile) == Some(&user.id) {
-                    self.mobiles.remove(&old.mobile);
-                }
+                forget_holder(&mut self.emails, &old.email, user.id);
+                forget_holder(&mut self.mobiles, &old.mobile, user.id);
             }
             self.emails.insert(user.email.clone(), user.id);
             self.mobiles.insert(user.mobile.clone(), user.id);
@@ -222,10 +249,19 @@ impl Overlay {
                 mobile: user.mobile.clone(),
             };
             self.rows.insert(user.id, (row, tag));
+            self.sent[tag.writer].push_back((tag.seq, Entry::Row(user.id)));
         }
         if let Some(rejection) = &decision.rejection {
             self.recorded.insert(rejection.key, (rejection.reason, tag));
+            (self.sent[tag.writer]).push_back((tag.seq, Entry::Recorded(rejection.key)));
         }
+    }
+}
+
+/// Forgets that `id` holds `value`, unless another id holds it by now.
+fn forget_holder(holders: &mut HashMap<String, Uuid>, value: &str, id: Uuid) {
+    if holders.get(value) == Some(&id) {
+        holders.remove(value);
     }
 }
 
@@ -283,6 +319,30 @@ mod tests {
         overlay.forget_committed(&[2]);
         assert!(overlay.is_empty());
         assert!(overlay.emails.is_empty() && overlay.mobiles.is_empty());
+    }
+
+    #[test]
+    fn a_row_written_again_on_another_writer_stays_until_that_write_commits() {
+        let mut overlay = Overlay::default();
+        let first = vec![change(1, "2025-01-01T00:00:00Z", "e@x.io")];
+        let mut view = overlay.view(&first, Vec::new(), Vec::new());
+        let decided = plan(first, &mut view, &Storage::unicode());
+        overlay.remember(&decided[0], Tag { writer: 0, seq: 1 });
+        let again = vec![change(1, "2025-01-02T00:00:00Z", "f@x.io")];
+        let mut view = overlay.view(&again, Vec::new(), Vec::new());
+        let decided = plan(again, &mut view, &Storage::unicode());
+        overlay.remember(&decided[0], Tag { writer: 1, seq: 1 });
+        // Writer 0's write committed; writer 1's, which replaced it, did not.
+        overlay.forget_committed(&[1, 0]);
+        let (row, _) = &overlay.rows[&Uuid::from_bytes([1; 16])];
+        assert_eq!(row.email, "f@x.io");
+        assert_eq!(
+            overlay.emails.get("f@x.io"),
+            Some(&Uuid::from_bytes([1; 16]))
+        );
+        assert!(!overlay.emails.contains_key("e@x.io"));
+        overlay.forget_committed(&[1, 1]);
+        assert!(overlay.is_empty() && overlay.emails.is_empty() && overlay.mobiles.is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The decided writes of a round on their way through the writer threads:
-//! sending each to the writer [`Router`] picks, hearing back what committed,
+//! routing each to the writer [`Router`] picks, handing each writer its
+//! share of a page as one message, hearing back what committed,
 //! and keeping the [`Overlay`] (decisions not yet committed) and the
 //! [`Ledger`] (where the cursor may move) in step with those reports.
 //!
@@ -13,9 +14,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TrySendError};
 
-use crate::metrics::{Counted, Metrics};
+use crate::metrics::Metrics;
 use crate::store::SyncState;
 use crate::sync::change::ChangeKey;
 use crate::sync::ledger::Ledger;
@@ -32,8 +33,16 @@ const POLL: Duration = Duration::from_millis(100);
 pub struct Halt(pub String);
 
 pub struct Pipeline {
-    writers: Vec<Sender<WorkItem>>,
+    writers: Vec<Sender<Vec<WorkItem>>>,
     reports: Receiver<Report>,
+    /// Per writer, the work routed to it and not yet handed over.
+    unsent: Vec<Vec<WorkItem>>,
+    /// Most decisions handed to a writer in one message: with a channel
+    /// that holds one message, the bound on what waits for each writer.
+    chunk: usize,
+    /// Per writer, the last seq handed over: all is settled once each
+    /// writer has settled up to it.
+    handed: Vec<u64>,
     /// Rounds up to this one are abandoned; writers drop their work.
     abandoned: Arc<AtomicU64>,
     /// Per writer, the last seq it committed or dropped.
@@ -50,8 +59,10 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// `chunk` is the most decisions handed to a writer at once.
     pub fn new(
-        writers: Vec<Sender<WorkItem>>,
+        writers: Vec<Sender<Vec<WorkItem>>>,
+        chunk: usize,
         reports: Receiver<Report>,
         abandoned: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
@@ -59,6 +70,9 @@ impl Pipeline {
         let count = writers.len();
         Pipeline {
             writers,
+            unsent: (0..count).map(|_| Vec::new()).collect(),
+            chunk: chunk.max(1),
+            handed: vec![0; count],
             reports,
             abandoned,
             settled: vec![0; count],
@@ -138,11 +152,14 @@ impl Pipeline {
         &self.refused
     }
 
-    /// Sends a page's decisions to the writers; `reaches` is where the
-    /// cursor may move once they commit. `go_on` says whether to keep
-    /// waiting when a writer's queue is full or commits must come first.
-    /// Decisions it cannot send are counted as decided, like writes a
-    /// writer drops, so the counters balance; they are fetched again.
+    /// Sends a page's decisions to the writers, each writer's share as one
+    /// message (held back, up to a chunk, while that writer's channel is
+    /// full, so that small pages queue as deep as large ones); `reaches` is
+    /// where the cursor may move once they commit.
+    /// `go_on` says whether to keep waiting when a writer's queue is full
+    /// or commits must come first. Decisions it cannot send are counted as
+    /// decided, like writes a writer drops, so the counters balance; they
+    /// are fetched again.
     pub fn send_page(
         &mut self,
         round: u64,
@@ -154,85 +171,140 @@ impl Pipeline {
         let writes = decisions.iter().filter(|d| d.writes()).count();
         let page_no = self.ledger.push(writes, reaches);
         let mut decisions = decisions.into_iter();
-        while let Some(decision) = decisions.next() {
+        let sent = loop {
+            let Some(decision) = decisions.next() else {
+                break self.hand_over_all(false, go_on);
+            };
             if !decision.writes() {
                 self.metrics.record(decision.outcome, 1);
                 continue;
             }
-            if let Err((halt, unsent)) = self.send(round, server_started, page_no, decision, go_on)
-            {
-                self.metrics.record(unsent, 1);
-                for decision in decisions {
-                    self.metrics.record(decision.outcome, 1);
-                }
+            let item = WorkItem {
+                round,
+                seq: 0,
+                page_no,
+                server_started,
+                decision,
+            };
+            if let Err(halt) = self.route(item, go_on) {
+                break Err(halt);
+            }
+        };
+        if sent.is_err() {
+            for decision in decisions {
+                self.metrics.record(decision.outcome, 1);
+            }
+            self.drop_unsent();
+        }
+        sent
+    }
+
+    /// Routes `item` to its writer and queues it there, handing the
+    /// writer its queue once that is a chunk long.
+    fn route(&mut self, mut item: WorkItem, go_on: &dyn Fn() -> bool) -> Result<(), Halt> {
+        let checked = self.check().and_then(|()| loop {
+            match self.router.route(&item.decision, &self.settled) {
+                Route::Writer(writer) => break Ok(writer),
+                Route::AfterCommits => self.wait_until_settled(go_on)?,
+            }
+        });
+        let writer = match checked {
+            Ok(writer) => writer,
+            Err(halt) => {
+                self.metrics.record(item.decision.outcome, 1);
                 return Err(halt);
             }
+        };
+        let tag = self.router.sent(&item.decision, writer);
+        self.overlay.remember(&item.decision, tag);
+        item.seq = tag.seq;
+        let queue = &mut self.unsent[tag.writer];
+        queue.push(item);
+        if queue.len() >= self.chunk {
+            self.hand_over(tag.writer, true, go_on)?;
         }
         Ok(())
     }
 
-    fn send(
+    /// Hands each writer what is queued for it; with `wait`, waits for room
+    /// where a writer's channel is full, else leaves it queued here (up to
+    /// a chunk) for the next try.
+    fn hand_over_all(&mut self, wait: bool, go_on: &dyn Fn() -> bool) -> Result<(), Halt> {
+        (0..self.writers.len()).try_for_each(|writer| self.hand_over(writer, wait, go_on))
+    }
+
+    /// Hands `writer` what is queued for it. With `wait`, blocks while that
+    /// writer's channel is full: the bound on memory.
+    fn hand_over(
         &mut self,
-        round: u64,
-        server_started: DateTime<Utc>,
-        page_no: u64,
-        decision: Decision,
+        writer: usize,
+        wait: bool,
         go_on: &dyn Fn() -> bool,
-    ) -> Result<(), (Halt, Counted)> {
-        if let Err(halt) = self.check() {
-            return Err((halt, decision.outcome));
-        }
-        let writer = loop {
-            match self.router.route(&decision, &self.settled) {
-                Route::Writer(writer) => break writer,
-                Route::AfterCommits => {
-                    if let Err(halt) = self.wait_until_settled(go_on) {
-                        return Err((halt, decision.outcome));
-                    }
+    ) -> Result<(), Halt> {
+        let mut work = std::mem::take(&mut self.unsent[writer]);
+        let Some(last) = work.last().map(|item| item.seq) else {
+            return Ok(());
+        };
+        let count = work.len() as i64;
+        self.metrics.queue_depth.add(count);
+        let halt = loop {
+            let sent = match wait {
+                true => self.writers[writer].send_timeout(work, POLL),
+                false => (self.writers[writer].try_send(work)).map_err(|err| match err {
+                    TrySendError::Full(back) => SendTimeoutError::Timeout(back),
+                    TrySendError::Disconnected(back) => SendTimeoutError::Disconnected(back),
+                }),
+            };
+            match sent {
+                Ok(()) => {
+                    self.handed[writer] = last;
+                    return Ok(());
                 }
-            }
-        };
-        let tag = self.router.sent(&decision, writer);
-        self.overlay.remember(&decision, tag);
-        let mut item = WorkItem {
-            round,
-            seq: tag.seq,
-            page_no,
-            server_started,
-            decision,
-        };
-        self.metrics.queue_depth.inc();
-        // Blocks while that writer's queue is full: the bound on memory.
-        loop {
-            let halt = match self.writers[tag.writer].send_timeout(item, POLL) {
-                Ok(()) => return Ok(()),
+                Err(SendTimeoutError::Timeout(back)) if !wait => {
+                    self.metrics.queue_depth.sub(count);
+                    self.unsent[writer] = back;
+                    return Ok(());
+                }
                 Err(SendTimeoutError::Timeout(back)) => {
-                    item = back;
+                    work = back;
                     self.drain();
                     match self.check() {
-                        Err(halt) => halt,
-                        Ok(()) if !go_on() => Halt("stopped while writers were busy".to_owned()),
+                        Err(halt) => break halt,
+                        Ok(()) if !go_on() => {
+                            break Halt("stopped while writers were busy".to_owned())
+                        }
                         Ok(()) => continue,
                     }
                 }
                 Err(SendTimeoutError::Disconnected(back)) => {
-                    item = back;
-                    Halt("the writer threads have stopped".to_owned())
+                    work = back;
+                    break Halt("the writer threads have stopped".to_owned());
                 }
-            };
-            self.metrics.queue_depth.dec();
-            // Never sent: the writer settles nothing for it.
-            self.router.unsend(tag);
-            return Err((halt, item.decision.outcome));
+            }
+        };
+        self.metrics.queue_depth.sub(count);
+        self.unsent[writer] = work;
+        Err(halt)
+    }
+
+    /// Drops what was routed but never handed over, counting it as
+    /// decided; the router forgets it, since no writer will settle it.
+    fn drop_unsent(&mut self) {
+        for queue in &mut self.unsent {
+            for item in queue.drain(..) {
+                self.metrics.record(item.decision.outcome, 1);
+            }
         }
+        self.router.forget_after(&self.handed);
     }
 
     fn all_settled(&self) -> bool {
-        (self.settled.iter().zip(self.router.last_sent())).all(|(settled, sent)| settled >= sent)
+        (self.settled.iter().zip(&self.handed)).all(|(settled, handed)| settled >= handed)
     }
 
     /// Waits until every write sent so far is committed (or dropped).
     pub fn wait_until_settled(&mut self, go_on: &dyn Fn() -> bool) -> Result<(), Halt> {
+        self.hand_over_all(true, go_on)?;
         loop {
             self.drain();
             self.check()?;
@@ -269,6 +341,7 @@ impl Pipeline {
     /// Forgets the round's overlay, ledger and refusal. Between rounds
     /// every write is settled, so the next round reads all from the table.
     pub fn end_round(&mut self) {
+        self.drop_unsent();
         self.drain();
         self.overlay.clear();
         self.ledger.clear();

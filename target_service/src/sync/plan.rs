@@ -298,26 +298,33 @@ fn decide(change: Change, view: &mut View, storage: &Storage<'_>) -> Decision {
 
 /// A synced change becomes the row of its id.
 fn synced(profile: Profile, view: &mut View) -> UserWrite {
-    let id = profile.id;
+    let Profile {
+        id,
+        name,
+        email,
+        mobile,
+        status,
+        last_updated_at,
+    } = profile;
+    let (email, mobile) = (email.into_string(), mobile.into_string());
+    let last_updated_at = last_updated_at.as_datetime();
     let old = view.rows.get(&id);
     let message = if old.is_some() { "updated" } else { "created" };
-    let email = profile.email.as_str().to_owned();
-    let mobile = profile.mobile.as_str().to_owned();
     let released_email = old.filter(|o| o.email != email).map(|o| o.email.clone());
     let released_mobile = old.filter(|o| o.mobile != mobile).map(|o| o.mobile.clone());
     let row = Row {
-        last_updated_at: profile.last_updated_at.as_datetime(),
+        last_updated_at,
         email: email.clone(),
         mobile: mobile.clone(),
     };
     view.set_row(id, row);
     UserWrite {
         id,
-        name: profile.name.as_str().to_owned(),
+        name: name.into_string(),
         email,
         mobile,
-        status: profile.status.as_str(),
-        last_updated_at: profile.last_updated_at.as_datetime(),
+        status: status.as_str(),
+        last_updated_at,
         message,
         released_email,
         released_mobile,

@@ -30,7 +30,7 @@ use crate::sync::fetcher::{FetchError, Fetcher, Page};
 use crate::sync::leader::Leader;
 use crate::sync::pipeline::{Halt, Pipeline};
 use crate::sync::plan::{plan, Storage};
-use crate::sync::writer::{Report, WorkItem};
+use crate::sync::writer::{Report, WorkItem, MAX_BATCH};
 use crate::web::status::{Activity, StatusBoard};
 
 /// The stored cursor moves at most this often while a round goes on (each
@@ -80,7 +80,7 @@ impl Syncer {
         metrics: Arc<Metrics>,
         status: Arc<StatusBoard>,
         stop: Arc<AtomicBool>,
-        writers: Vec<Sender<WorkItem>>,
+        writers: Vec<Sender<Vec<WorkItem>>>,
         reports: Receiver<Report>,
         abandoned: Arc<AtomicU64>,
     ) -> Syncer {
@@ -91,8 +91,10 @@ impl Syncer {
             Arc::clone(&status),
             Arc::clone(&stop),
         );
+        // Each writer's channel holds one message: its share of the queue.
+        let chunk = (config.channel_capacity.div_ceil(writers.len().max(1))).min(MAX_BATCH);
         Syncer {
-            pipeline: Pipeline::new(writers, reports, abandoned, Arc::clone(&metrics)),
+            pipeline: Pipeline::new(writers, chunk, reports, abandoned, Arc::clone(&metrics)),
             pool,
             db: None,
             fetcher,

@@ -126,18 +126,12 @@ impl Router {
         tag
     }
 
-    /// Takes back the last tag given out, for work that could not be sent:
-    /// no writer will settle it.
-    pub fn unsend(&mut self, tag: Tag) {
-        if self.sent.get(tag.writer) == Some(&tag.seq) {
-            self.sent[tag.writer] -= 1;
-        }
-    }
-
-    /// The last seq sent to each writer: all is committed once each writer
-    /// has committed (or dropped) up to it.
-    pub fn last_sent(&self) -> &[u64] {
-        &self.sent
+    /// Forgets the tags past `handed`, each writer's last seq handed
+    /// over: work that was routed but never sent, which no writer settles.
+    pub fn forget_after(&mut self, handed: &[u64]) {
+        let sent = |tag: &Tag| handed.get(tag.writer).is_some_and(|&upto| tag.seq <= upto);
+        self.by_id.retain(|_, tag| sent(tag));
+        self.released.retain(|_, tag| sent(tag));
     }
 
     /// Forgets what is committed.
@@ -239,6 +233,17 @@ mod tests {
         let tag = router.sent(&write(1, "a@x", Some("b@x")), 1);
         router.forget_committed(&[0, tag.seq]);
         assert!(router.by_id.is_empty() && router.released.is_empty());
-        assert_eq!(router.last_sent(), [0, 1]);
+    }
+
+    #[test]
+    fn work_never_handed_over_is_forgotten_and_holds_nothing_back() {
+        let mut router = Router::new(2);
+        let handed = router.sent(&write(1, "a@x", None), 0);
+        // Routed to writer 1, never handed over: the round ended first.
+        router.sent(&write(2, "c@x", Some("d@x")), 1);
+        let claim = write(1, "d@x", None);
+        assert_eq!(router.route(&claim, &[0, 0]), Route::AfterCommits);
+        router.forget_after(&[handed.seq, 0]);
+        assert_eq!(router.route(&claim, &[0, 0]), Route::Writer(0));
     }
 }

@@ -37,12 +37,6 @@ use crate::sync::plan::{Decision, MarkWrite, RejectionWrite, UserWrite};
 /// Most decisions a writer takes into one transaction.
 pub const MAX_BATCH: usize = 1000;
 
-/// How long a writer waits for more work before it writes a batch that is
-/// not full. The sync thread sends a page's decisions one by one, and a
-/// writer that took only what was queued the moment it woke would write a
-/// page in many small transactions, each with its fixed costs.
-const LINGER: Duration = Duration::from_millis(1);
-
 /// A decided change on its way to a writer.
 #[derive(Debug)]
 pub struct WorkItem {
@@ -83,7 +77,8 @@ pub enum Report {
 /// One writer thread's ends.
 pub struct Writer {
     pub index: usize,
-    pub inbox: Receiver<WorkItem>,
+    /// A page's share of work at a time, in the order to write it.
+    pub inbox: Receiver<Vec<WorkItem>>,
     pub reports: Sender<Report>,
     pub pool: DbPool,
     pub metrics: Arc<Metrics>,
@@ -101,20 +96,21 @@ enum Written {
 impl Writer {
     /// Runs until its inbox is closed and drained.
     pub fn run(self) {
-        let mut carried: Option<WorkItem> = None;
+        let mut carried: Option<Vec<WorkItem>> = None;
         let mut refused_round = None;
-        while let Some(first) = carried.take().or_else(|| self.inbox.recv().ok()) {
-            let round = first.round;
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match self.inbox.recv_timeout(LINGER) {
-                    Ok(item) if item.round == round => batch.push(item),
-                    Ok(item) => {
-                        carried = Some(item);
-                        break;
-                    }
-                    Err(_) => break,
+        while let Some(mut batch) = carried.take().or_else(|| self.inbox.recv().ok()) {
+            let Some(round) = batch.first().map(|item| item.round) else {
+                continue;
+            };
+            // What else is queued joins the batch, up to MAX_BATCH.
+            while let Ok(more) = self.inbox.try_recv() {
+                let joins = batch.len() + more.len() <= MAX_BATCH
+                    && more.first().is_some_and(|item| item.round == round);
+                if !joins {
+                    carried = Some(more);
+                    break;
                 }
+                batch.extend(more);
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
             let seq = batch.last().map_or(0, |item| item.seq);
