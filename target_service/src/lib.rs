@@ -289,8 +289,8 @@ fn run_pipeline(
     let (reports, reports_rx) = crossbeam_channel::unbounded();
     let abandoned = Arc::new(AtomicU64::new(0));
     for n in 0..config.writer_threads {
-        // One message at a time: a page's share of at most
-        // CHANNEL_CAPACITY / WRITER_THREADS decisions (see Pipeline).
+        // One message at a time, of at most half of this writer's share of
+        // CHANNEL_CAPACITY; the pipeline gathers the next (see Pipeline).
         let (tx, rx) = crossbeam_channel::bounded(1);
         senders.push(tx);
         let writer = writer::Writer {

@@ -5,7 +5,8 @@
 //! [`Ledger`] (where the cursor may move) in step with those reports.
 //!
 //! A round that must end early is abandoned: its queued writes are dropped
-//! by the writers, and the overlay and ledger forgotten, so the next round
+//! by the writers (or here, if never handed over), and the overlay and
+//! ledger forgotten, so the next round
 //! decides from what the table holds and the cursor that was stored.
 
 use foldhash::HashMap;
@@ -37,8 +38,9 @@ pub struct Pipeline {
     reports: Receiver<Report>,
     /// Per writer, the work routed to it and not yet handed over.
     unsent: Vec<Vec<WorkItem>>,
-    /// Most decisions handed to a writer in one message: with a channel
-    /// that holds one message, the bound on what waits for each writer.
+    /// Most decisions handed to a writer in one message, and kept in
+    /// `unsent` for it: with a channel that holds one message, at most two
+    /// chunks wait for each writer besides the batch it writes.
     chunk: usize,
     /// Per writer, the last seq handed over: all is settled once each
     /// writer has settled up to it.
@@ -220,6 +222,7 @@ impl Pipeline {
         item.seq = tag.seq;
         let queue = &mut self.unsent[tag.writer];
         queue.push(item);
+        self.metrics.queue_depth.inc();
         if queue.len() >= self.chunk {
             self.hand_over(tag.writer, true, go_on)?;
         }
@@ -229,6 +232,12 @@ impl Pipeline {
     /// Hands each writer what is queued for it; with `wait`, waits for room
     /// where a writer's channel is full, else leaves it queued here (up to
     /// a chunk) for the next try.
+    /// Hands over, without waiting, what is kept back for writers whose
+    /// channel has room.
+    pub fn offer_waiting(&mut self, go_on: &dyn Fn() -> bool) -> Result<(), Halt> {
+        self.hand_over_all(false, go_on)
+    }
+
     fn hand_over_all(&mut self, wait: bool, go_on: &dyn Fn() -> bool) -> Result<(), Halt> {
         (0..self.writers.len()).try_for_each(|writer| self.hand_over(writer, wait, go_on))
     }
@@ -245,9 +254,7 @@ impl Pipeline {
         let Some(last) = work.last().map(|item| item.seq) else {
             return Ok(());
         };
-        let count = work.len() as i64;
-        self.metrics.queue_depth.add(count);
-        let halt = loop {
+        let halt = 'send: loop {
             let sent = match wait {
                 true => self.writers[writer].send_timeout(work, POLL),
                 false => (self.writers[writer].try_send(work)).map_err(|err| match err {
@@ -261,12 +268,17 @@ impl Pipeline {
                     return Ok(());
                 }
                 Err(SendTimeoutError::Timeout(back)) if !wait => {
-                    self.metrics.queue_depth.sub(count);
                     self.unsent[writer] = back;
                     return Ok(());
                 }
                 Err(SendTimeoutError::Timeout(back)) => {
                     work = back;
+                    // The others need not wait for this one.
+                    for other in (0..self.writers.len()).filter(|&other| other != writer) {
+                        if let Err(halt) = self.hand_over(other, false, go_on) {
+                            break 'send halt;
+                        }
+                    }
                     self.drain();
                     match self.check() {
                         Err(halt) => break halt,
@@ -282,7 +294,6 @@ impl Pipeline {
                 }
             }
         };
-        self.metrics.queue_depth.sub(count);
         self.unsent[writer] = work;
         Err(halt)
     }
@@ -292,6 +303,7 @@ impl Pipeline {
     fn drop_unsent(&mut self) {
         for queue in &mut self.unsent {
             for item in queue.drain(..) {
+                self.metrics.queue_depth.dec();
                 self.metrics.record(item.decision.outcome, 1);
             }
         }
@@ -303,7 +315,13 @@ impl Pipeline {
     }
 
     /// Waits until every write sent so far is committed (or dropped).
+    /// What was kept back is handed over first, unless it is time to stop.
     pub fn wait_until_settled(&mut self, go_on: &dyn Fn() -> bool) -> Result<(), Halt> {
+        if !go_on() {
+            return Err(Halt(
+                "stopped before the writers were handed their work".to_owned(),
+            ));
+        }
         self.hand_over_all(true, go_on)?;
         loop {
             self.drain();

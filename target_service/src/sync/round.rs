@@ -91,8 +91,10 @@ impl Syncer {
             Arc::clone(&status),
             Arc::clone(&stop),
         );
-        // Each writer's channel holds one message: its share of the queue.
-        let chunk = (config.channel_capacity.div_ceil(writers.len().max(1))).min(MAX_BATCH);
+        // Per writer, one message in its channel and one being gathered in
+        // the pipeline: together its share of CHANNEL_CAPACITY.
+        let share = config.channel_capacity.div_ceil(writers.len().max(1));
+        let chunk = (share / 2).clamp(1, MAX_BATCH);
         Syncer {
             pipeline: Pipeline::new(writers, chunk, reports, abandoned, Arc::clone(&metrics)),
             pool,
@@ -398,6 +400,8 @@ impl Syncer {
             ));
         }
         let fetched = changes.len() as u64;
+        // What an earlier page left waiting goes now if there is room.
+        self.pipeline.offer_waiting(&|| self.gate.go_on())?;
         self.pipeline.forget_committed();
         let overlay = self.pipeline.overlay();
         let encoding = round.encoding.clone();

@@ -128,6 +128,8 @@ impl Router {
 
     /// Forgets the tags past `handed`, each writer's last seq handed
     /// over: work that was routed but never sent, which no writer settles.
+    /// A dependency such a tag had replaced goes with it, so this is only
+    /// for a round that ends, before anything is routed again.
     pub fn forget_after(&mut self, handed: &[u64]) {
         let sent = |tag: &Tag| handed.get(tag.writer).is_some_and(|&upto| tag.seq <= upto);
         self.by_id.retain(|_, tag| sent(tag));

@@ -34,7 +34,8 @@ use crate::store::{self, Failure, Statements};
 use crate::sync::change::ChangeKey;
 use crate::sync::plan::{Decision, MarkWrite, RejectionWrite, UserWrite};
 
-/// Most decisions a writer takes into one transaction.
+/// Most decisions a writer takes into one transaction: the pipeline hands
+/// over no more in one message.
 pub const MAX_BATCH: usize = 1000;
 
 /// A decided change on its way to a writer.
@@ -96,22 +97,12 @@ enum Written {
 impl Writer {
     /// Runs until its inbox is closed and drained.
     pub fn run(self) {
-        let mut carried: Option<Vec<WorkItem>> = None;
         let mut refused_round = None;
-        while let Some(mut batch) = carried.take().or_else(|| self.inbox.recv().ok()) {
+        // One message is one batch: the pipeline makes it at most a chunk.
+        while let Ok(batch) = self.inbox.recv() {
             let Some(round) = batch.first().map(|item| item.round) else {
                 continue;
             };
-            // What else is queued joins the batch, up to MAX_BATCH.
-            while let Ok(more) = self.inbox.try_recv() {
-                let joins = batch.len() + more.len() <= MAX_BATCH
-                    && more.first().is_some_and(|item| item.round == round);
-                if !joins {
-                    carried = Some(more);
-                    break;
-                }
-                batch.extend(more);
-            }
             self.metrics.queue_depth.sub(batch.len() as i64);
             let seq = batch.last().map_or(0, |item| item.seq);
             let written = if refused_round == Some(round) {
